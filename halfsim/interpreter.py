@@ -1,0 +1,325 @@
+"""Executes a compiled Graph node by node. Every node runs with an OpContext that carries its
+precision; after every node the precision plan rounds its outputs (and records numerical
+events), observers record tensors, and a hook may replace outputs (fault injection).
+
+Re-running with `reuse=trace, dirty=nodes` recomputes only the downstream cone of `dirty`,
+reading every other tensor from the trace: bisection and fault campaigns rely on this."""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from . import graph as G
+from .errors import ExecutionError, HalfsimError, InputError
+
+Hook = Callable[["G.Node", list], "list | None"]
+
+
+class OpContext:
+    """What an op sees of the interpreter: its node, its precision and accumulate-aware math."""
+    __slots__ = ("node", "prec", "_runner")
+
+    def __init__(self, node: G.Node, prec: Any, runner: "_Runner"):
+        self.node, self.prec, self._runner = node, prec, runner
+
+    @property
+    def opset(self) -> int:
+        return self.node.opset
+
+    # -- accumulate-aware primitives: fp32 numpy here; the precision plan may override ----
+    def matmul(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._runner.plan.matmul(self, a, b)
+
+    def sum(self, x: np.ndarray, axis=None, keepdims: bool = False) -> np.ndarray:
+        return self._runner.plan.sum(self, x, axis, keepdims)
+
+    def round(self, x: np.ndarray) -> np.ndarray:
+        """Round an intermediate of a composite op to the node's compute format."""
+        return self._runner.plan.round_compute(self, x)
+
+    def run_graph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run a subgraph (If/Loop/Scan body) with `feeds` bound to its inputs and the
+        enclosing scopes visible."""
+        return self._runner.run_subgraph(graph, feeds)
+
+
+class _FP32Plan:
+    """The identity precision plan: plain fp32 semantics, nothing rounded."""
+    identity = True
+
+    def node_precision(self, node: G.Node) -> Any:
+        return None
+
+    def matmul(self, ctx, a, b):
+        return np.matmul(a, b)
+
+    def sum(self, ctx, x, axis, keepdims):
+        return np.sum(x, axis=axis, keepdims=keepdims)
+
+    def round_compute(self, ctx, x):
+        return x
+
+    def on_graph_input(self, name, x):
+        return x
+
+    def on_initializer(self, name, x):
+        return x
+
+    def on_outputs(self, node, outputs):
+        return outputs
+
+
+FP32_PLAN = _FP32Plan()
+_DEBUG = bool(os.environ.get("HALFSIM_DEBUG"))
+
+
+class RunResult(dict):
+    """Graph outputs by name (a plain dict), plus what was observed during the run."""
+    observed: dict[str, np.ndarray]
+    events: list
+    trace: "Trace | None"
+
+
+class Trace(dict):
+    """Every tensor of one run (graph inputs, weights after precision, node outputs)."""
+
+
+class _Runner:
+    def __init__(self, model: "Model", plan, hook: Hook | None, observe):
+        self.model, self.plan, self.hook = model, plan, hook
+        self.observe = observe
+        self.observed: dict[str, np.ndarray] = {}
+        self.scopes: list[Mapping[str, np.ndarray]] = []
+        self._sub_inits: dict[int, dict[str, np.ndarray]] = {}
+
+    def _lookup(self, name: str, env: dict):
+        v = env.get(name, _MISSING)
+        if v is not _MISSING:
+            return v
+        for scope in reversed(self.scopes):
+            v = scope.get(name, _MISSING)
+            if v is not _MISSING:
+                return v
+        raise ExecutionError(f"tensor {name!r} is not available")
+
+    def exec_node(self, node: G.Node, env: dict) -> None:
+        args = [self._lookup(t, env) if t else None for t in node.inputs]
+        ctx = OpContext(node, self.plan.node_precision(node), self)
+        if node.subgraphs:
+            self.scopes.append(env)
+        try:
+            res = node.impl.fn(ctx, *args, **node.attrs)
+        except HalfsimError:
+            raise
+        except Exception as e:
+            if _DEBUG:
+                raise
+            raise ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}") from None
+        finally:
+            if node.subgraphs:
+                self.scopes.pop()
+        outs = list(res) if isinstance(res, (tuple, list)) else [res]
+        if len(outs) < len(node.outputs):
+            outs += [None] * (len(node.outputs) - len(outs))
+        outs = [o if o is None or isinstance(o, np.ndarray) or isinstance(o, list) else np.asarray(o)
+                for o in outs[:len(node.outputs)]]
+        if not self.plan.identity:
+            outs = self.plan.on_outputs(node, outs)
+        if self.hook is not None:
+            new = self.hook(node, outs)
+            if new is not None:
+                outs = list(new)
+        for name, val in zip(node.outputs, outs):
+            if name:
+                env[name] = val
+                if self.observe is not None and (self.observe is True or name in self.observe):
+                    self.observed[name] = val
+
+    def run_subgraph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        env: dict[str, Any] = {}
+        key = id(graph)
+        inits = self._sub_inits.get(key)
+        if inits is None:
+            inits = {k: self.plan.on_initializer(k, v) for k, v in graph.initializers.items()}
+            self._sub_inits[key] = inits
+        env.update(inits)
+        for vi in graph.inputs:
+            if vi.name in feeds:
+                env[vi.name] = feeds[vi.name]
+        for node in graph.nodes:
+            self.exec_node(node, env)
+        return [self._lookup(o.name, env) for o in graph.outputs]
+
+
+_MISSING = object()
+
+
+class Model:
+    """An ONNX model ready to run. Create with halfsim.load()."""
+
+    def __init__(self, proto: onnx.ModelProto, source: str = "<memory>"):
+        self.proto = proto
+        self.source = source
+        self.opsets = G.model_opsets(proto)
+        self.graph = G.build_graph(proto.graph, self.opsets)
+        if not self.graph.outputs:
+            raise HalfsimError("model has no outputs")
+
+    # -- introspection -------------------------------------------------------------
+    @property
+    def inputs(self) -> list[G.ValueInfo]:
+        return self.graph.inputs
+
+    @property
+    def outputs(self) -> list[str]:
+        return self.graph.output_names
+
+    @property
+    def nodes(self) -> list[G.Node]:
+        return self.graph.nodes
+
+    def node(self, name: str) -> G.Node:
+        for n in self.graph.nodes:
+            if n.label == name:
+                return n
+        raise HalfsimError(f"no node named {name!r}")
+
+    # -- execution -----------------------------------------------------------------
+    def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Validate feeds against the declared inputs; one-line InputError on any mismatch."""
+        if not isinstance(feeds, Mapping):
+            raise InputError("feeds must be a mapping from input name to array")
+        names = [v.name for v in self.graph.inputs]
+        extra = sorted(set(feeds) - set(names) - set(self.graph.initializers))
+        if extra:
+            raise InputError(f"unknown input {extra[0]!r}; the model's inputs are {names}")
+        out = {}
+        for vi in self.graph.inputs:
+            if vi.name not in feeds:
+                raise InputError(f"missing input {vi.name!r} ({vi.describe()})")
+            x = feeds[vi.name]
+            if not isinstance(x, np.ndarray):
+                x = np.asarray(x)
+            if vi.dtype is not None and x.dtype != vi.dtype:
+                raise InputError(f"input {vi.name!r} has dtype {x.dtype}, the model expects {vi.dtype} ({vi.describe()})")
+            if vi.shape is not None:
+                if x.ndim != len(vi.shape):
+                    raise InputError(f"input {vi.name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {vi.describe()}")
+                for i, (got, want) in enumerate(zip(x.shape, vi.shape)):
+                    if isinstance(want, int) and want > 0 and got != want:
+                        raise InputError(f"input {vi.name!r} has shape {list(x.shape)}, the model expects {vi.describe()} (dimension {i})")
+            out[vi.name] = x
+        # Initializers that are also graph inputs may be overridden by feeds.
+        for k in feeds:
+            if k in self.graph.initializers:
+                out[k] = np.asarray(feeds[k])
+        return out
+
+    def run(self, feeds: Mapping[str, Any], precision: Any = "fp32", observe: Any = None, *,
+            hook: Hook | None = None, reuse: Trace | None = None, dirty: Iterable[str | int] | None = None,
+            keep_trace: bool = False) -> RunResult:
+        """Run the model.
+
+        precision: a preset name, a Policy, or a precision plan.
+        observe: None, "all", or names of tensors to record (in result.observed).
+        hook: called after every node as hook(node, outputs); may return replacement outputs.
+        reuse, dirty: recompute only nodes downstream of `dirty` (names or indices), taking
+            every other tensor from `reuse` (a Trace from an earlier run with keep_trace=True).
+        keep_trace: keep every tensor (result.trace) instead of freeing them after last use.
+        """
+        from .precision import make_plan  # late import: precision builds on formats and kernels
+        plan = make_plan(precision, self)
+        feeds = self.check_feeds(feeds)
+        obs: Any = None
+        if observe == "all" or observe is True:
+            obs = True
+        elif observe is not None:
+            obs = set([observe] if isinstance(observe, str) else observe)
+        runner = _Runner(self, plan, hook, obs)
+        g = self.graph
+        outputs = set(g.output_names)
+        env: dict[str, Any] = {}
+        cone = None
+        if reuse is not None:
+            idx = {n.label: n.index for n in g.nodes}
+            d = set()
+            for x in (dirty or ()):
+                if isinstance(x, int):
+                    d.add(x)
+                elif x in idx:
+                    d.add(idx[x])
+                else:
+                    raise HalfsimError(f"no node named {x!r}")
+            cone = g.downstream(d)
+        if cone is None:
+            for k, v in g.initializers.items():
+                env[k] = plan.on_initializer(k, v) if not plan.identity else v
+            for k, v in feeds.items():
+                env[k] = plan.on_graph_input(k, v) if not plan.identity else v
+            if obs is not None:
+                for k in env:
+                    if obs is True or k in obs:
+                        runner.observed[k] = env[k]
+        else:
+            env = _Overlay(reuse)
+        free = not keep_trace and cone is None
+        for node in g.nodes:
+            if cone is not None and node.index not in cone:
+                continue
+            runner.exec_node(node, env)
+            if free:
+                for t in node.inputs:
+                    if t and g.last_use.get(t) == node.index and t not in outputs and t in env:
+                        if obs is None or (obs is not True and t not in obs):
+                            del env[t]
+                for sg in node.subgraphs:
+                    for t in sg.outer_names:
+                        if g.last_use.get(t) == node.index and t not in outputs and t in env:
+                            if obs is None or (obs is not True and t not in obs):
+                                del env[t]
+        result = RunResult()
+        for name in g.output_names:
+            try:
+                result[name] = env[name]
+            except KeyError:
+                raise ExecutionError(f"graph output {name!r} was not produced") from None
+        result.observed = runner.observed
+        result.events = getattr(plan, "events", [])
+        result.trace = None
+        if keep_trace:
+            t = Trace(env.flatten() if isinstance(env, _Overlay) else env)
+            result.trace = t
+        return result
+
+
+class _Overlay(dict):
+    """A dict whose misses fall back to a base trace (for downstream-cone re-runs)."""
+
+    def __init__(self, base: Mapping):
+        super().__init__()
+        self.base = base
+
+    def __missing__(self, key):
+        return self.base[key]
+
+    def get(self, key, default=None):
+        if dict.__contains__(self, key):
+            return dict.__getitem__(self, key)
+        return self.base.get(key, default)
+
+    def __contains__(self, key):
+        return dict.__contains__(self, key) or key in self.base
+
+    def flatten(self) -> dict:
+        d = dict(self.base)
+        d.update(self)
+        return d
+
+
+def load(src: Any) -> Model:
+    """Load an ONNX model from a path, bytes or a ModelProto."""
+    proto = G.read_model(src)
+    return Model(proto, source=src if isinstance(src, (str, os.PathLike)) else "<memory>")
