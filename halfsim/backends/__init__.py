@@ -1,0 +1,1 @@
+"""Real runtimes that halfsim's predictions are compared against."""

@@ -1,0 +1,70 @@
+"""ONNX Runtime backend: run a model (optionally exposing every intermediate as an output)."""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Mapping
+
+import numpy as np
+import onnx
+
+from ..errors import HalfsimError, InputError
+
+
+def _threads() -> int:
+    return int(os.environ.get("HALFSIM_ORT_THREADS", "0"))
+
+
+def expose_intermediates(proto: onnx.ModelProto, names: Iterable[str] | None = None) -> onnx.ModelProto:
+    """A copy of `proto` whose graph outputs also list every node output of the main graph
+    (or just `names`), untyped so ORT infers their types."""
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    existing = {o.name for o in m.graph.output}
+    wanted = list(names) if names is not None else [o for n in m.graph.node for o in n.output if o]
+    for t in wanted:
+        if t not in existing:
+            m.graph.output.append(onnx.ValueInfoProto(name=t))
+            existing.add(t)
+    return m
+
+
+def session(proto: onnx.ModelProto, providers: list[str] | None = None, optimize: bool = True,
+            threads: int | None = None):
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = _threads() if threads is None else threads
+    if not optimize:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.log_severity_level = 3
+    try:
+        return ort.InferenceSession(proto.SerializeToString(), so, providers=providers or ["CPUExecutionProvider"])
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise HalfsimError(f"onnxruntime cannot load the model: {msg[0] if msg else type(e).__name__}") from None
+
+
+def run(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, intermediates: bool | Iterable[str] = False,
+        providers: list[str] | None = None, optimize: bool = True) -> dict[str, np.ndarray]:
+    """Run in ORT. With intermediates, graph optimizations are off so that every node output
+    of the original graph exists."""
+    if intermediates:
+        names = None if intermediates is True else list(intermediates)
+        proto = expose_intermediates(proto, names)
+        optimize = False
+    sess = session(proto, providers, optimize)
+    want = {i.name for i in sess.get_inputs()}
+    missing = sorted(want - set(feeds))
+    if missing:
+        raise InputError(f"missing input {missing[0]!r} for onnxruntime")
+    names = [o.name for o in sess.get_outputs()]
+    try:
+        vals = sess.run(names, {k: v for k, v in feeds.items() if k in want})
+    except Exception as e:
+        msg = str(e).strip().splitlines()
+        raise HalfsimError(f"onnxruntime failed: {msg[0] if msg else type(e).__name__}") from None
+    return dict(zip(names, vals))
+
+
+def versions() -> dict[str, str]:
+    import onnxruntime as ort
+    return {"onnxruntime": ort.__version__, "onnx": onnx.__version__}

@@ -1,0 +1,148 @@
+"""The `halfsim` command line. Every user error becomes one line on stderr and exit code 2;
+a check that fails (a tolerance not met) exits with 1."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from .errors import CheckFailed, HalfsimError
+
+
+def _add_input_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", help="ONNX model file")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--inputs", metavar="X.npz", help="inputs; keys are graph input names")
+    g.add_argument("--seed", type=int, default=None, help="random inputs from this seed (default 0)")
+    p.add_argument("--shape", action="append", metavar="NAME=d0,d1,..", help="shape of a random input (dynamic dims)")
+
+
+def _add_precision_opts(p: argparse.ArgumentParser, default: str) -> None:
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--precision", default=None, metavar="SPEC", help=f"preset name (default {default})")
+    g.add_argument("--policy", metavar="FILE", help="precision policy file (TOML or JSON)")
+
+
+def _precision(args, default: str):
+    if getattr(args, "policy", None):
+        from .policy import Policy
+        return Policy.load(args.policy)
+    return args.precision or default
+
+
+def _load(args):
+    from . import load
+    from .inputs import load_npz, parse_shapes, random_feeds
+    model = load(args.model)
+    if args.inputs:
+        if args.shape:
+            raise HalfsimError("--shape applies to random inputs, not to --inputs")
+        feeds = load_npz(args.inputs)
+    else:
+        feeds = random_feeds(model, args.seed or 0, parse_shapes(args.shape))
+    return model, feeds
+
+
+def _write_json(path: str, obj) -> None:
+    try:
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=_json_default)
+            f.write("\n")
+    except OSError as e:
+        raise HalfsimError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _json_default(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(type(o).__name__)
+
+
+def cmd_run(args) -> int:
+    model, feeds = _load(args)
+    res = model.run(feeds, precision=_precision(args, "fp32"))
+    out = args.output
+    try:
+        np.savez(out, **{k: v for k, v in res.items()})
+    except OSError as e:
+        raise HalfsimError(f"cannot write {out}: {e.strerror}") from None
+    for k, v in res.items():
+        if isinstance(v, np.ndarray):
+            print(f"{k}: {v.dtype}{list(v.shape)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from .compare import compare, format_table
+    model, feeds = _load(args)
+    if args.html:
+        _check_writable(args.html)
+    if args.json:
+        _check_writable(args.json)
+    report = compare(model, feeds, precision=_precision(args, "fp32"), against=args.against,
+                     per_layer=args.per_layer or bool(args.html))
+    format_table(report)
+    if args.json:
+        _write_json(args.json, report)
+    if args.html:
+        from .report import write_compare_html
+        write_compare_html(report, args.html)
+    return 0
+
+
+def _check_writable(path: str) -> None:
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d) or not os.access(d, os.W_OK):
+        raise HalfsimError(f"cannot write {path}: directory {d} does not exist or is not writable")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+    p = argparse.ArgumentParser(prog="halfsim", description="Predict FP16/bf16/TF32/FP8 behaviour of ONNX models on any CPU.")
+    p.add_argument("--version", action="version", version=f"halfsim {__version__}")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    r = sub.add_parser("run", help="run a model and save its outputs")
+    _add_input_opts(r)
+    _add_precision_opts(r, "fp32")
+    r.add_argument("-o", "--output", required=True, metavar="OUT.npz")
+    r.set_defaults(fn=cmd_run)
+
+    c = sub.add_parser("compare", help="compare a precision against a reference backend")
+    _add_input_opts(c)
+    _add_precision_opts(c, "fp32")
+    c.add_argument("--against", default="halfsim:fp32", metavar="BACKEND",
+                   help="halfsim:SPEC (default halfsim:fp32), ort, ort-fp16, ort-cuda, ort-cuda-fp16, coreml")
+    c.add_argument("--per-layer", action="store_true")
+    c.add_argument("--json", metavar="F")
+    c.add_argument("--html", metavar="F")
+    c.set_defaults(fn=cmd_compare)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.fn(args) or 0)
+    except CheckFailed as e:
+        print(f"halfsim: check failed: {e}", file=sys.stderr)
+        return 1
+    except HalfsimError as e:
+        print(f"halfsim: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("halfsim: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError:
+        print("halfsim: error: out of memory", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
