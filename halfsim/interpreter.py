@@ -36,6 +36,14 @@ class OpContext:
     def sum(self, x: np.ndarray, axis=None, keepdims: bool = False) -> np.ndarray:
         return self._runner.plan.sum(self, x, axis, keepdims)
 
+    @property
+    def plain(self) -> bool:
+        """True when matmul and sum are exactly np.matmul / np.sum for this node: ops may then
+        use faster kernels with the same fp32 result up to summation order. A plan opts in per
+        node with a `plain(ctx) -> bool` method; the fp32 plan always is."""
+        p = self._runner.plan
+        return bool(p.identity) or bool(getattr(p, "plain", None) and p.plain(self))
+
     def round(self, x: np.ndarray) -> np.ndarray:
         """Round an intermediate of a composite op to the node's compute format."""
         return self._runner.plan.round_compute(self, x)
