@@ -1,0 +1,333 @@
+"""Recurrent ops: RNN, GRU, LSTM.
+
+Each direction precomputes X·W^T for all timesteps in one ctx.matmul, then steps through time
+with H·R^T per step through ctx.matmul; gate pre-activations, activations, cell and hidden
+states go through ctx.round after every step so a low-precision cell is emulated step-rounded.
+sequence_lens follows ORT: outputs beyond a batch row's length are zero, Y_h/Y_c hold the
+last valid step (zero for a length of 0), and a reverse direction runs backwards within each
+row's own length."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from ..errors import ExecutionError, ModelError
+from .registry import op
+
+# ---------------------------------------------------------------- activations ---------------
+
+
+def _sigmoid(x, a, b):
+    e = np.exp(-np.abs(x))  # never overflows
+    return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _elu(x, a, b):
+    return np.where(x >= 0, x, a * np.expm1(np.minimum(x, 0))).astype(x.dtype, copy=False)
+
+
+_ACTS: dict[str, tuple[Callable, bool, bool]] = {
+    # name: (fn(x, alpha, beta), uses alpha, uses beta)
+    "relu": (lambda x, a, b: np.maximum(x, 0).astype(x.dtype, copy=False), False, False),
+    "tanh": (lambda x, a, b: np.tanh(x), False, False),
+    "sigmoid": (_sigmoid, False, False),
+    "affine": (lambda x, a, b: a * x + b, True, True),
+    "leakyrelu": (lambda x, a, b: np.where(x >= 0, x, a * x).astype(x.dtype, copy=False), True, False),
+    "thresholdedrelu": (lambda x, a, b: np.where(x > a, x, 0).astype(x.dtype, copy=False), True, False),
+    "scaledtanh": (lambda x, a, b: a * np.tanh(b * x), True, True),
+    "hardsigmoid": (lambda x, a, b: np.clip(a * x + b, 0, 1).astype(x.dtype, copy=False), True, True),
+    "elu": (_elu, True, False),
+    "softsign": (lambda x, a, b: x / (1 + np.abs(x)), False, False),
+    "softplus": (lambda x, a, b: np.logaddexp(np.zeros((), x.dtype), x), False, False),
+}
+# ORT's defaults when activation_alpha/beta run out; everything else defaults to 0.
+_DEFAULTS = {"leakyrelu": (0.01, 0.0), "hardsigmoid": (0.2, 0.5), "elu": (1.0, 0.0)}
+
+
+def _activations(names, alphas, betas, per_dir: list[str], num_dir: int, op_type: str):
+    """Per-direction lists of f(x) callables. Alphas/betas are consumed in list order by the
+    activations that take them (as ORT does)."""
+    names = list(names) if names else per_dir * num_dir
+    if len(names) == len(per_dir) and num_dir == 2:
+        names = names * 2
+    if len(names) != len(per_dir) * num_dir:
+        raise ModelError(f"{op_type}: expected {len(per_dir) * num_dir} activations, got {len(names)}")
+    alphas, betas = list(alphas or []), list(betas or [])
+    fns = []
+    for nm in names:
+        key = nm.lower()
+        if key not in _ACTS:
+            raise ModelError(f"{op_type}: unsupported activation {nm!r}")
+        fn, ua, ub = _ACTS[key]
+        da, db = _DEFAULTS.get(key, (0.0, 0.0))
+        a = (alphas.pop(0) if alphas else da) if ua else 0.0
+        b = (betas.pop(0) if betas else db) if ub else 0.0
+        fns.append(lambda x, fn=fn, a=a, b=b: fn(x, a, b))
+    k = len(per_dir)
+    return [fns[d * k:(d + 1) * k] for d in range(num_dir)]
+
+
+# ---------------------------------------------------------------- shared driver --------------
+
+
+def _check(X, W, R, num_dir, gates, hidden_size, op_type):
+    if X.ndim != 3:
+        raise ExecutionError(f"{op_type}: X must have rank 3, got shape {list(X.shape)}")
+    H = R.shape[-1] if hidden_size is None else int(hidden_size)
+    if W.shape != (num_dir, gates * H, X.shape[2]):
+        raise ExecutionError(f"{op_type}: W has shape {list(W.shape)}, expected {[num_dir, gates * H, X.shape[2]]}")
+    if R.shape != (num_dir, gates * H, H):
+        raise ExecutionError(f"{op_type}: R has shape {list(R.shape)}, expected {[num_dir, gates * H, H]}")
+    return H
+
+
+def _num_dir(direction: str, op_type: str) -> int:
+    if direction not in ("forward", "reverse", "bidirectional"):
+        raise ModelError(f"{op_type}: unknown direction {direction!r}")
+    return 2 if direction == "bidirectional" else 1
+
+
+def _lengths(seq_lens, T, B, op_type):
+    if seq_lens is None:
+        return None
+    lens = np.asarray(seq_lens).astype(np.int64).reshape(-1)
+    if lens.shape != (B,):
+        raise ExecutionError(f"{op_type}: sequence_lens has shape {list(np.shape(seq_lens))}, expected [{B}]")
+    if (lens < 0).any() or (lens > T).any():
+        raise ExecutionError(f"{op_type}: sequence_lens values must lie in [0, {T}]")
+    return None if (lens == T).all() else lens
+
+
+def _reverse_index(T: int, lens) -> np.ndarray:
+    """time index [T, B] reversing each batch row within its own length (an involution)."""
+    if lens is None:
+        return np.arange(T - 1, -1, -1)[:, None]
+    t = np.arange(T)[:, None]
+    return np.where(t < lens[None, :], lens[None, :] - 1 - t, t)
+
+
+def _run(ctx, op_type, X, W, R, B, seq_lens, init_states, direction, layout, hidden_size,
+         gates, cell, n_states):
+    """Shared driver. cell(ctx, d, xw_t, states) -> new states (hidden first).
+    Returns Y [T, D, B, H] (or layout 1) and the final states [D, B, H] each."""
+    num_dir = _num_dir(direction, op_type)
+    if layout not in (0, 1):
+        raise ModelError(f"{op_type}: layout must be 0 or 1, got {layout}")
+    if layout == 1:
+        X = X.transpose(1, 0, 2)
+        init_states = [None if s is None else s.transpose(1, 0, 2) for s in init_states]
+    H = _check(X, W, R, num_dir, gates, hidden_size, op_type)
+    T, Bn, I = X.shape
+    dt = X.dtype
+    lens = _lengths(seq_lens, T, Bn, op_type)
+    Y = np.zeros((T, num_dir, Bn, H), dtype=dt)
+    finals = [np.zeros((num_dir, Bn, H), dtype=dt) for _ in range(n_states)]
+    for d in range(num_dir):
+        reverse = direction == "reverse" or d == 1
+        Xd = X
+        if reverse:
+            ridx = _reverse_index(T, lens)
+            Xd = X[ridx, np.arange(Bn)[None, :]] if lens is not None else X[::-1]
+        # X·W^T for every timestep at once.
+        Wt = np.ascontiguousarray(W[d].T)
+        xw = ctx.matmul(np.ascontiguousarray(Xd).reshape(T * Bn, I), Wt).reshape(T, Bn, gates * H)
+        states = []
+        for k in range(n_states):
+            s = init_states[k] if k < len(init_states) else None
+            if s is None:
+                states.append(np.zeros((Bn, H), dtype=dt))
+            else:
+                if s.shape != (num_dir, Bn, H):
+                    raise ExecutionError(f"{op_type}: initial state has shape {list(s.shape)}, expected {[num_dir, Bn, H]}")
+                states.append(np.asarray(s[d], dtype=dt))
+        Bd = None if B is None else B[d]
+        Yd = Y[:, d]
+        t_end = T if lens is None else int(lens.max(initial=0))
+        for t in range(t_end):
+            new = cell(ctx, d, xw[t], states, Bd)
+            if lens is None:
+                states = new
+                Yd[t] = new[0]
+            else:
+                active = (t < lens)[:, None]
+                states = [np.where(active, n, s) for n, s in zip(new, states)]
+                Yd[t] = np.where(active, new[0], 0)
+        if lens is not None:
+            # ORT zeroes the final state of an empty sequence rather than passing initial_h on.
+            states = [np.where((lens == 0)[:, None], 0, s).astype(dt, copy=False) for s in states]
+        if reverse:
+            Y[:, d] = Yd[ridx, np.arange(Bn)[None, :]] if lens is not None else Yd[::-1]
+        for k in range(n_states):
+            finals[k][d] = states[k]
+    if layout == 1:
+        Y = Y.transpose(2, 0, 1, 3)
+        finals = [f.transpose(1, 0, 2) for f in finals]
+    return (np.ascontiguousarray(Y), *[np.ascontiguousarray(f) for f in finals])
+
+
+def _clip(x, clip):
+    return x if clip is None else np.clip(x, -clip, clip)
+
+
+# ---------------------------------------------------------------- RNN ------------------------
+
+
+def _rnn(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+         clip, direction, hidden_size, layout):
+    num_dir = _num_dir(direction, "RNN")
+    acts = _activations(activations, activation_alpha, activation_beta, ["Tanh"], num_dir, "RNN")
+    Rt = [np.ascontiguousarray(R[d].T) for d in range(num_dir)]
+    H = R.shape[-1]
+    bias = None if B is None else B[:, :H] + B[:, H:]
+
+    def cell(ctx, d, xw, states, bd):
+        pre = xw + ctx.matmul(states[0], Rt[d])
+        if bd is not None:
+            pre = pre + bd
+        pre = ctx.round(_clip(pre, clip))
+        return [ctx.round(acts[d][0](pre))]
+
+    Y, Yh = _run(ctx, "RNN", X, W, R, bias, sequence_lens, [initial_h], direction, layout, hidden_size,
+                 1, cell, 1)
+    return Y, Yh
+
+
+@op("RNN", since=7)
+def rnn7(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
+         activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None):
+    return _rnn(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+                clip, direction, hidden_size, 0)
+
+
+@op("RNN", since=14)
+def rnn14(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
+          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None, layout=0):
+    return _rnn(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+                clip, direction, hidden_size, layout)
+
+
+# ---------------------------------------------------------------- GRU ------------------------
+
+
+def _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+         clip, direction, hidden_size, linear_before_reset, layout):
+    num_dir = _num_dir(direction, "GRU")
+    acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], num_dir, "GRU")
+    H = R.shape[-1]
+    Rzr = [np.ascontiguousarray(R[d, :2 * H].T) for d in range(num_dir)]
+    Rh = [np.ascontiguousarray(R[d, 2 * H:].T) for d in range(num_dir)]
+    lbr = bool(linear_before_reset)
+    # Per direction: bias of z|r (W and R summed), of h from W, of h from R.
+    bias = None
+    if B is not None:
+        bias = [(B[d, :2 * H] + B[d, 3 * H:5 * H], B[d, 2 * H:3 * H], B[d, 5 * H:]) for d in range(num_dir)]
+
+    def cell(ctx, d, xw, states, bd):
+        h = states[0]
+        f, g = acts[d]
+        zr = xw[:, :2 * H] + ctx.matmul(h, Rzr[d])
+        if bd is not None:
+            zr = zr + bd[0]
+        zr = ctx.round(_clip(zr, clip))
+        z = ctx.round(f(zr[:, :H]))
+        r = ctx.round(f(zr[:, H:]))
+        if lbr:
+            lin = ctx.matmul(h, Rh[d])
+            if bd is not None:
+                lin = ctx.round(lin + bd[2])
+            pre = xw[:, 2 * H:] + ctx.round(r * lin)
+            if bd is not None:
+                pre = pre + bd[1]
+        else:
+            pre = xw[:, 2 * H:] + ctx.matmul(ctx.round(r * h), Rh[d])
+            if bd is not None:
+                pre = pre + (bd[1] + bd[2])
+        pre = ctx.round(_clip(pre, clip))
+        hh = ctx.round(g(pre))
+        return [ctx.round((1 - z) * hh + z * h)]
+
+    Y, Yh = _run(ctx, "GRU", X, W, R, bias, sequence_lens, [initial_h], direction, layout, hidden_size,
+                 3, cell, 1)
+    return Y, Yh
+
+
+@op("GRU", since=7)
+def gru7(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
+         activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
+         linear_before_reset=0):
+    return _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+                clip, direction, hidden_size, linear_before_reset, 0)
+
+
+@op("GRU", since=14)
+def gru14(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, *, activation_alpha=None,
+          activation_beta=None, activations=None, clip=None, direction="forward", hidden_size=None,
+          linear_before_reset=0, layout=0):
+    return _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation_beta, activations,
+                clip, direction, hidden_size, linear_before_reset, layout)
+
+
+# ---------------------------------------------------------------- LSTM -----------------------
+
+
+def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+          activations, clip, direction, hidden_size, input_forget, layout):
+    num_dir = _num_dir(direction, "LSTM")
+    acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"],
+                        num_dir, "LSTM")
+    H = R.shape[-1]
+    Rt = [np.ascontiguousarray(R[d].T) for d in range(num_dir)]
+    bias = None if B is None else B[:, :4 * H] + B[:, 4 * H:]
+    if P is not None and P.shape != (num_dir, 3 * H):
+        raise ExecutionError(f"LSTM: P has shape {list(P.shape)}, expected {[num_dir, 3 * H]}")
+    coupled = bool(input_forget)
+
+    def cell(ctx, d, xw, states, bd):
+        h, c = states
+        f, g, hf = acts[d]
+        pre = xw + ctx.matmul(h, Rt[d])  # gates i, o, f, c
+        p_i = pre[:, :H]
+        p_o = pre[:, H:2 * H]
+        p_f = pre[:, 2 * H:3 * H]
+        p_c = pre[:, 3 * H:]
+        if P is not None:
+            p_i = p_i + P[d, :H] * c
+            p_f = p_f + P[d, 2 * H:] * c
+        if bd is not None:
+            p_i = p_i + bd[:H]
+            p_f = p_f + bd[2 * H:3 * H]
+            p_c = p_c + bd[3 * H:]
+        i = ctx.round(f(ctx.round(_clip(p_i, clip))))
+        if coupled:
+            fg = ctx.round(1 - i)
+        else:
+            fg = ctx.round(f(ctx.round(_clip(p_f, clip))))
+        cc = ctx.round(g(ctx.round(_clip(p_c, clip))))
+        c_new = ctx.round(fg * c + i * cc)
+        if P is not None:
+            p_o = p_o + P[d, H:2 * H] * c_new
+        if bd is not None:
+            p_o = p_o + bd[H:2 * H]
+        o = ctx.round(f(ctx.round(_clip(p_o, clip))))
+        h_new = ctx.round(o * ctx.round(hf(c_new)))
+        return [h_new, c_new]
+
+    return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
+                hidden_size, 4, cell, 2)
+
+
+@op("LSTM", since=7)
+def lstm7(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
+          activation_alpha=None, activation_beta=None, activations=None, clip=None, direction="forward",
+          hidden_size=None, input_forget=0):
+    return _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+                 activations, clip, direction, hidden_size, input_forget, 0)
+
+
+@op("LSTM", since=14)
+def lstm14(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, *,
+           activation_alpha=None, activation_beta=None, activations=None, clip=None, direction="forward",
+           hidden_size=None, input_forget=0, layout=0):
+    return _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+                 activations, clip, direction, hidden_size, input_forget, layout)
