@@ -1,0 +1,392 @@
+"""Bit-accurate block-FMA model of NVIDIA tensor cores (Fasi et al. 2021; Khattak & Mikaitis).
+
+One block computes D = C + sum_{i<K} a_i*b_i:
+  * the K products are exact;
+  * every product and C is placed in a fixed-point window anchored at the largest exponent among
+    them. A product's exponent is ea+eb (its significand lies in [1,4), two integer bits), C's is
+    its own; zero terms take no part. The window keeps w = 23 + extra_bits fraction bits below
+    that exponent and truncates (toward zero) everything beneath;
+  * the truncated terms are added exactly, and the sum is normalized once and rounded toward
+    zero to fp32, or to nearest-even to fp16.
+Fitted against the GPU measurements in tests/data/tensorcore: the alignment exponent of a
+product is ea+eb, not the exponent of the exact product (the latter misses hundreds of cases).
+Subnormal inputs take the format's minimum exponent (what the hardware sees in the exponent
+field). Inputs are decomposed into (signed integer significand, exponent) once, the sums are
+done in int64; float64 is only used to normalize the exact block sum (|S| < 2^40, exact).
+
+Formats are given by code: see FORMATS. Values handed to the kernels must be representable in
+their format, except that a raw fp32 for tf32 is truncated to 10 fraction bits, as the
+hardware does.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+# code -> (fraction bits, minimum normal exponent, largest finite, overflow gives NaN)
+FORMATS = {
+    "fp16": (10, -14, 65504.0, False),
+    "bf16": (7, -126, float(np.float32(3.3895313892515355e38)), False),
+    "tf32": (10, -126, float(np.finfo(np.float32).max), False),
+    "fp8-e4m3": (3, -6, 448.0, True),
+    "fp8-e5m2": (2, -14, 57344.0, False),
+}
+
+ZERO_EXP = -(1 << 20)  # exponent given to zeros: below every real one, so they never set the max
+_F32_MAX = float(np.finfo(np.float32).max)
+_TILE = 64  # output columns handled together: the inner loops run over them and vectorize
+
+
+@njit(cache=True, inline="always")
+def _pow2(n):
+    # 2.0**n for -1022 <= n <= 1023, built from the bits (no libm call, vectorizes)
+    return np.int64((n + 1023) << 52).view(np.float64)
+
+
+@njit(cache=True, inline="always")
+def _f64_exponent(v):
+    return np.int32(((np.float64(v).view(np.int64) >> 52) & 0x7FF) - 1023)
+
+
+@njit(cache=True, inline="always")
+def _round_rne(v, mbits, emin):
+    """Nearest-even rounding of float64 v to mbits fraction bits, exponent >= emin (subnormals
+    kept), no overflow check. Exact: scaling by powers of two and rint are exact in float64."""
+    e = _f64_exponent(v)
+    if e < emin:
+        e = emin
+    q = e - mbits
+    return np.rint(v * _pow2(-q)) * _pow2(q)
+
+
+@njit(cache=True)
+def round_to_format(x, mbits, emin, maxfinite, ovf_nan, truncate):
+    """Round a float32 array to a format (nearest-even, or truncation toward zero for tf32).
+    Overflow gives inf (NaN for formats without inf); NaN and inf pass through."""
+    out = np.empty(x.shape, np.float32)
+    xf = x.ravel()
+    of = out.reshape(-1)
+    for i in range(xf.size):
+        v = xf[i]
+        if not np.isfinite(v):
+            if ovf_nan and not np.isnan(v):
+                of[i] = np.float32(np.nan)
+            else:
+                of[i] = v
+            continue
+        if truncate:
+            bits = np.float32(v).view(np.int32)
+            of[i] = np.int32(bits & ~((1 << (23 - mbits)) - 1)).view(np.float32)
+            continue
+        r = _round_rne(np.float64(v), mbits, emin)
+        if abs(r) > maxfinite:
+            r = np.nan if ovf_nan else (np.inf if r > 0 else -np.inf)
+        of[i] = np.float32(r)
+    return out
+
+
+@njit(cache=True)
+def decompose(x, mbits, emin):
+    """Split float32 values (finite, representable in the format) into signed integer
+    significands m and exponents e with x = m * 2^(e - mbits), e >= emin. Zeros get ZERO_EXP;
+    non-finite values get m = 0 (the callers route them to the special path)."""
+    m = np.empty(x.shape, np.int32)
+    e = np.empty(x.shape, np.int32)
+    xf = x.ravel()
+    mf = m.reshape(-1)
+    ef = e.reshape(-1)
+    for i in range(xf.size):
+        bits = np.float32(xf[i]).view(np.int32)
+        be = (bits >> 23) & 0xFF
+        frac = bits & 0x7FFFFF
+        if be == 0xFF or (be == 0 and frac == 0):
+            mf[i] = 0
+            ef[i] = ZERO_EXP
+            continue
+        if be == 0:
+            ex = -126
+        else:
+            ex = be - 127
+            frac |= 0x800000
+        ee = ex if ex > emin else emin
+        mag = frac >> (23 - mbits + ee - ex)  # exact for representable values, truncates tf32
+        if mag == 0:
+            mf[i] = 0
+            ef[i] = ZERO_EXP
+            continue
+        mf[i] = -mag if bits < 0 else mag
+        ef[i] = ee
+    return m, e
+
+
+@njit(cache=True, inline="always")
+def _split_c(c, c_emin):
+    """Accumulator C (finite float32) as (signed significand with 23 fraction bits, exponent)."""
+    bits = np.float32(c).view(np.int32)
+    be = (bits >> 23) & 0xFF
+    frac = np.int64(bits & 0x7FFFFF)
+    if be == 0:
+        ex = np.int32(-126)
+    else:
+        ex = np.int32(be - 127)
+        frac |= 0x800000
+    if frac == 0:
+        return np.int64(0), np.int32(ZERO_EXP)
+    if ex < c_emin:  # fp16 accumulator: subnormal C sits at fp16's minimum exponent
+        frac >>= c_emin - ex
+        ex = np.int32(c_emin)
+    if bits < 0:
+        frac = -frac
+    return frac, ex
+
+
+@njit(cache=True, inline="always")
+def _finish(s, emax, w, out16, rne):
+    """Round the exact block sum s * 2^(emax - w) to the output format (returns float32)."""
+    if s == 0:
+        return np.float32(0.0)
+    v = np.float64(s) * _pow2(emax - w)  # exact: |s| < 2^40, exponent within float64 range
+    if out16:
+        if rne:
+            r = _round_rne(v, 10, -14)
+        else:
+            r = _trunc(v, 10, -14)
+        if abs(r) > 65504.0:
+            if rne:
+                r = np.inf if r > 0 else -np.inf
+            else:
+                r = 65504.0 if r > 0 else -65504.0
+        return np.float32(r)
+    if rne:
+        r = _round_rne(v, 23, -126)
+        if abs(r) > _F32_MAX:
+            r = np.inf if r > 0 else -np.inf
+    else:
+        r = _trunc(v, 23, -126)
+        if abs(r) > _F32_MAX:  # toward zero, overflow stops at the largest finite (IEEE RZ)
+            r = _F32_MAX if r > 0 else -_F32_MAX
+    return np.float32(r)
+
+
+@njit(cache=True, inline="always")
+def _trunc(v, mbits, emin):
+    e = _f64_exponent(v)
+    if e < emin:
+        e = emin
+    q = e - mbits
+    return np.trunc(v * _pow2(-q)) * _pow2(q)
+
+
+@njit(cache=True)
+def _block_special(a, b, c, k0, k1):
+    """Result of a block with a non-finite input or C: NaN if any NaN, inf*0 or inf-inf,
+    else the signed infinity. Returns (is_special, value)."""
+    pinf = False
+    ninf = False
+    nan = np.isnan(c)
+    if np.isinf(c):
+        if c > 0:
+            pinf = True
+        else:
+            ninf = True
+    for k in range(k0, k1):
+        x = a[k]
+        y = b[k]
+        if np.isnan(x) or np.isnan(y):
+            nan = True
+        elif np.isinf(x) or np.isinf(y):
+            if x == 0 or y == 0:
+                nan = True
+            elif (x > 0) == (y > 0):
+                pinf = True
+            else:
+                ninf = True
+    if nan or (pinf and ninf):
+        return True, np.float32(np.nan)
+    if pinf:
+        return True, np.float32(np.inf)
+    if ninf:
+        return True, np.float32(-np.inf)
+    return False, np.float32(0.0)
+
+
+@njit(cache=True)
+def dot_scalar(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    """One output element: chained blocks of blk products over float32 vectors a, b (values in
+    their formats), starting from accumulator c (already in the output format)."""
+    n = a.shape[0]
+    L = w - ma - mb  # products carry ma+mb fraction bits, the window w
+    lsh = L if L > 0 else 0
+    rsh = -L if L < 0 else 0
+    c_emin = -14 if out16 else -126
+    acc = np.float32(c)
+    am, ae = decompose(a, ma, emin_a)
+    bm, be = decompose(b, mb, emin_b)
+    for k0 in range(0, n, blk):
+        k1 = min(k0 + blk, n)
+        special, val = _block_special(a, b, acc, k0, k1)
+        if special:
+            acc = val
+            continue
+        cm, ce = _split_c(acc, c_emin)
+        emax = ce
+        for k in range(k0, k1):
+            if am[k] != 0 and bm[k] != 0:
+                x = ae[k] + be[k]
+                if x > emax:
+                    emax = x
+        if cm == 0 and emax == ZERO_EXP:
+            acc = np.float32(0.0)
+            continue
+        s = np.int64(0)
+        if cm != 0:
+            sh = emax - ce + 23 - w
+            mag = abs(cm)
+            if sh >= 0:
+                mag = mag >> min(sh, 62)
+            else:
+                mag = mag << (-sh)
+            s = -mag if cm < 0 else mag
+        for k in range(k0, k1):
+            p = np.int64(am[k]) * np.int64(bm[k])
+            if p != 0:
+                sh = emax - (ae[k] + be[k]) + rsh
+                mag = (abs(p) << lsh) >> min(sh, 62)
+                s += -mag if p < 0 else mag
+        acc = _finish(s, emax, w, out16, rne)
+    return acc
+
+
+@njit(cache=True)
+def _any_nonfinite_rows(x):
+    nb, r, n = x.shape
+    out = np.zeros((nb, r), np.bool_)
+    for b in range(nb):
+        for i in range(r):
+            for k in range(n):
+                if not np.isfinite(x[b, i, k]):
+                    out[b, i] = True
+                    break
+    return out
+
+
+@njit(cache=True)
+def _any_nonfinite_cols(x):
+    nb, n, c = x.shape
+    out = np.zeros((nb, c), np.bool_)
+    for b in range(nb):
+        for k in range(n):
+            for j in range(c):
+                if not np.isfinite(x[b, k, j]):
+                    out[b, j] = True
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    nb, M, K = a.shape
+    N = b.shape[2]
+    am, ae = decompose(a, ma, emin_a)
+    bm, be = decompose(b, mb, emin_b)
+    rowbad = _any_nonfinite_rows(a)
+    colbad = _any_nonfinite_cols(b)
+    L = w - ma - mb
+    lsh = L if L > 0 else 0
+    rsh = -L if L < 0 else 0
+    c_emin = -14 if out16 else -126
+    out = np.empty((nb, M, N), np.float32)
+    for r in prange(nb * M):
+        bi = r // M
+        i = r % M
+        emax = np.empty(_TILE, np.int32)
+        cexp = np.empty(_TILE, np.int32)
+        s = np.empty(_TILE, np.int64)
+        acc = np.empty(_TILE, np.float32)
+        redo = np.empty(_TILE, np.bool_)
+        for j0 in range(0, N, _TILE):
+            nj = min(_TILE, N - j0)
+            for jj in range(nj):
+                acc[jj] = c[bi, i, j0 + jj]
+                redo[jj] = rowbad[bi, i] or colbad[bi, j0 + jj] or not np.isfinite(acc[jj])
+            for k0 in range(0, K, blk):
+                k1 = min(k0 + blk, K)
+                # C joins the window; its exponent starts the running maximum
+                for jj in range(nj):
+                    cm, ce = _split_c(acc[jj], c_emin)
+                    emax[jj] = ce
+                    cexp[jj] = ce
+                    s[jj] = cm
+                for k in range(k0, k1):
+                    if am[bi, i, k] == 0:
+                        continue  # zero products take no part in the alignment
+                    xa = ae[bi, i, k]
+                    for jj in range(nj):
+                        x = xa + be[bi, k, j0 + jj]
+                        if x > emax[jj]:
+                            emax[jj] = x
+                # C's aligned value (it may need a left shift when extra_bits > 0)
+                for jj in range(nj):
+                    cm = s[jj]
+                    if cm != 0:
+                        sh = emax[jj] - cexp[jj] + 23 - w
+                        mag = abs(cm)
+                        if sh >= 0:
+                            mag = mag >> min(sh, 62)
+                        else:
+                            mag = mag << (-sh)
+                        s[jj] = -mag if cm < 0 else mag
+                for k in range(k0, k1):
+                    xm = np.int64(am[bi, i, k])
+                    if xm == 0:
+                        continue
+                    xa = ae[bi, i, k]
+                    for jj in range(nj):
+                        p = xm * bm[bi, k, j0 + jj]
+                        sh = emax[jj] - (xa + be[bi, k, j0 + jj]) + rsh
+                        if sh > 62:
+                            sh = 62
+                        mag = (abs(p) << lsh) >> sh
+                        s[jj] += -mag if p < 0 else mag
+                for jj in range(nj):
+                    if s[jj] == 0:
+                        acc[jj] = np.float32(0.0)
+                    else:
+                        acc[jj] = _finish(s[jj], emax[jj], w, out16, rne)
+                        if not np.isfinite(acc[jj]):
+                            redo[jj] = True
+            for jj in range(nj):
+                if redo[jj]:
+                    acc[jj] = dot_scalar(a[bi, i, :], b[bi, :, j0 + jj].copy(), c[bi, i, j0 + jj],
+                                         blk, w, ma, emin_a, mb, emin_b, out16, rne)
+                out[bi, i, j0 + jj] = acc[jj]
+    return out
+
+
+def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int,
+            extra_bits: int, rounding: str = "rz", out_format: str = "fp32",
+            in_a: str = "fp16", in_b: str | None = None) -> np.ndarray:
+    """D = A @ B + C with chained tensor-core blocks of k products, batched over a leading dim.
+
+    a: float32 [M, K] or [nb, M, K], b: [K, N] or [nb, K, N] (values representable in in_a /
+    in_b; tf32 is truncated), c: broadcastable to [.., M, N] or None (zero). C is first rounded
+    to the output format (nearest-even; the fp16 accumulator holds fp16). Returns float32."""
+    in_b = in_a if in_b is None else in_b
+    ma, emin_a = FORMATS[in_a][:2]
+    mb, emin_b = FORMATS[in_b][:2]
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    two_d = a.ndim == 2
+    if two_d:
+        a, b = a[None], b[None]
+    nb, M, K = a.shape
+    N = b.shape[2]
+    out16 = out_format == "fp16"
+    if c is None:
+        c3 = np.zeros((nb, M, N), np.float32)
+    else:
+        c3 = np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32), (nb, M, N)))
+        if out16:
+            c3 = round_to_format(c3, 10, -14, 65504.0, False, False)
+    d = _gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c3, int(k),
+                     23 + int(extra_bits), ma, emin_a, mb, emin_b, out16, rounding == "rne")
+    return d[0] if two_d else d
