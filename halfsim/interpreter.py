@@ -58,9 +58,6 @@ class _FP32Plan:
     """The identity precision plan: plain fp32 semantics, nothing rounded."""
     identity = True
 
-    def node_precision(self, node: G.Node) -> Any:
-        return None
-
     def matmul(self, ctx, a, b):
         return np.matmul(a, b)
 
@@ -76,7 +73,10 @@ class _FP32Plan:
     def on_initializer(self, name, x):
         return x
 
-    def on_outputs(self, node, outputs):
+    def on_inputs(self, node, args):
+        return args, None
+
+    def on_outputs(self, node, outputs, state):
         return outputs
 
 
@@ -115,7 +115,13 @@ class _Runner:
 
     def exec_node(self, node: G.Node, env: dict) -> None:
         args = [self._lookup(t, env) if t else None for t in node.inputs]
-        ctx = OpContext(node, self.plan.node_precision(node), self)
+        plan = self.plan
+        if plan.identity:
+            state = None
+            ctx = OpContext(node, None, self)
+        else:
+            args, state = plan.on_inputs(node, args)
+            ctx = OpContext(node, state[0], self)
         if node.subgraphs:
             self.scopes.append(env)
         try:
@@ -134,8 +140,8 @@ class _Runner:
             outs += [None] * (len(node.outputs) - len(outs))
         outs = [o if o is None or isinstance(o, np.ndarray) or isinstance(o, list) else np.asarray(o)
                 for o in outs[:len(node.outputs)]]
-        if not self.plan.identity:
-            outs = self.plan.on_outputs(node, outs)
+        if not plan.identity:
+            outs = plan.on_outputs(node, outs, state)
         if self.hook is not None:
             new = self.hook(node, outs)
             if new is not None:

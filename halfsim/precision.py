@@ -1,16 +1,337 @@
-"""Turns a `precision` argument (preset name, Policy, or plan) into a precision plan for a
-model. Only fp32 exists until per-op precision lands (issue 4)."""
+"""The precision plan: applies a Policy while the interpreter runs.
+
+Values travel as float32 carriers holding only values of their format; every tensor carries a
+tag (the format it is known to hold). Before a node runs, float inputs wider than the node's
+storage format are rounded (constants with the policy's weights overflow, saturating by
+default; activations overflowing to inf, as a Cast would). After it runs, float outputs of
+value-computing ops are rounded to the storage format and numerical events (overflow,
+saturation, underflow to zero, NaN created) are recorded. Tensors typed float16/bfloat16 in the
+model (fp16-converted models) are widened exactly to float32 for the op and stored back in
+their own type, so Cast really rounds and every op has true low-precision semantics."""
 from __future__ import annotations
 
+from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
+
 from .errors import HalfsimError
+from .formats import Format, format as get_format, round as round_fmt
 from .interpreter import FP32_PLAN
+from .policy import OpPrecision, Policy, preset
+
+FP32 = get_format("fp32")
+_LOW_DTYPES = {np.dtype(np.float16): "fp16"}
+try:  # bfloat16 arrays come from onnx (which depends on ml_dtypes) for bf16-typed models
+    import ml_dtypes as _mld
+    _LOW_DTYPES[np.dtype(_mld.bfloat16)] = "bf16"
+except ImportError:  # pragma: no cover
+    _mld = None
+_NO_ROUND_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1), ("NonMaxSuppression", 3),
+                    ("NonMaxSuppression", 4), ("RoiAlign", 1)}
+
+
+def _within(a: Format, b: Format) -> bool:
+    """Every value of `a` is a value of `b`."""
+    return a.ebits <= b.ebits and a.mbits <= b.mbits and (a.has_inf <= b.has_inf or a.ebits < b.ebits)
+
+
+@dataclass
+class Event:
+    node: str
+    op_type: str
+    tensor: str
+    kind: str       # overflow | saturated | underflow | nan
+    count: int
+    constant: bool = False
+
+    def to_dict(self) -> dict:
+        return {"node": self.node, "op_type": self.op_type, "tensor": self.tensor, "kind": self.kind,
+                "count": self.count, "constant": self.constant}
+
+
+class PrecisionPlan:
+    identity = False
+
+    def __init__(self, policy: Policy, model: Any):
+        self.policy = policy
+        self.model = model
+        self.events: list[Event] = []
+        self.tags: dict[str, Format] = {}
+        self._fmts: dict[str, Format] = {}
+        self._precs: dict[int, OpPrecision] = {}
+        self._const_cache: dict[tuple, np.ndarray] = {}
+        self.constants = set(model.graph.initializers) | _constant_outputs(model.graph)
+        self.weights_fmt = self.fmt(policy.weights) if policy.weights else None
+        self.io_fmt = self.fmt(policy.io) if policy.io else None
+        self.output_names = set(model.graph.output_names)
+
+    def fmt(self, name: str) -> Format:
+        f = self._fmts.get(name)
+        if f is None:
+            f = self._fmts[name] = get_format(name)
+        return f
+
+    # -- interpreter interface --------------------------------------------------------
+    def node_precision(self, node) -> OpPrecision:
+        p = self._precs.get(id(node))
+        if p is None:
+            p = self._precs[id(node)] = self.policy.resolve(node)
+        return p
+
+    def on_initializer(self, name: str, x: np.ndarray) -> np.ndarray:
+        x = self._widen(name, x)
+        if self.weights_fmt is not None and _is_float32(x):
+            x = self._round(x, self.weights_fmt, self.policy.weights_overflow, "keep", name, "<weights>", "", True)
+            self.tags[name] = self.weights_fmt
+        return x
+
+    def on_graph_input(self, name: str, x: np.ndarray) -> np.ndarray:
+        x = self._widen(name, x)
+        if self.io_fmt is not None and _is_float32(x):
+            x = self._round(x, self.io_fmt, "inf", "keep", name, "<input>", "", False)
+            self.tags[name] = self.io_fmt
+        return x
+
+    def on_inputs(self, node, args: list) -> tuple[list, Any]:
+        prec = self.node_precision(node)
+        typed = None
+        movement = node.impl.data_movement
+        new = list(args)
+        for i, (t, a) in enumerate(zip(node.inputs, args)):
+            if not isinstance(a, np.ndarray):
+                continue
+            low = _LOW_DTYPES.get(a.dtype)
+            if low is not None:
+                typed = typed or low
+                if not movement:
+                    new[i] = a.astype(np.float32)
+                self.tags[t] = self.fmt(low)
+        storage = self._storage(prec, node, new, typed)
+        if storage is not FP32:
+            for i, (t, a) in enumerate(zip(node.inputs, new)):
+                if (isinstance(a, np.ndarray) and a.dtype == np.float32 and (node.op_type, i) not in _NO_ROUND_INPUTS):
+                    tag = self.tags.get(t)
+                    if tag is None or not _within(tag, storage):
+                        new[i] = self._round_input(t, a, storage, node)
+        if prec.storage != storage.name:
+            prec = replace(prec, storage=storage.name)
+        return new, (prec, storage, typed)
+
+    def on_outputs(self, node, outs: list, state) -> list:
+        prec, storage, typed = state
+        if node.impl.data_movement:
+            tag = self._input_tag(node)
+            for t, o in zip(node.outputs, outs):
+                if t and isinstance(o, np.ndarray) and o.dtype.kind == "f":
+                    low = _LOW_DTYPES.get(o.dtype)
+                    self.tags[t] = self.fmt(low) if low else tag
+            return outs
+        res = list(outs)
+        for i, (t, o) in enumerate(zip(node.outputs, outs)):
+            if not t or not isinstance(o, np.ndarray) or o.dtype.kind != "f":
+                continue
+            if o.dtype in _LOW_DTYPES:  # a Cast to float16/bfloat16: numpy rounded it already
+                tag = self.fmt(_LOW_DTYPES[o.dtype])
+                self._count_cast_events(node, t, o)
+                self.tags[t] = tag
+                continue
+            if o.dtype != np.float32:
+                self.tags[t] = FP32
+                continue
+            fmt = storage
+            if typed and node.op_type not in ("Cast", "CastLike"):
+                fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
+            if fmt is not FP32:
+                o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
+                                inputs=node.inputs)
+            if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
+                o = self._round(o, self.io_fmt, "inf", "keep", t, node.label, node.op_type, False)
+                fmt = self.io_fmt
+            if typed and node.op_type not in ("Cast", "CastLike"):
+                o = o.astype(np.float16 if typed == "fp16" else _mld.bfloat16)
+            res[i] = o
+            self.tags[t] = fmt
+        return res
+
+    # -- accumulate-aware primitives -----------------------------------------------
+    def plain(self, ctx) -> bool:
+        """matmul/sum are plain fp32 numpy for this node (ops may take faster fp32 paths)."""
+        p = ctx.prec
+        return p is None or (not p.operands and not p.tensor_core and _within(FP32, self.fmt(p.accumulate)))
+
+    def matmul(self, ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        prec = ctx.prec
+        if prec is None or a.dtype != np.float32 or b.dtype != np.float32:
+            return np.matmul(a, b)
+        if prec.operands:
+            f = self.fmt(prec.operands)
+            ov = "saturate" if not f.has_inf else "inf"
+            a = round_fmt(a, f, rounding=prec.operand_rounding, overflow=ov)
+            b = round_fmt(b, f, rounding=prec.operand_rounding, overflow=ov)
+        if prec.tensor_core:
+            from .tensorcore import gemm, get_model
+            return gemm(a, b, get_model(prec.tensor_core))
+        acc = self.fmt(prec.accumulate)
+        if _within(FP32, acc):
+            return np.matmul(a, b)
+        from .kernels.accumulate import matmul_acc
+        return matmul_acc(a, b, acc.ebits, acc.mbits, order=prec.order, block=prec.block, fma=prec.fma)
+
+    def sum(self, ctx, x: np.ndarray, axis, keepdims: bool) -> np.ndarray:
+        prec = ctx.prec
+        if prec is None or x.dtype != np.float32:
+            return np.sum(x, axis=axis, keepdims=keepdims)
+        acc = self.fmt(prec.accumulate)
+        if _within(FP32, acc):
+            return np.sum(x, axis=axis, keepdims=keepdims)
+        from .kernels.accumulate import sum_acc
+        return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
+                       block=prec.block)
+
+    def round_compute(self, ctx, x: np.ndarray) -> np.ndarray:
+        prec = ctx.prec
+        if prec is None or not isinstance(x, np.ndarray) or x.dtype != np.float32:
+            return x
+        name = prec.accumulate if prec.fused else (prec.compute or prec.storage)
+        f = self.fmt(name)
+        if _within(FP32, f):
+            return x
+        return round_fmt(x, f, overflow=prec.overflow, subnormals=prec.subnormals)
+
+    # -- helpers ---------------------------------------------------------------------
+    def _storage(self, prec: OpPrecision, node, args, typed) -> Format:
+        if prec.storage == "inherit":
+            best = None
+            for t, a in zip(node.inputs, args):
+                if isinstance(a, np.ndarray) and a.dtype.kind == "f" and t not in self.constants:
+                    tag = self.tags.get(t, FP32)
+                    if best is None or _within(best, tag):
+                        best = tag
+            return best or FP32
+        return self.fmt(prec.storage)
+
+    def _input_tag(self, node) -> Format:
+        best = None
+        for t in node.inputs:
+            tag = self.tags.get(t) if t else None
+            if tag is not None and (best is None or _within(best, tag)):
+                best = tag
+        return best or FP32
+
+    def _widen(self, name: str, x: np.ndarray) -> np.ndarray:
+        low = _LOW_DTYPES.get(x.dtype) if isinstance(x, np.ndarray) else None
+        if low is not None:
+            self.tags[name] = self.fmt(low)
+        elif isinstance(x, np.ndarray) and x.dtype == np.float32:
+            self.tags[name] = FP32
+        return x
+
+    def _round_input(self, t: str, a: np.ndarray, fmt: Format, node) -> np.ndarray:
+        if t in self.constants:
+            key = (t, fmt.name, id(a))
+            r = self._const_cache.get(key)
+            if r is None:
+                r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
+                self._const_cache[key] = r
+            return r
+        return self._round(a, fmt, "inf", "keep", t, node.label, node.op_type, False)
+
+    def _round(self, x: np.ndarray, fmt: Format, overflow: str, subnormals: str, tensor: str, node: str,
+               op_type: str, constant: bool, inputs=None) -> np.ndarray:
+        y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
+        self._events(x, y, fmt, tensor, node, op_type, constant, overflow)
+        return y
+
+    def _events(self, x, y, fmt, tensor, node, op_type, constant, overflow) -> None:
+        if x.size == 0:
+            return
+        ax = np.abs(x)
+        big = ax > fmt.max
+        if big.any():
+            finite_big = int(np.count_nonzero(big & np.isfinite(x)))
+            if finite_big:
+                kind = "saturated" if overflow == "saturate" or not fmt.has_inf else "overflow"
+                self.events.append(Event(node, op_type, tensor, kind, finite_big, constant))
+        under = (y == 0) & (x != 0)
+        n = int(np.count_nonzero(under))
+        if n:
+            self.events.append(Event(node, op_type, tensor, "underflow", n, constant))
+        nan = np.isnan(y)
+        if nan.any():
+            created = int(np.count_nonzero(nan & ~np.isnan(x)))
+            if created:
+                self.events.append(Event(node, op_type, tensor, "nan", created, constant))
+
+    def _count_cast_events(self, node, t, o) -> None:
+        # A Cast to a narrow type overflowing to inf is an event like any other rounding.
+        if not node.op_type.startswith("Cast"):
+            return
+        inf = np.isinf(o)
+        if inf.any():
+            self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
+
+
+def _is_float32(x) -> bool:
+    return isinstance(x, np.ndarray) and x.dtype == np.float32
+
+
+def _constant_outputs(graph) -> set[str]:
+    out = set()
+    for n in graph.nodes:
+        if n.op_type == "Constant":
+            out.update(o for o in n.outputs if o)
+    return out
+
+
+def first_events(events: list[Event]) -> dict[str, Event]:
+    """The first node (in execution order) where each kind of event appears."""
+    first: dict[str, Event] = {}
+    for e in events:
+        first.setdefault(e.kind, e)
+    return first
+
+
+def has_low_precision_types(model) -> bool:
+    g = model.graph
+
+    def scan(graph) -> bool:
+        for a in graph.initializers.values():
+            if a.dtype in _LOW_DTYPES:
+                return True
+        for vi in graph.inputs:
+            if vi.dtype is not None and vi.dtype in _LOW_DTYPES:
+                return True
+        for n in graph.nodes:
+            if n.op_type == "Cast" and n.attrs.get("to") in (10, 16):
+                return True
+            if any(scan(sg) for sg in n.subgraphs):
+                return True
+        return False
+    return scan(g)
 
 
 def make_plan(precision: Any, model: Any):
-    if precision is None or precision == "fp32":
-        return FP32_PLAN
+    """A plan for `precision`: a preset name, a Policy, or an existing plan."""
     if hasattr(precision, "on_outputs") and hasattr(precision, "identity"):
         return precision
-    raise HalfsimError(f"unknown precision {precision!r}")
+    if precision is None:
+        precision = "fp32"
+    if isinstance(precision, str):
+        if precision == "fp32" and not _typed(model):
+            return FP32_PLAN
+        policy = preset(precision)
+    elif isinstance(precision, Policy):
+        policy = precision
+    else:
+        raise HalfsimError(f"precision must be a preset name or a Policy, not {type(precision).__name__}")
+    if not policy.rules and policy.io is None and policy.weights is None and not _typed(model):
+        return FP32_PLAN
+    return PrecisionPlan(policy, model)
+
+
+def _typed(model) -> bool:
+    v = getattr(model, "_typed_low", None)
+    if v is None:
+        v = model._typed_low = has_low_precision_types(model)
+    return v
