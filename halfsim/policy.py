@@ -76,6 +76,7 @@ class OpPrecision:
 
 
 _PREC_FIELDS = {f.name for f in fields(OpPrecision)}
+_NULLABLE = ("compute", "operands", "tensor_core")
 _MATCH_KEYS = ("op_type", "name", "regex", "output", "index")
 
 
@@ -112,7 +113,8 @@ class Rule:
                 d[k] = getattr(self, k)
         if self.index is not None:
             d["index"] = list(self.index)
-        d.update(self.set)
+        # None resets a nullable field (e.g. operands when keeping a node in fp32); files spell it "none".
+        d.update({k: ("none" if v is None else v) for k, v in self.set.items()})
         return d
 
     @classmethod
@@ -122,7 +124,7 @@ class Rule:
         unknown = set(d) - set(_MATCH_KEYS) - _PREC_FIELDS
         if unknown:
             raise HalfsimError(f"{where}: unknown key {sorted(unknown)[0]!r}")
-        sets = {k: v for k, v in d.items() if k in _PREC_FIELDS}
+        sets = {k: (None if v == "none" and k in _NULLABLE else v) for k, v in d.items() if k in _PREC_FIELDS}
         try:
             replace(OpPrecision(), **sets).validate()
         except TypeError as e:
@@ -154,6 +156,10 @@ class Policy:
     weights: str | None = None         # format every float constant is stored in (a converted model)
     weights_overflow: str = "saturate"  # constants out of a narrow format's range: saturate or inf
     description: str = ""
+    # coremltools' constant handling: ops reading fp32 constants beyond the fp16 range (but below
+    # 1e38, which counts as infinity) stay fp32; small constants that would flush to zero become
+    # the smallest subnormal.
+    coreml_constants: bool = False
 
     @property
     def io_fp32(self) -> bool:
@@ -161,7 +167,7 @@ class Policy:
 
     def copy(self, name: str | None = None) -> "Policy":
         return Policy(name or self.name, list(self.rules), self.io, self.weights, self.weights_overflow,
-                      self.description)
+                      self.description, self.coreml_constants)
 
     # -- construction ----------------------------------------------------------------
     def add(self, precision: OpPrecision | dict | None = None, **match) -> "Policy":
@@ -199,6 +205,8 @@ class Policy:
             if getattr(self, k) is not None:
                 d[k] = getattr(self, k)
         d["weights_overflow"] = self.weights_overflow
+        if self.coreml_constants:
+            d["coreml_constants"] = True
         d["rule"] = [r.to_dict() for r in self.rules]
         return d
 
@@ -206,7 +214,8 @@ class Policy:
     def from_dict(cls, d: dict, source: str = "policy") -> "Policy":
         if not isinstance(d, dict):
             raise HalfsimError(f"{source}: top level must be a table/object")
-        unknown = set(d) - {"name", "description", "io", "weights", "weights_overflow", "rule", "rules", "base"}
+        unknown = set(d) - {"name", "description", "io", "weights", "weights_overflow", "rule", "rules", "base",
+                                 "coreml_constants"}
         if unknown:
             raise HalfsimError(f"{source}: unknown key {sorted(unknown)[0]!r}")
         p = (preset(d["base"]) if "base" in d else cls()).copy()
@@ -221,6 +230,7 @@ class Policy:
         if wo not in OVERFLOWS:
             raise HalfsimError(f"{source}: weights_overflow must be one of {', '.join(OVERFLOWS)}")
         p.weights_overflow = wo
+        p.coreml_constants = bool(d.get("coreml_constants", p.coreml_constants))
         rules = d.get("rule", d.get("rules", []))
         if not isinstance(rules, list):
             raise HalfsimError(f"{source}: rules must be a list")
@@ -338,7 +348,8 @@ def _ort_cpu_fp16() -> Policy:
 
 def _coreml_fp16() -> Policy:
     from .backends.coreml_ops import coreml_fp32_onnx_ops
-    p = Policy("coreml-fp16", description="coremltools FP16 compute-precision pass (its own skip list), fp16 semantics")
+    p = Policy("coreml-fp16", weights_overflow="inf", coreml_constants=True,
+               description="coremltools FP16 compute-precision pass (its own skip list), fp16 semantics")
     p.add({"storage": "fp16", "accumulate": "fp32"})
     skip = coreml_fp32_onnx_ops()
     if skip:

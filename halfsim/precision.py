@@ -65,6 +65,30 @@ class PrecisionPlan:
         self.weights_fmt = self.fmt(policy.weights) if policy.weights else None
         self.io_fmt = self.fmt(policy.io) if policy.io else None
         self.output_names = set(model.graph.output_names)
+        if policy.coreml_constants:
+            self._coreml_keep_fp32(model.graph)
+
+    def _coreml_keep_fp32(self, graph, consts: dict | None = None) -> None:
+        """coremltools leaves in fp32 every op reading an fp32 constant beyond the fp16 range
+        (magnitudes from 1e38 up count as infinities and do not block the cast)."""
+        from .backends.coreml_ops import INF_THRESHOLD
+        consts = dict(consts or {})
+        consts.update(graph.initializers)
+        for n in graph.nodes:
+            if n.op_type == "Constant" and isinstance(n.attrs.get("value"), np.ndarray):
+                consts[n.outputs[0]] = n.attrs["value"]
+        fp16max = self.fmt("fp16").max
+        for n in graph.nodes:
+            for t in n.inputs:
+                v = consts.get(t)
+                if v is not None and v.dtype == np.float32 and v.size:
+                    a = np.abs(v)
+                    a = a[a < INF_THRESHOLD]
+                    if a.size and float(a.max()) > fp16max:
+                        self._precs[id(n)] = OpPrecision()
+                        break
+            for sg in n.subgraphs:
+                self._coreml_keep_fp32(sg, consts)
 
     def fmt(self, name: str) -> Format:
         f = self._fmts.get(name)
@@ -233,6 +257,12 @@ class PrecisionPlan:
             r = self._const_cache.get(key)
             if r is None:
                 r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
+                if self.policy.coreml_constants and a.size < 400:
+                    # coremltools replaces small constants that would flush to zero by the
+                    # smallest subnormal of the same sign.
+                    lost = (r == 0) & (a != 0)
+                    if lost.any():
+                        r = np.where(lost, np.copysign(np.float32(fmt.min_subnormal), a), r).astype(np.float32)
                 self._const_cache[key] = r
             return r
         return self._round(a, fmt, "inf", "keep", t, node.label, node.op_type, False)
