@@ -1,0 +1,272 @@
+"""Linear algebra: MatMul, Gemm, Einsum, MatMulInteger, QLinearMatMul.
+
+Every float inner product goes through ctx.matmul (the precision plan swaps in low-precision
+accumulation there); integer products are exact (float64 BLAS when that is exact, else int64)."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ExecutionError, ModelError
+from .registry import op
+
+
+def is_float(a: np.ndarray) -> bool:
+    return a.dtype.kind == "f" or a.dtype.name == "bfloat16"
+
+
+def fmatmul(ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Float matmul through ctx.matmul with ONNX 1-D promotion (the plan sees >= 2-D operands)."""
+    if a.ndim == 0 or b.ndim == 0:
+        raise ExecutionError("MatMul operands must have rank >= 1")
+    a1, b1 = a.ndim == 1, b.ndim == 1
+    if a1:
+        a = a[None, :]
+    if b1:
+        b = b[:, None]
+    if a.shape[-1] != b.shape[-2]:
+        raise ExecutionError(f"MatMul inner dimensions differ: {list(a.shape)} x {list(b.shape)}")
+    if is_float(a):
+        y = ctx.matmul(a, b)
+    else:
+        y = int_matmul(a, b).astype(np.result_type(a.dtype, b.dtype), copy=False)
+    if a1:
+        y = y[..., 0, :]
+    if b1:
+        y = y[..., 0]
+    return y
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Exact integer matmul. float64 BLAS is exact while every partial sum stays below 2**53."""
+    amax = max(abs(int(a.max())), abs(int(a.min()))) if a.size else 0
+    bmax = max(abs(int(b.max())), abs(int(b.min()))) if b.size else 0
+    if amax * bmax * a.shape[-1] < 2.0 ** 53:
+        r = np.matmul(a.astype(np.float64), b.astype(np.float64))
+        return r.astype(np.int64)
+    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+
+
+@op("MatMul", since=1)
+def matmul(ctx, a, b):
+    return fmatmul(ctx, a, b)
+
+
+def _gemm(ctx, a, b, c, alpha, beta, transA, transB):
+    if a.ndim != 2 or b.ndim != 2:
+        raise ExecutionError(f"Gemm needs 2-D A and B, got {list(a.shape)} and {list(b.shape)}")
+    if transA:
+        a = a.T
+    if transB:
+        b = b.T
+    if a.shape[1] != b.shape[0]:
+        raise ExecutionError(f"Gemm inner dimensions differ: {list(a.shape)} x {list(b.shape)}")
+    y = fmatmul(ctx, a, b)
+    dt = y.dtype
+    if alpha != 1.0:
+        y = y * np.asarray(alpha, dtype=dt) if is_float(y) else (y * int(alpha)).astype(dt)
+    if c is not None and beta != 0.0:
+        cc = c if beta == 1.0 else (c * np.asarray(beta, dtype=dt) if is_float(c) else (c * int(beta)).astype(dt))
+        y = y + cc
+        if y.dtype != dt:
+            y = y.astype(dt)
+    return y
+
+
+@op("Gemm", since=1)
+def gemm_v1(ctx, a, b, c, *, alpha=1.0, beta=1.0, transA=0, transB=0, broadcast=0):
+    # Opsets 1-6: without broadcast=1 C must already have the output shape; we broadcast anyway.
+    return _gemm(ctx, a, b, c, alpha, beta, transA, transB)
+
+
+@op("Gemm", since=7)
+def gemm_v7(ctx, a, b, c=None, *, alpha=1.0, beta=1.0, transA=0, transB=0):
+    return _gemm(ctx, a, b, c, alpha, beta, transA, transB)
+
+
+# ---------------------------------------------------------------------------------- Einsum
+def _parse_einsum(eq: str, ranks: list[int]):
+    """Returns (operand letter lists, output letter list); ellipsis dims become the chars
+    '\\x00'.. so that they behave as ordinary letters aligned from the right."""
+    eq = eq.replace(" ", "")
+    if "->" in eq:
+        lhs, rhs = eq.split("->")
+    else:
+        lhs, rhs = eq, None
+    terms = lhs.split(",")
+    if len(terms) != len(ranks):
+        raise ModelError(f"Einsum equation {eq!r} has {len(terms)} operands, the node has {len(ranks)} inputs")
+    ell_rank = 0
+    for t, r in zip(terms, ranks):
+        if "..." in t:
+            ell_rank = max(ell_rank, r - (len(t) - 3))
+    ell = [chr(i) for i in range(ell_rank)]
+    ops = []
+    for t, r in zip(terms, ranks):
+        if "..." in t:
+            pre, post = t.split("...")
+            k = r - len(pre) - len(post)
+            if k < 0:
+                raise ExecutionError(f"Einsum term {t!r} does not fit an operand of rank {r}")
+            letters = list(pre) + ell[ell_rank - k:] + list(post)
+        else:
+            letters = list(t)
+        if len(letters) != r or not all(c.isalpha() or c < " " for c in letters):
+            raise ExecutionError(f"Einsum term {t!r} does not fit an operand of rank {r}")
+        ops.append(letters)
+    if rhs is None:
+        counts: dict[str, int] = {}
+        for letters in ops:
+            for c in letters:
+                counts[c] = counts.get(c, 0) + 1
+        out = ell + sorted(c for c, n in counts.items() if n == 1 and c >= " ")
+    else:
+        if "..." in rhs:
+            pre, post = rhs.split("...")
+            out = list(pre) + ell + list(post)
+        else:
+            out = list(rhs)
+        if len(set(out)) != len(out):
+            raise ModelError(f"Einsum output {rhs!r} repeats a letter")
+        have = {c for letters in ops for c in letters}
+        if any(c not in have for c in out):
+            raise ModelError(f"Einsum output {rhs!r} names a letter no operand has")
+    return ops, out
+
+
+def _fsum(ctx, x, axes):
+    if not axes:
+        return x
+    if is_float(x):
+        return ctx.sum(x, axis=tuple(axes), keepdims=False)
+    return np.sum(x, axis=tuple(axes), dtype=x.dtype)
+
+
+def _prepare(ctx, x, letters, keep):
+    """Take diagonals of repeated letters and sum out letters nobody else needs."""
+    uniq = list(dict.fromkeys(letters))
+    if len(uniq) != len(letters):
+        # np.einsum with every letter of the output once only extracts a diagonal (no sums).
+        sub = "".join(chr(97 + uniq.index(c)) for c in letters)
+        x = np.einsum(f"{sub}->{''.join(chr(97 + i) for i in range(len(uniq)))}", x)
+        letters = uniq
+    drop = [i for i, c in enumerate(letters) if c not in keep]
+    x = _fsum(ctx, x, drop)
+    return x, [c for c in letters if c in keep]
+
+
+def _contract(ctx, a, la, b, lb, keep):
+    sizes = {}
+    for x, ls in ((a, la), (b, lb)):
+        for c, n in zip(ls, x.shape):
+            if c not in sizes or sizes[c] == 1:
+                sizes[c] = n
+            elif n != 1 and n != sizes[c]:
+                raise ExecutionError(f"Einsum dimension mismatch: {sizes[c]} vs {n}")
+    shared = [c for c in la if c in lb]
+    batch = [c for c in shared if c in keep]
+    red = [c for c in shared if c not in keep]
+    a_only = [c for c in la if c not in lb]
+    b_only = [c for c in lb if c not in la]
+
+    def arrange(x, ls, order):
+        x = x.transpose([ls.index(c) for c in order])
+        return np.broadcast_to(x, [sizes[c] if c in shared else x.shape[i] for i, c in enumerate(order)])
+
+    A = arrange(a, la, batch + a_only + red)
+    B = arrange(b, lb, batch + red + b_only)
+    nb = [sizes[c] for c in batch]
+    na = int(np.prod([sizes[c] for c in a_only], dtype=np.int64))
+    nbo = int(np.prod([sizes[c] for c in b_only], dtype=np.int64))
+    k = int(np.prod([sizes[c] for c in red], dtype=np.int64))
+    A = A.reshape(nb + [na, k])
+    B = B.reshape(nb + [k, nbo])
+    if is_float(A):
+        y = ctx.matmul(A, B)
+    else:
+        y = int_matmul(A, B).astype(A.dtype)
+    y = y.reshape(nb + [sizes[c] for c in a_only] + [sizes[c] for c in b_only])
+    return y, batch + a_only + b_only
+
+
+@op("Einsum", since=12)
+def einsum(ctx, *xs, equation):
+    xs = [np.asarray(x) for x in xs]
+    ops, out = _parse_einsum(equation, [x.ndim for x in xs])
+    dt = xs[0].dtype
+    cur, lc = None, None
+    for i, (x, ls) in enumerate(zip(xs, ops)):
+        later = set(out) | {c for o in ops[i + 1:] for c in o}
+        keep = later | set(lc or ())
+        x, ls = _prepare(ctx, x, ls, keep)
+        if cur is None:
+            cur, lc = x, ls
+            continue
+        cur, lc = _contract(ctx, cur, lc, x, ls, later)
+    cur, lc = _prepare(ctx, cur, lc, set(out))
+    y = np.asarray(cur).transpose([lc.index(c) for c in out])
+    return np.array(y, dtype=dt, order="C")
+
+
+# ------------------------------------------------------------------------- integer matmul
+def _zp_row(zp, a):
+    """A's zero point: scalar, per-row 1-D (M) or N-D shaped like [.., M, 1]."""
+    if zp is None:
+        return 0
+    zp = zp.astype(np.int64)
+    if zp.ndim == 1 and zp.size > 1 and a.ndim >= 2:
+        return zp.reshape(-1, 1)
+    return zp.reshape(()) if zp.size == 1 else zp
+
+
+def _zp_col(zp):
+    """B's zero point: scalar, per-column 1-D (N) or N-D shaped like [.., 1, N]."""
+    if zp is None:
+        return 0
+    zp = zp.astype(np.int64)
+    return zp.reshape(()) if zp.size == 1 else zp
+
+
+def integer_matmul(a, b, azp, bzp) -> np.ndarray:
+    """(A - azp) @ (B - bzp) exactly, as int64."""
+    a1, b1 = a.ndim == 1, b.ndim == 1
+    A = a.astype(np.int64) - _zp_row(azp, a)
+    B = b.astype(np.int64) - _zp_col(bzp)
+    if a1:
+        A = A[None, :]
+    if b1:
+        B = B[:, None]
+    y = int_matmul(A, B)
+    if a1:
+        y = y[..., 0, :]
+    if b1:
+        y = y[..., 0]
+    return y
+
+
+@op("MatMulInteger", since=10)
+def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
+    # Wraps like the int32 accumulator of a real kernel.
+    return integer_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
+
+
+def requantize(acc: np.ndarray, multiplier: np.ndarray, zp, qdtype) -> np.ndarray:
+    """round_half_even(acc * multiplier) + zp, saturated: MLAS's float requantization."""
+    info = np.iinfo(qdtype)
+    z = np.asarray(0 if zp is None else zp).astype(np.float32)
+    v = acc.astype(np.float32) * multiplier.astype(np.float32)
+    v = np.clip(v, np.float32(info.min) - z, np.float32(info.max) - z)
+    return (np.rint(v) + z).astype(qdtype)
+
+
+@op("QLinearMatMul", since=10)
+def qlinear_matmul(ctx, a, a_scale, a_zero_point, b, b_scale, b_zero_point, y_scale, y_zero_point):
+    if a_scale.dtype != np.float32:
+        raise ExecutionError("QLinearMatMul supports float32 scales")
+    acc = integer_matmul(a, b, a_zero_point, b_zero_point)
+    bs = b_scale.astype(np.float32)
+    bs = bs.reshape(()) if bs.size == 1 else bs
+    asc = a_scale.astype(np.float32)
+    asc = asc.reshape(()) if asc.size == 1 else (asc.reshape(-1, 1) if asc.ndim == 1 else asc)
+    mult = (asc * bs) / y_scale.astype(np.float32).reshape(())
+    return requantize(acc, np.asarray(mult, np.float32), y_zero_point.reshape(()) if y_zero_point is not None else None,
+                      y_zero_point.dtype if y_zero_point is not None else a.dtype)
