@@ -68,3 +68,44 @@ def run(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], *, intermediate
 def versions() -> dict[str, str]:
     import onnxruntime as ort
     return {"onnxruntime": ort.__version__, "onnx": onnx.__version__}
+
+
+def cast_rewrite(proto: onnx.ModelProto, fmt: str = "fp16", saturate_weights: bool = True) -> onnx.ModelProto:
+    """An independent emulation of `fmt` storage that ORT can run: every float node output is
+    followed by Cast(fmt) -> Cast(float), and float weights are rounded (saturating, as the
+    presets do) with numpy/ml_dtypes. Run it with graph optimizations off."""
+    from onnx import TensorProto, helper, numpy_helper
+    to = {"fp16": TensorProto.FLOAT16, "bf16": TensorProto.BFLOAT16}[fmt]
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    g = m.graph
+    npt = np.float16 if fmt == "fp16" else _bf16()
+    lim = float(np.finfo(np.float16).max) if fmt == "fp16" else float(3.3895314e38)
+    for i, t in enumerate(g.initializer):
+        a = numpy_helper.to_array(t)
+        if a.dtype == np.float32:
+            if saturate_weights:
+                a = np.clip(a, -lim, lim)
+            g.initializer[i].CopyFrom(numpy_helper.from_array(a.astype(npt).astype(np.float32), t.name))
+    inferred = onnx.shape_inference.infer_shapes(m)
+    float_names = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+                   if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    new_nodes = []
+    for n in g.node:
+        n2 = onnx.NodeProto()
+        n2.CopyFrom(n)
+        new_nodes.append(n2)
+        for j, o in enumerate(n.output):
+            if o in float_names:
+                raw = o + "__raw"
+                n2.output[j] = raw
+                new_nodes.append(helper.make_node("Cast", [raw], [o + "__low"], to=to))
+                new_nodes.append(helper.make_node("Cast", [o + "__low"], [o], to=TensorProto.FLOAT))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    return m
+
+
+def _bf16():
+    import ml_dtypes
+    return ml_dtypes.bfloat16

@@ -1,0 +1,134 @@
+"""Precision emulation checked against independent oracles: numpy float16 arithmetic,
+ml_dtypes bfloat16 arithmetic, and ORT running the model rewritten with Casts."""
+import ml_dtypes
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import halfsim
+from halfsim import metrics
+from halfsim.policy import Policy
+
+from opcheck import make_model
+
+
+def _edge_fp16(rng, n):
+    """fp16 values: random normals, subnormals, near-max values, zeros and infinities."""
+    parts = [rng.standard_normal(n) * 10, rng.standard_normal(n) * 1e-6, rng.uniform(3e4, 65504, n) * rng.choice([-1, 1], n),
+             np.array([0.0, -0.0, np.inf, -np.inf, 65504, -65504, 6e-8, -6e-8])]
+    v = np.concatenate(parts).astype(np.float16)
+    return v[rng.permutation(v.size)]
+
+
+BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}
+UNARY = {"Sqrt": np.sqrt, "Neg": np.negative, "Abs": np.abs, "Reciprocal": np.reciprocal}
+
+
+@pytest.mark.parametrize("op", sorted(BINARY))
+def test_binary_fp16_bit_exact_against_numpy_float16(op):
+    rng = np.random.default_rng(1)
+    a, b = _edge_fp16(rng, 3000), _edge_fp16(rng, 3000)
+    m = halfsim.load(make_model(op, [a.astype(np.float32), b.astype(np.float32)]))
+    got = m.run({"in0": a.astype(np.float32), "in1": b.astype(np.float32)}, precision="fp16")["out0"]
+    with np.errstate(all="ignore"):
+        want = BINARY[op](a, b).astype(np.float32)
+    assert np.array_equal(got.view(np.uint32), want.view(np.uint32)) or np.array_equal(got, want, equal_nan=True)
+
+
+@pytest.mark.parametrize("op", sorted(UNARY))
+def test_unary_fp16_bit_exact_against_numpy_float16(op):
+    rng = np.random.default_rng(2)
+    a = _edge_fp16(rng, 5000)
+    if op == "Sqrt":
+        a = np.abs(a)
+    m = halfsim.load(make_model(op, [a.astype(np.float32)]))
+    got = m.run({"in0": a.astype(np.float32)}, precision="fp16")["out0"]
+    with np.errstate(all="ignore"):
+        want = UNARY[op](a).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("op", sorted(BINARY))
+def test_binary_bf16_bit_exact_against_ml_dtypes(op):
+    rng = np.random.default_rng(3)
+    bf = ml_dtypes.bfloat16
+    a = (rng.standard_normal(4000) * np.exp(rng.uniform(-60, 60, 4000))).astype(bf)
+    b = (rng.standard_normal(4000) * np.exp(rng.uniform(-60, 60, 4000))).astype(bf)
+    m = halfsim.load(make_model(op, [a.astype(np.float32), b.astype(np.float32)]))
+    got = m.run({"in0": a.astype(np.float32), "in1": b.astype(np.float32)}, precision="bf16")["out0"]
+    with np.errstate(all="ignore"):
+        want = BINARY[op](a, b).astype(np.float32)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_fp32_inputs_are_rounded_at_the_first_low_precision_op():
+    x = np.array([1 + 2 ** -12, 70000.0, 1e-9], dtype=np.float32)
+    m = halfsim.load(make_model("Neg", [x]))
+    got = m.run({"in0": x}, precision="fp16")["out0"]
+    with np.errstate(over="ignore"):
+        want = -(x.astype(np.float16).astype(np.float32))
+    np.testing.assert_array_equal(got, want)
+
+
+def _mlp(scale_bias=1.0, mask_min=False):
+    rng = np.random.default_rng(0)
+    W1 = (rng.standard_normal((16, 32)) * 0.3).astype(np.float32)
+    b1 = (rng.standard_normal(32) * scale_bias).astype(np.float32)
+    W2 = (rng.standard_normal((32, 8)) * 0.3).astype(np.float32)
+    inits = [numpy_helper.from_array(W1, "W1"), numpy_helper.from_array(b1, "b1"), numpy_helper.from_array(W2, "W2")]
+    nodes = [helper.make_node("MatMul", ["x", "W1"], ["h"], name="mm1"),
+             helper.make_node("Add", ["h", "b1"], ["hb"], name="bias1"),
+             helper.make_node("Tanh", ["hb"], ["t"], name="act"),
+             helper.make_node("MatMul", ["t", "W2"], ["z"], name="mm2")]
+    if mask_min:
+        inits.append(numpy_helper.from_array(np.array([0, np.finfo(np.float32).min] * 4, np.float32), "mask"))
+        nodes.append(helper.make_node("Add", ["z", "mask"], ["y"], name="mask_add"))
+    else:
+        nodes.append(helper.make_node("Identity", ["z"], ["y"], name="out"))
+    g = helper.make_graph(nodes, "mlp", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 8])], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_fp16_preset_matches_ort_cast_rewrite_oracle():
+    from halfsim.backends.ort import cast_rewrite, run
+    proto = _mlp()
+    x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+    m = halfsim.load(proto)
+    pred = m.run({"x": x}, precision="fp16")["y"]
+    ref32 = run(proto, {"x": x})["y"]
+    oracle = run(cast_rewrite(proto, "fp16"), {"x": x.astype(np.float16).astype(np.float32)}, optimize=False)["y"]
+    assert metrics.rel_l2(ref32, oracle) > 1e-4  # the oracle really is in fp16
+    fidelity = np.linalg.norm(pred - oracle) / np.linalg.norm(ref32 - oracle)
+    assert fidelity <= 0.01
+
+
+def test_events_report_saturated_constants_and_overflowing_activations():
+    proto = _mlp(mask_min=True)
+    m = halfsim.load(proto)
+    x = np.random.default_rng(5).standard_normal((4, 16)).astype(np.float32)
+    res = m.run({"x": x}, precision="fp16")
+    kinds = {(e.node, e.kind, e.constant) for e in res.events}
+    assert ("mask_add", "saturated", True) in kinds
+    # Saturated to -65504, the masked logits stay finite: no NaN, no inf.
+    assert np.isfinite(res["y"]).all()
+    assert float(res["y"][:, 1].max()) < -60000
+    # Overflow of activations: the same mask stored with overflow to inf.
+    p = Policy.from_dict({"base": "fp16", "weights_overflow": "inf"})
+    res2 = m.run({"x": x}, precision=p)
+    assert np.isinf(res2["y"][:, 1]).all()
+    assert any(e.kind == "overflow" for e in res2.events)
+    big = halfsim.load(make_model("Mul", [np.full(3, 300.0, np.float32), np.full(3, 300.0, np.float32)]))
+    r = big.run({"in0": np.full(3, 300.0, np.float32), "in1": np.full(3, 300.0, np.float32)}, precision="fp16")
+    assert np.isinf(r["out0"]).all()
+    assert [(e.kind, e.count) for e in r.events] == [("overflow", 3)]
+
+
+def test_fp32_precision_is_bitwise_the_plain_run():
+    proto = _mlp()
+    x = np.random.default_rng(6).standard_normal((4, 16)).astype(np.float32)
+    m = halfsim.load(proto)
+    a = m.run({"x": x})["y"]
+    b = m.run({"x": x}, precision=Policy("empty"))["y"]
+    np.testing.assert_array_equal(a, b)
