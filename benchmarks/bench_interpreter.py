@@ -1,0 +1,225 @@
+"""halfsim fp32 against ONNX Runtime's CPU EP (same thread count) and onnx.reference's
+ReferenceEvaluator on the validation manifest's real models, side by side in one run.
+
+Time: median of --runs runs (default 5) after one warm-up, same inputs, same process.
+Memory: peak RSS (ru_maxrss) of a fresh subprocess per backend per model that imports the
+backend, builds the inputs, then loads the model and runs it twice; reported as the peak
+minus the RSS just before the model was loaded (the model's own cost), and the total peak.
+tracemalloc would miss ORT's native allocations, so RSS is the only fair common measure.
+
+Targets: halfsim within 2x of ORT's time, at least 10x faster than ReferenceEvaluator, peak
+memory within 2x of ORT's.
+
+    python benchmarks/bench_interpreter.py [--models a,b] [--runs 5] [--ref-budget 120] [--json F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+from validation import fetch, recipes  # noqa: E402
+from validation.runner import compute_threads, missing_ops  # noqa: E402
+
+BACKENDS = ("ort", "halfsim", "reference")
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as f:
+        for ln in f:
+            if ln.startswith("VmRSS:"):
+                return int(ln.split()[1])
+    return 0
+
+
+def make_runner(backend: str, path: str, threads: int):
+    """A zero-argument callable running the model once on fixed feeds (built by the caller)."""
+    if backend == "ort":
+        import onnxruntime as ort
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
+        return lambda feeds: sess.run(None, feeds)
+    if backend == "halfsim":
+        import halfsim
+        m = halfsim.load(path)
+        return lambda feeds: m.run(feeds)
+    if backend == "reference":
+        from onnx.reference import ReferenceEvaluator
+        ev = ReferenceEvaluator(path)
+        return lambda feeds: ev.run(None, feeds)
+    raise ValueError(backend)
+
+
+def child(backend: str, name: str, threads: int) -> None:
+    """Subprocess body: print {"peak_kb", "base_kb"} as JSON."""
+    import importlib
+    importlib.import_module({"ort": "onnxruntime", "halfsim": "halfsim", "reference": "onnx.reference"}[backend])
+    path = str(fetch.fetch(name))
+    proto = onnx.load(path)
+    feeds = recipes.build_inputs(fetch.entry(name)["recipe"], proto)
+    del proto
+    base = _rss_kb()
+    run = make_runner(backend, path, threads)
+    run(feeds)
+    run(feeds)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
+    print(json.dumps({"peak_kb": peak, "base_kb": base}))
+
+
+def peak_memory(backend: str, name: str, threads: int, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", backend, name, "--threads", str(threads)]
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    if r.returncode != 0:
+        tail = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+        return {"error": tail[-1][:160] if tail else f"exit {r.returncode}"}
+    d = json.loads(r.stdout.strip().splitlines()[-1])
+    return {"peak_mb": d["peak_kb"] / 1024, "model_mb": (d["peak_kb"] - d["base_kb"]) / 1024}
+
+
+def time_backend(run, feeds, runs: int, budget: float) -> dict:
+    t0 = time.perf_counter()
+    run(feeds)  # warm-up (numba compilation, ORT arena, caches)
+    warm = time.perf_counter() - t0
+    ts = []
+    if warm > budget:
+        return {"ms": warm * 1e3, "runs": 0, "note": "warm-up only (over budget)"}
+    start = time.perf_counter()
+    while len(ts) < runs:
+        t = time.perf_counter()
+        run(feeds)
+        ts.append(time.perf_counter() - t)
+        if time.perf_counter() - start > budget and len(ts) >= 1:
+            break
+    return {"ms": float(np.median(ts)) * 1e3, "runs": len(ts)}
+
+
+def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: float, memory: bool) -> dict:
+    name = e["name"]
+    rec: dict = {"name": name, "time": {}, "memory": {}}
+    path = str(fetch.fetch(name))
+    proto = onnx.load(path)
+    feeds = recipes.build_inputs(e["recipe"], proto)
+    miss = missing_ops(proto)
+    for b in BACKENDS:
+        if b == "halfsim" and miss:
+            rec["time"][b] = {"error": "halfsim lacks " + ", ".join(m["op_type"] for m in miss)}
+            continue
+        try:
+            run = make_runner(b, path, threads)
+            rec["time"][b] = time_backend(run, feeds, runs, ref_budget if b == "reference" else budget)
+        except Exception as ex:
+            msg = str(ex).strip().splitlines()
+            rec["time"][b] = {"error": f"{type(ex).__name__}: {msg[0][:120] if msg else ''}"}
+        if memory and "error" not in rec["time"][b]:
+            rec["memory"][b] = peak_memory(b, name, threads, timeout=max(120.0, 10 * rec["time"][b]["ms"] / 1e3 + 60))
+    return rec
+
+
+def _get(rec, kind, b, key):
+    v = rec[kind].get(b, {})
+    return v.get(key) if isinstance(v, dict) else None
+
+
+def _fmt(x, f=".1f"):
+    return "-" if x is None else format(x, f)
+
+
+def table(recs: list[dict]) -> str:
+    head = (f"{'model':<17} {'ORT ms':>8} {'halfsim ms':>10} {'ref ms':>9} {'hs/ORT':>7} {'ref/hs':>7} "
+            f"{'ORT MB':>7} {'hs MB':>7} {'ref MB':>7} {'hs/ORT mem':>10}")
+    lines = [head, "-" * len(head)]
+    for r in recs:
+        o, h, f = (_get(r, "time", b, "ms") for b in BACKENDS)
+        mo, mh, mf = (_get(r, "memory", b, "model_mb") for b in BACKENDS)
+        ref_runs = _get(r, "time", "reference", "runs")
+        fs = _fmt(f) + ("*" if f is not None and ref_runs is not None and ref_runs < 5 else "")
+        lines.append(f"{r['name']:<17} {_fmt(o):>8} {_fmt(h):>10} {fs:>9} "
+                     f"{_fmt(h / o if h and o else None, '.2f'):>7} {_fmt(f / h if f and h else None, '.1f'):>7} "
+                     f"{_fmt(mo):>7} {_fmt(mh):>7} {_fmt(mf):>7} "
+                     f"{_fmt(mh / mo if mh and mo and mo > 0 else None, '.2f'):>10}")
+    lines.append("times: median ms after warm-up; * fewer than 5 timed runs (budget). MB: peak RSS minus RSS "
+                 "before loading the model, fresh subprocess per backend and model.")
+    notes = []
+    for r in recs:
+        for kind in ("time", "memory"):
+            for b, v in r[kind].items():
+                if isinstance(v, dict) and "error" in v:
+                    notes.append(f"  {r['name']} {b} {kind}: {v['error']}")
+    if notes:
+        lines.append("not measured:")
+        lines.extend(notes)
+    return "\n".join(lines)
+
+
+def summary(recs: list[dict]) -> str:
+    def ratios(fn):
+        return [x for x in (fn(r) for r in recs) if x is not None]
+    t = ratios(lambda r: (_get(r, "time", "halfsim", "ms") / _get(r, "time", "ort", "ms"))
+               if _get(r, "time", "halfsim", "ms") and _get(r, "time", "ort", "ms") else None)
+    s = ratios(lambda r: (_get(r, "time", "reference", "ms") / _get(r, "time", "halfsim", "ms"))
+               if _get(r, "time", "halfsim", "ms") and _get(r, "time", "reference", "ms") else None)
+    m = ratios(lambda r: (_get(r, "memory", "halfsim", "model_mb") / _get(r, "memory", "ort", "model_mb"))
+               if _get(r, "memory", "halfsim", "model_mb") and (_get(r, "memory", "ort", "model_mb") or 0) > 0 else None)
+    out = []
+    for label, xs, ok in [("halfsim/ORT time (target <= 2)", t, lambda x: x <= 2),
+                          ("ReferenceEvaluator/halfsim time (target >= 10)", s, lambda x: x >= 10),
+                          ("halfsim/ORT peak memory (target <= 2)", m, lambda x: x <= 2)]:
+        if xs:
+            gm = float(np.exp(np.mean(np.log(xs))))
+            out.append(f"{label}: geomean {gm:.2f} over {len(xs)} models, {sum(map(ok, xs))} meet the target")
+        else:
+            out.append(f"{label}: no model measured")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", help="comma-separated manifest names (default: all)")
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: numpy's)")
+    ap.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per backend and model")
+    ap.add_argument("--ref-budget", type=float, default=60.0, help="the same for ReferenceEvaluator")
+    ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--json")
+    ap.add_argument("--_child", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    threads = args.threads or compute_threads()
+    if args._child:
+        child(args._child[0], args._child[1], threads)
+        return 0
+    manifest = fetch.load_manifest()
+    if args.models:
+        want = [n.strip() for n in args.models.split(",")]
+        manifest = [e for e in manifest if e["name"] in want]
+    import onnxruntime as ort
+    print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, {threads} threads",
+          file=sys.stderr)
+    recs = []
+    for e in manifest:
+        print(f"[{e['name']}] ...", file=sys.stderr, flush=True)
+        recs.append(bench_model(e, args.runs, threads, args.ref_budget, args.budget, not args.no_memory))
+    print(table(recs))
+    print(summary(recs))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"version": 1, "threads": threads, "models": recs}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
