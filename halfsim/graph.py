@@ -126,6 +126,10 @@ def _attr_value(a: AttributeProto, opsets: dict[str, int], outer: set[str]) -> A
         return [build_graph(g, opsets, outer) for g in a.graphs]
     if a.type == T.SPARSE_TENSOR:
         return _sparse_to_dense(a.sparse_tensor)
+    if a.type == T.TYPE_PROTO:  # Optional's 'type': passed through as the TypeProto
+        return a.tp
+    if a.type == T.TYPE_PROTOS:
+        return list(a.type_protos)
     raise ModelError(f"attribute {a.name!r} has unsupported type {T.AttributeType.Name(a.type)}")
 
 
