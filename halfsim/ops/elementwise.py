@@ -1,0 +1,589 @@
+"""Elementwise ops: arithmetic, math functions, activations, comparisons, logic, Cast.
+
+Half-precision inputs (float16, bfloat16) of non-trivial math are computed in a float32
+carrier and cast back once, as ORT's CPU EP does (it wraps them in Cast->fp32->Cast); the
+precision plan decides the node's real compute format through ctx.round and its output
+rounding. Composite activations (Gelu, Mish, HardSwish, ...) call ctx.round after each
+step of their ONNX function body so that a decomposed-precision plan can round there."""
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import scipy.special as _sp
+
+from ..errors import ExecutionError, HalfsimError, ModelError
+from .registry import op
+
+try:  # onnx itself depends on ml_dtypes; keep the import soft anyway
+    import ml_dtypes as _mld
+    _HALF = {np.dtype(np.float16), np.dtype(_mld.bfloat16)}
+    _FP8 = {np.dtype(getattr(_mld, n)) for n in ("float8_e4m3fn", "float8_e4m3fnuz", "float8_e5m2", "float8_e5m2fnuz")
+            if hasattr(_mld, n)}
+except ImportError:  # pragma: no cover
+    _mld = None
+    _HALF = {np.dtype(np.float16)}
+    _FP8 = set()
+
+_NARROW = _HALF | _FP8
+
+
+# -- helpers shared by the reduce / norm / contrib families --------------------------------
+def up(x: np.ndarray) -> np.ndarray:
+    """float32 carrier for narrow float types; other dtypes unchanged."""
+    return x.astype(np.float32) if x.dtype in _NARROW else x
+
+
+def down(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Back to the op's output dtype (no copy when already there); 0-d stays an array."""
+    if y.dtype != dtype:
+        y = np.asarray(y).astype(dtype)
+    return np.asarray(y)
+
+
+def is_float(x: np.ndarray) -> bool:
+    return x.dtype.kind == "f" or x.dtype in _NARROW
+
+
+def _float_unary(fn):
+    """Wrap a float32/float64 ufunc-style function: narrow floats go through float32."""
+    def impl(ctx, x):
+        with np.errstate(all="ignore"):
+            return down(fn(up(x)), x.dtype)
+    return impl
+
+
+def _check_int_div(b: np.ndarray, what: str) -> None:
+    if b.dtype.kind in "iu" and not np.all(b):
+        raise ExecutionError(f"{what}: integer division by zero")
+
+
+# -- binary arithmetic ----------------------------------------------------------------------
+@op("Add", since=7)
+def add(ctx, a, b):
+    with np.errstate(all="ignore"):
+        return np.add(a, b)
+
+
+@op("Sub", since=7)
+def sub(ctx, a, b):
+    with np.errstate(all="ignore"):
+        return np.subtract(a, b)
+
+
+@op("Mul", since=7)
+def mul(ctx, a, b):
+    with np.errstate(all="ignore"):
+        return np.multiply(a, b)
+
+
+def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    # C++ integer division truncates toward zero; numpy floor-divides.
+    with np.errstate(all="ignore"):
+        q = np.floor_divide(a, b)
+        if a.dtype.kind == "i":
+            fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
+            q = np.add(q, fix.astype(q.dtype), out=q if q.ndim else None)
+    return np.asarray(q, dtype=a.dtype)
+
+
+@op("Div", since=7)
+def div(ctx, a, b):
+    if a.dtype.kind in "iu":
+        _check_int_div(b, "Div")
+        return _int_div(a, b)
+    with np.errstate(all="ignore"):
+        return np.divide(a, b)
+
+
+@op("Mod", since=10)
+def mod(ctx, a, b, *, fmod=0):
+    if a.dtype.kind in "iu":
+        _check_int_div(b, "Mod")
+        with np.errstate(all="ignore"):
+            return np.fmod(a, b) if fmod else np.mod(a, b)
+    with np.errstate(all="ignore"):
+        # fmod=0 is only defined for integers before opset 28; Python-style mod for floats
+        return down(np.fmod(up(a), up(b)) if fmod else np.mod(up(a), up(b)), a.dtype)
+
+
+@op("Pow", since=7)
+def pow_(ctx, x, y):
+    with np.errstate(all="ignore"):
+        if is_float(x):
+            xf = up(x)
+            return down(np.power(xf, y.astype(xf.dtype, copy=False)), x.dtype)
+        # Integer base: C++ std::pow in double, then a truncating conversion.
+        r = np.power(x.astype(np.float64), y.astype(np.float64))
+        return _float_to_int(r, x.dtype)
+
+
+# -- unary math -----------------------------------------------------------------------------
+@op("Neg", since=6)
+def neg(ctx, x):
+    return np.negative(x)
+
+
+@op("Abs", since=6)
+def abs_(ctx, x):
+    return np.abs(x)
+
+
+@op("Sign", since=9)
+def sign(ctx, x):
+    return np.sign(x)
+
+
+@op("Reciprocal", since=6)
+def reciprocal(ctx, x):
+    with np.errstate(all="ignore"):
+        return down(np.reciprocal(up(x)), x.dtype)
+
+
+@op("Ceil", since=6)
+def ceil(ctx, x):
+    return np.ceil(x)
+
+
+@op("Floor", since=6)
+def floor(ctx, x):
+    return np.floor(x)
+
+
+@op("Round", since=11)
+def round_(ctx, x):
+    return np.round(x)  # half to even, as ONNX specifies
+
+
+for _name, _since, _fn in [
+    ("Sqrt", 6, np.sqrt), ("Exp", 6, np.exp), ("Log", 6, np.log), ("Sin", 7, np.sin), ("Cos", 7, np.cos),
+    ("Tan", 7, np.tan), ("Asin", 7, np.arcsin), ("Acos", 7, np.arccos), ("Atan", 7, np.arctan),
+    ("Sinh", 9, np.sinh), ("Cosh", 9, np.cosh), ("Asinh", 9, np.arcsinh), ("Acosh", 9, np.arccosh),
+    ("Atanh", 9, np.arctanh), ("Erf", 9, _sp.erf), ("Tanh", 6, np.tanh), ("Sigmoid", 6, _sp.expit),
+]:
+    op(_name, since=_since)(_float_unary(_fn))
+
+
+@op("IsNaN", since=9)
+def isnan(ctx, x):
+    return np.isnan(up(x))
+
+
+@op("IsInf", since=10)
+def isinf(ctx, x, *, detect_negative=1, detect_positive=1):
+    x = up(x)
+    if detect_negative and detect_positive:
+        return np.isinf(x)
+    if detect_positive:
+        return np.isposinf(x)
+    if detect_negative:
+        return np.isneginf(x)
+    return np.zeros(x.shape, dtype=bool)
+
+
+# -- activations ----------------------------------------------------------------------------
+@op("Relu", since=6)
+def relu(ctx, x):
+    return np.maximum(x, np.zeros((), x.dtype))
+
+
+@op("LeakyRelu", since=6)
+def leaky_relu(ctx, x, *, alpha=0.01):
+    xf = up(x)
+    return down(np.where(xf < 0, xf * np.float32(alpha).astype(xf.dtype), xf), x.dtype)
+
+
+@op("PRelu", since=7)
+def prelu(ctx, x, slope):
+    xf = up(x)
+    return down(np.where(xf < 0, xf * up(slope), xf), x.dtype)
+
+
+@op("ThresholdedRelu", since=10)
+def thresholded_relu(ctx, x, *, alpha=1.0):
+    xf = up(x)
+    return down(np.where(xf > xf.dtype.type(alpha), xf, xf.dtype.type(0)), x.dtype)
+
+
+@op("Elu", since=6)
+def elu(ctx, x, *, alpha=1.0):
+    xf = up(x)
+    with np.errstate(all="ignore"):
+        neg = ctx.round(np.expm1(xf)) * xf.dtype.type(alpha)
+        return down(np.where(xf < 0, ctx.round(neg), xf), x.dtype)
+
+
+@op("Selu", since=6)
+def selu(ctx, x, *, alpha=1.6732632423543772848170429916717, gamma=1.0507009873554804934193349852946):
+    xf = up(x)
+    t = xf.dtype.type
+    with np.errstate(all="ignore"):
+        neg = ctx.round(ctx.round(np.expm1(xf)) * t(alpha))
+        return down(ctx.round(np.where(xf <= 0, neg, xf)) * t(gamma), x.dtype)
+
+
+@op("Celu", since=12)
+def celu(ctx, x, *, alpha=1.0):
+    xf = up(x)
+    t = xf.dtype.type
+    with np.errstate(all="ignore"):
+        neg = ctx.round(ctx.round(np.expm1(ctx.round(xf / t(alpha)))) * t(alpha))
+        return down(np.where(xf < 0, neg, xf), x.dtype)
+
+
+@op("HardSigmoid", since=6)
+def hard_sigmoid(ctx, x, *, alpha=0.2, beta=0.5):
+    xf = up(x)
+    t = xf.dtype.type
+    y = ctx.round(ctx.round(xf * t(alpha)) + t(beta))
+    return down(np.clip(y, t(0), t(1)), x.dtype)
+
+
+@op("HardSwish", since=14)
+def hard_swish(ctx, x):
+    xf = up(x)
+    t = xf.dtype.type
+    with np.errstate(all="ignore"):
+        hs = np.clip(ctx.round(ctx.round(xf * t(1 / 6)) + t(0.5)), t(0), t(1))
+        return down(xf * hs, x.dtype)
+
+
+@op("Softplus", since=1)
+def softplus(ctx, x):
+    # log(1 + exp(x)) without overflow: logaddexp(x, 0)
+    xf = up(x)
+    with np.errstate(all="ignore"):
+        return down(np.logaddexp(xf, xf.dtype.type(0)), x.dtype)
+
+
+@op("Softsign", since=1)
+def softsign(ctx, x):
+    xf = up(x)
+    with np.errstate(all="ignore"):
+        return down(xf / ctx.round(np.abs(xf) + xf.dtype.type(1)), x.dtype)
+
+
+@op("Mish", since=18)
+def mish(ctx, x):
+    xf = up(x)
+    with np.errstate(all="ignore"):
+        sp = ctx.round(np.logaddexp(xf, xf.dtype.type(0)))
+        return down(xf * ctx.round(np.tanh(sp)), x.dtype)
+
+
+_SQRT1_2 = 1 / math.sqrt(2)
+_SQRT2_PI = math.sqrt(2 / math.pi)
+
+
+def gelu_erf(ctx, xf: np.ndarray) -> np.ndarray:
+    t = xf.dtype.type
+    e = ctx.round(_sp.erf(ctx.round(xf * t(_SQRT1_2))))
+    return ctx.round(xf * t(0.5)) * ctx.round(e + t(1))
+
+
+def gelu_tanh(ctx, xf: np.ndarray) -> np.ndarray:
+    t = xf.dtype.type
+    cube = ctx.round(ctx.round(xf * xf) * xf)
+    inner = ctx.round(ctx.round(xf + ctx.round(cube * t(0.044715))) * t(_SQRT2_PI))
+    return ctx.round(xf * t(0.5)) * ctx.round(np.tanh(inner) + t(1))
+
+
+@op("Gelu", since=20)
+def gelu(ctx, x, *, approximate="none"):
+    if approximate not in ("none", "tanh"):
+        raise ModelError(f"Gelu: unknown approximate={approximate!r} (expected 'none' or 'tanh')")
+    xf = up(x)
+    with np.errstate(all="ignore"):
+        return down((gelu_tanh if approximate == "tanh" else gelu_erf)(ctx, xf), x.dtype)
+
+
+@op("Shrink", since=9)
+def shrink(ctx, x, *, bias=0.0, lambd=0.5):
+    xf = up(x) if is_float(x) else x.astype(np.float64)
+    t = xf.dtype.type
+    y = np.where(xf < -t(lambd), xf + t(bias), np.where(xf > t(lambd), xf - t(bias), t(0)))
+    return down(y, x.dtype) if is_float(x) else _float_to_int(y, x.dtype)
+
+
+# -- Clip and variadic ----------------------------------------------------------------------
+@op("Clip", since=6)
+def clip6(ctx, x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
+    xf = up(x)
+    t = xf.dtype.type
+    return down(np.minimum(np.maximum(xf, t(min)), t(max)), x.dtype)
+
+
+@op("Clip", since=11)
+def clip11(ctx, x, lo=None, hi=None):
+    # max(x, lo) then min(., hi): NaN propagates and lo > hi yields hi. A missing bound is the
+    # type's lowest/highest finite value, so ORT clips infinities even then.
+    if lo is None or hi is None:
+        info = np.finfo(x.dtype) if is_float(x) else np.iinfo(x.dtype)
+    lo = np.asarray(info.min, dtype=x.dtype) if lo is None else (lo.reshape(()) if lo.size == 1 else lo)
+    hi = np.asarray(info.max, dtype=x.dtype) if hi is None else (hi.reshape(()) if hi.size == 1 else hi)
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+def _fold(fn, xs):
+    if not xs:
+        raise ModelError("variadic op needs at least one input")
+    r = xs[0]
+    for v in xs[1:]:
+        r = fn(r, v)
+    return r
+
+
+@op("Max", since=8)
+def max_(ctx, *xs):
+    r = _fold(np.maximum, xs)
+    return r.copy() if r is xs[0] else r
+
+
+@op("Min", since=8)
+def min_(ctx, *xs):
+    r = _fold(np.minimum, xs)
+    return r.copy() if r is xs[0] else r
+
+
+@op("Sum", since=8)
+def sum_(ctx, *xs):
+    if is_float(xs[0]):
+        r = _fold(lambda a, b: ctx.round(np.add(a, b)), [up(v) for v in xs])
+    else:
+        r = _fold(np.add, xs)
+    return down(r.copy() if r is xs[0] else r, xs[0].dtype)
+
+
+@op("Mean", since=8)
+def mean_(ctx, *xs):
+    r = _fold(lambda a, b: ctx.round(np.add(a, b)), [up(v) for v in xs])
+    return down(r / r.dtype.type(len(xs)), xs[0].dtype)
+
+
+# -- logic, bits, comparisons ---------------------------------------------------------------
+@op("BitShift", since=11)
+def bitshift(ctx, x, y, *, direction):
+    if direction == "LEFT":
+        return np.left_shift(x, y)
+    if direction == "RIGHT":
+        return np.right_shift(x, y)
+    raise ModelError(f"BitShift: direction must be LEFT or RIGHT, got {direction!r}")
+
+
+op("BitwiseAnd", since=18)(lambda ctx, a, b: np.bitwise_and(a, b))
+op("BitwiseOr", since=18)(lambda ctx, a, b: np.bitwise_or(a, b))
+op("BitwiseXor", since=18)(lambda ctx, a, b: np.bitwise_xor(a, b))
+op("BitwiseNot", since=18)(lambda ctx, x: np.invert(x))
+op("And", since=7)(lambda ctx, a, b: np.logical_and(a, b))
+op("Or", since=7)(lambda ctx, a, b: np.logical_or(a, b))
+op("Xor", since=7)(lambda ctx, a, b: np.logical_xor(a, b))
+op("Not", since=1)(lambda ctx, x: np.logical_not(x))
+
+
+def _cmp(fn):
+    def impl(ctx, a, b):
+        return np.asarray(fn(a, b), dtype=bool)
+    return impl
+
+
+for _name, _since, _fn in [("Equal", 7, np.equal), ("Less", 7, np.less), ("Greater", 7, np.greater),
+                           ("LessOrEqual", 12, np.less_equal), ("GreaterOrEqual", 12, np.greater_equal)]:
+    op(_name, since=_since)(_cmp(_fn))
+
+
+@op("Where", since=9)
+def where(ctx, cond, x, y):
+    return np.where(cond, x, y)
+
+
+# -- Dropout (inference) --------------------------------------------------------------------
+@op("Dropout", since=7)
+def dropout7(ctx, x, *, ratio=0.5):
+    # ORT's inference kernel for opsets 7-11 writes an all-zero mask (from 12 on: all True)
+    return x.copy(), np.zeros(x.shape, dtype=x.dtype)
+
+
+@op("Dropout", since=10)
+def dropout10(ctx, x, *, ratio=0.5):
+    return x.copy(), np.zeros(x.shape, dtype=bool)
+
+
+@op("Dropout", since=12)
+def dropout12(ctx, x, ratio=None, training_mode=None, *, seed=None):
+    if training_mode is not None and bool(np.asarray(training_mode).reshape(-1)[0]):
+        r = 0.5 if ratio is None else float(np.asarray(ratio).reshape(-1)[0])
+        if r != 0:
+            raise ModelError("Dropout with training_mode=True is not supported (halfsim runs inference)")
+    return x.copy(), np.ones(x.shape, dtype=bool)
+
+
+# -- Cast -----------------------------------------------------------------------------------
+_I32_MIN = np.int64(-2 ** 31)
+_I64_MIN = np.iinfo(np.int64).min
+
+
+def _cvt32(xf: np.ndarray) -> np.ndarray:
+    """x86 cvttsd2si to int32 (returned as int64): NaN and out-of-range give INT32_MIN."""
+    ok = (xf > -2147483649.0) & (xf < 2147483648.0)
+    r = np.where(ok, xf, 0.0).astype(np.int64)
+    r[~ok] = _I32_MIN
+    return r
+
+
+def _cvt64(xf: np.ndarray) -> np.ndarray:
+    """x86 cvttsd2si to int64: NaN and out-of-range give INT64_MIN."""
+    ok = (xf >= -9.223372036854775808e18) & (xf < 9.223372036854775808e18)
+    r = np.where(ok, xf, 0.0).astype(np.int64)
+    r[~ok] = _I64_MIN
+    return r
+
+
+def _float_to_int(x: np.ndarray, dt: np.dtype) -> np.ndarray:
+    """Float -> integer conversion as ORT's x86 build does it: truncate toward zero;
+    narrow targets wrap the int32 conversion; NaN/overflow follow the cvtt instructions.
+    (C++ leaves the out-of-range cases undefined; these are what ORT's binary produces.)"""
+    dt = np.dtype(dt)
+    src = x.dtype
+    xf = np.asarray(x, dtype=np.float64)
+    bits = dt.itemsize * 8
+    with np.errstate(all="ignore"):
+        if dt == np.int64:
+            r = _cvt64(xf)
+        elif dt == np.uint64:
+            hi = xf >= 9.223372036854775808e18
+            r = np.where(hi, _cvt64(xf - 9.223372036854775808e18) ^ _I64_MIN, _cvt64(xf)).view(np.uint64)
+        elif dt == np.uint32 and src == np.float64:
+            r = _cvt64(xf)
+            r = np.where(np.isnan(xf) | (xf == -np.inf), 2 ** 31, np.where(xf == np.inf, 0, r))
+        elif dt == np.uint32:
+            hi = xf >= 2147483648.0
+            r = np.where(hi, _cvt32(xf - 2147483648.0) ^ _I32_MIN, _cvt32(xf))
+        elif bits <= 32:
+            r = _cvt32(xf)
+        else:  # pragma: no cover
+            raise ModelError(f"cannot cast to {dt}")
+        return np.asarray(r.astype(dt))
+
+
+_FLOAT_RE = re.compile(r"\s*[+-]?(?:inf(?:inity)?|nan|(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)", re.I)
+_INT_RE = re.compile(r"\s*[+-]?\d+")
+
+
+def _parse_float(s: str) -> float:
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    t = s.strip()
+    if t.lower().lstrip("+-").startswith("0x"):
+        try:
+            return float.fromhex(t)
+        except ValueError:
+            pass
+    m = _FLOAT_RE.match(s)  # strtod: the longest numeric prefix
+    if not m:
+        raise ExecutionError(f"Cast: string {s!r} is not a number")
+    return float(m.group(0))
+
+
+def _parse_int(s: str) -> int:
+    m = _INT_RE.match(s)
+    if not m:
+        raise ExecutionError(f"Cast: string {s!r} is not an integer")
+    return int(m.group(0))
+
+
+def _fmt_float(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if math.isinf(v):
+        return "INF" if v > 0 else "-INF"
+    return "%.8g" % v
+
+
+def _to_string(x: np.ndarray) -> np.ndarray:
+    flat = x.reshape(-1)
+    if x.dtype == np.bool_:
+        out = ["1" if v else "0" for v in flat]
+    elif x.dtype.kind in "iu":
+        out = [str(int(v)) for v in flat]
+    elif x.dtype.kind in "OUS":
+        out = [v.decode() if isinstance(v, bytes) else str(v) for v in flat]
+    else:
+        out = [_fmt_float(float(v)) for v in flat.astype(np.float64)]
+    return np.array(out, dtype=object).reshape(x.shape)
+
+
+def _from_string(x: np.ndarray, dt: np.dtype) -> np.ndarray:
+    flat = [v.decode() if isinstance(v, bytes) else str(v) for v in x.reshape(-1)]
+    if dt.kind == "f" or dt in _NARROW:
+        r = np.array([_parse_float(s) for s in flat], dtype=np.float64)
+        return cast_array(r.astype(np.float32) if dt != np.float64 else r, dt).reshape(x.shape)
+    if dt == np.bool_:
+        return np.array([_parse_int(s) != 0 for s in flat], dtype=bool).reshape(x.shape)
+    vals = [_parse_int(s) for s in flat]
+    bits = dt.itemsize * 8
+    # stoll/stoull then a wrapping conversion to the target width
+    r = np.array([v & ((1 << 64) - 1) for v in vals], dtype=np.uint64)
+    if dt.kind == "i":
+        r = r.view(np.int64)
+    return r.astype(dt).reshape(x.shape) if bits <= 64 else r
+
+
+def _fp8_max(dt: np.dtype) -> float:
+    return float(_mld.finfo(dt).max)
+
+
+def cast_array(x: np.ndarray, dt, saturate: int = 1) -> np.ndarray:
+    """ONNX Cast of `x` to numpy dtype `dt` with ORT's CPU semantics."""
+    dt = np.dtype(dt)
+    src = x.dtype
+    if src.kind in "OUS":
+        return _from_string(x, dt)
+    if dt.kind == "O":
+        return _to_string(x)
+    if dt == src:
+        return x.copy()
+    if dt == np.bool_:
+        return np.not_equal(x, 0) if src != np.bool_ else x.copy()
+    if dt in _FP8:
+        xf = x.astype(np.float32) if src != np.float64 else x
+        if saturate:  # inf and out-of-range finite values clamp to the largest finite value
+            m = _fp8_max(dt)
+            xf = np.clip(xf, -m, m)
+        return xf.astype(dt)
+    if dt.kind in "iu" and (src.kind == "f" or src in _NARROW):
+        return _float_to_int(x.astype(np.float32) if src in _NARROW else x, dt)
+    if src in _NARROW and dt in _NARROW:
+        return x.astype(np.float32).astype(dt)
+    with np.errstate(all="ignore"):
+        return x.astype(dt)
+
+
+def _onnx_np_dtype(to: int) -> np.dtype:
+    from ..graph import np_dtype
+    return np_dtype(to)
+
+
+@op("Cast", since=6)
+def cast(ctx, x, *, to):
+    return cast_array(x, _onnx_np_dtype(to))
+
+
+@op("Cast", since=19)
+def cast19(ctx, x, *, to, saturate=1):
+    return cast_array(x, _onnx_np_dtype(to), saturate)
+
+
+@op("CastLike", since=15)
+def castlike(ctx, x, target):
+    return cast_array(x, target.dtype)
+
+
+@op("CastLike", since=19)
+def castlike19(ctx, x, target, *, saturate=1):
+    return cast_array(x, target.dtype, saturate)
+
+
+__all__ = ["up", "down", "is_float", "cast_array", "gelu_erf", "gelu_tanh", "HalfsimError"]
