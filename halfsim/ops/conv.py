@@ -1,0 +1,261 @@
+"""Convolutions: Conv, ConvTranspose, ConvInteger, QLinearConv.
+
+Conv is im2col + one batched ctx.matmul (groups are the batch), so every output is one inner
+product of length C/group * prod(kernel) in the plan's accumulation format. ConvTranspose is,
+for non-plain plans, the equivalent Conv on the stride-dilated input with flipped weights (one
+inner product per output again); plain fp32 uses GEMM + col2im, which is faster. Depthwise 2-D
+conv in plain fp32 uses a direct numba kernel (im2col would copy the input prod(kernel) times)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import as_strided
+
+from ..errors import ExecutionError, ModelError
+from .linalg import int_matmul, is_float, requantize
+from .registry import op
+
+_AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+
+
+def _ints(v, n, default, what):
+    if v is None or len(v) == 0:
+        return [default] * n
+    if len(v) != n:
+        raise ModelError(f"{what} has {len(v)} values, expected {n}")
+    return [int(x) for x in v]
+
+
+def window_geometry(in_sp, kernel, strides, dilations, pads, auto_pad, *, ceil_mode=0, op_name="Conv"):
+    """Output size and (begin, end) pads per spatial axis, as ONNX / ORT define them."""
+    nd = len(kernel)
+    if auto_pad not in _AUTO_PADS:
+        raise ModelError(f"{op_name}: unknown auto_pad {auto_pad!r}")
+    strides = _ints(strides, nd, 1, f"{op_name} strides")
+    dilations = _ints(dilations, nd, 1, f"{op_name} dilations")
+    pads = _ints(pads, 2 * nd, 0, f"{op_name} pads")
+    if min(strides) < 1 or min(dilations) < 1 or min(kernel) < 1:
+        raise ModelError(f"{op_name}: strides, dilations and kernel_shape must be positive")
+    if min(pads) < 0:
+        raise ModelError(f"{op_name}: pads must be non-negative")
+    out, pb, pe = [], [], []
+    for i in range(nd):
+        n, k, s, d = int(in_sp[i]), kernel[i], strides[i], dilations[i]
+        dk = (k - 1) * d + 1
+        if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = -(-n // s)
+            total = max(0, (o - 1) * s + dk - n)
+            b = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            e = total - b
+        else:
+            b, e = (0, 0) if auto_pad == "VALID" else (pads[i], pads[i + nd])
+            span = n + b + e - dk
+            if ceil_mode:
+                o = -(-span // s) + 1
+                # A window that would start inside the end padding is dropped.
+                if (o - 1) * s >= n + b:
+                    o -= 1
+            else:
+                o = span // s + 1
+        if o < 0 or (o == 0 and n > 0):
+            raise ExecutionError(f"{op_name}: kernel {kernel} does not fit the input {list(in_sp)} with pads {pads}")
+        out.append(max(o, 0))
+        pb.append(b)
+        pe.append(e)
+    return out, pb, pe, strides, dilations
+
+
+def pad_spatial(x: np.ndarray, pb, pe, value=0) -> np.ndarray:
+    """Pad (or, for negative pads, crop) the trailing spatial axes."""
+    if not any(pb) and not any(pe):
+        return x
+    if min(pb) < 0 or min(pe) < 0:
+        crop = tuple(slice(max(0, -b), x.shape[2 + i] - max(0, -e)) for i, (b, e) in enumerate(zip(pb, pe)))
+        x = x[(slice(None), slice(None)) + crop]
+        pb = [max(0, b) for b in pb]
+        pe = [max(0, e) for e in pe]
+        if not any(pb) and not any(pe):
+            return x
+    shape = x.shape[:2] + tuple(s + b + e for s, b, e in zip(x.shape[2:], pb, pe))
+    xp = np.full(shape, value, dtype=x.dtype)
+    xp[(slice(None), slice(None)) + tuple(slice(b, b + s) for b, s in zip(pb, x.shape[2:]))] = x
+    return xp
+
+
+def windows(xp: np.ndarray, kernel, out_sp, strides, dilations) -> np.ndarray:
+    """Read-only view (N, C, *kernel, *out) of the sliding windows of padded `xp`."""
+    st = xp.strides
+    sp = st[2:]
+    shape = xp.shape[:2] + tuple(kernel) + tuple(out_sp)
+    strides = st[:2] + tuple(d * s for d, s in zip(dilations, sp)) + tuple(s * q for s, q in zip(strides, sp))
+    return as_strided(xp, shape, strides, writeable=False)
+
+
+def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe):
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    Cg, Mg = C // group, M // group
+    nd = len(kernel)
+    K = Cg * math.prod(kernel)
+    P = math.prod(out_sp)
+    if (ctx.plain and nd == 2 and Cg == 1 and x.dtype in (np.float32, np.float64)
+            and math.prod(kernel) > 1 and N * M * P > 0):
+        from ..kernels.conv import depthwise2d_call  # numba: compiled on first use
+        return depthwise2d_call(pad_spatial(x, pb, pe), w, b, out_sp, strides, dilations)
+    if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
+        xs = x[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out_sp, strides))]
+        cols = xs.reshape(N, group, Cg, P)
+    else:
+        cols = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations).reshape(N, group, K, P)
+    y = ctx.matmul(w.reshape(group, Mg, K), cols).reshape((N, M) + tuple(out_sp))
+    if b is not None:
+        bb = b.reshape((1, M) + (1,) * nd)
+        if ctx.plain and y.flags.writeable and y.dtype == b.dtype:
+            y += bb
+        else:
+            y = y + bb
+    return y
+
+
+def _check_conv(x, w, group, kernel_shape, op_name):
+    if x.ndim < 3 or w.ndim != x.ndim:
+        raise ExecutionError(f"{op_name}: input {list(x.shape)} and weight {list(w.shape)} must have the same rank >= 3")
+    if group < 1 or x.shape[1] % group:
+        raise ExecutionError(f"{op_name}: {x.shape[1]} input channels are not divisible by group {group}")
+    if kernel_shape and list(kernel_shape) != list(w.shape[2:]):
+        raise ExecutionError(f"{op_name}: kernel_shape {list(kernel_shape)} differs from the weight shape {list(w.shape)}")
+    return list(w.shape[2:])
+
+
+@op("Conv", since=1)
+def conv(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
+         strides=None):
+    kernel = _check_conv(x, w, group, kernel_shape, "Conv")
+    if w.shape[1] * group != x.shape[1] or w.shape[0] % group:
+        raise ExecutionError(f"Conv: weight {list(w.shape)} does not fit input {list(x.shape)} with group {group}")
+    if b is not None and b.shape != (w.shape[0],):
+        raise ExecutionError(f"Conv: bias shape {list(b.shape)} is not [{w.shape[0]}]")
+    out_sp, pb, pe, st, dl = window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad)
+    return _conv_float(ctx, x, w, b, group, kernel, out_sp, st, dl, pb, pe)
+
+
+# ---------------------------------------------------------------------------- ConvTranspose
+@op("ConvTranspose", since=1)
+def conv_transpose(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None,
+                   output_padding=None, output_shape=None, pads=None, strides=None):
+    kernel = _check_conv(x, w, group, kernel_shape, "ConvTranspose")
+    if w.shape[0] != x.shape[1]:
+        raise ExecutionError(f"ConvTranspose: weight {list(w.shape)} does not fit input {list(x.shape)}")
+    if auto_pad not in _AUTO_PADS:
+        raise ModelError(f"ConvTranspose: unknown auto_pad {auto_pad!r}")
+    nd = len(kernel)
+    N, C = x.shape[:2]
+    Mg = w.shape[1]
+    M = Mg * group
+    in_sp = list(x.shape[2:])
+    st = _ints(strides, nd, 1, "ConvTranspose strides")
+    dl = _ints(dilations, nd, 1, "ConvTranspose dilations")
+    adj = _ints(output_padding, nd, 0, "ConvTranspose output_padding")
+    pads = _ints(pads, 2 * nd, 0, "ConvTranspose pads")
+    if output_shape:
+        osh = [int(v) for v in output_shape]
+        osh = osh[-nd:] if len(osh) in (nd, nd + 2) else None
+        if osh is None:
+            raise ModelError(f"ConvTranspose: output_shape {list(output_shape)} does not match rank {nd}")
+    pb, pe, out_sp = [], [], []
+    for i in range(nd):
+        dk = (kernel[i] - 1) * dl[i] + 1
+        full = (in_sp[i] - 1) * st[i] + adj[i] + dk
+        if output_shape or auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+            o = osh[i] if output_shape else in_sp[i] * st[i]
+            total = max(0, full - o)
+            # As ORT 1.32 does: the odd pad goes to the end for SAME_UPPER, else to the head
+            # (also for an explicit output_shape without auto_pad).
+            head = total // 2 if auto_pad == "SAME_UPPER" else total - total // 2
+            pb.append(head)
+            pe.append(total - head)
+            out_sp.append(o)  # may exceed full: the tail is then bias only
+            continue
+        elif auto_pad == "VALID":
+            pb.append(0)
+            pe.append(0)
+        else:
+            pb.append(pads[i])
+            pe.append(pads[i + nd])
+        out_sp.append(full - pb[i] - pe[i])
+        if out_sp[i] < 0:
+            raise ExecutionError(f"ConvTranspose: negative output size for input {list(x.shape)}")
+    Cg = C // group
+    if not ctx.plain or not is_float(x):
+        # Conv over the stride-dilated input with spatially flipped, in/out-swapped weights.
+        xu = np.zeros((N, C) + tuple((n - 1) * s + 1 if n else 0 for n, s in zip(in_sp, st)), dtype=x.dtype)
+        xu[(slice(None), slice(None)) + tuple(slice(None, None, s) for s in st)] = x
+        wc = w.reshape((group, Cg, Mg) + tuple(kernel)).swapaxes(1, 2).reshape((M, Cg) + tuple(kernel))
+        wc = np.ascontiguousarray(wc[(slice(None), slice(None)) + (slice(None, None, -1),) * nd])
+        cpb = [(k - 1) * d - p for k, d, p in zip(kernel, dl, pb)]
+        # End padding such that the conv yields exactly out_sp.
+        cpe = [o - 1 + (k - 1) * d + 1 - ((n - 1) * s + 1 if n else 0) - c
+               for o, k, d, n, s, c in zip(out_sp, kernel, dl, in_sp, st, cpb)]
+        xp = pad_spatial(xu, cpb, cpe)
+        cols = windows(xp, kernel, out_sp, [1] * nd, dl).reshape(N, group, Cg * math.prod(kernel), math.prod(out_sp))
+        y = ctx.matmul(wc.reshape(group, Mg, -1), cols).reshape((N, M) + tuple(out_sp))
+    else:
+        # GEMM to columns, then col2im: scatter-add every kernel tap into a buffer.
+        K = math.prod(kernel)
+        P = math.prod(in_sp)
+        wm = w.reshape(group, Cg, Mg * K).swapaxes(1, 2)
+        cols = ctx.matmul(wm, x.reshape(N, group, Cg, P)).reshape((N, M) + tuple(kernel) + tuple(in_sp))
+        buf_sp = [max((n - 1) * s + (k - 1) * d + 1, p + o) for n, s, k, d, p, o in zip(in_sp, st, kernel, dl, pb, out_sp)]
+        buf = np.zeros((N, M) + tuple(buf_sp), dtype=cols.dtype)
+        for tap in np.ndindex(*kernel):
+            sl = tuple(slice(t * d, t * d + (n - 1) * s + 1, s) for t, d, n, s in zip(tap, dl, in_sp, st))
+            buf[(slice(None), slice(None)) + sl] += cols[(slice(None), slice(None)) + tap]
+        y = buf[(slice(None), slice(None)) + tuple(slice(p, p + o) for p, o in zip(pb, out_sp))]
+    if b is not None:
+        y = y + b.reshape((1, M) + (1,) * nd)
+    return np.ascontiguousarray(y)
+
+
+# -------------------------------------------------------------------------- integer convs
+def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides, op_name):
+    """Exact sum (x - xzp) * (w - wzp) over each window, as int64 (N, M, *out)."""
+    kernel = _check_conv(x, w, group, kernel_shape, op_name)
+    if w.shape[1] * group != x.shape[1] or w.shape[0] % group:
+        raise ExecutionError(f"{op_name}: weight {list(w.shape)} does not fit input {list(x.shape)} with group {group}")
+    out_sp, pb, pe, st, dl = window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad, op_name=op_name)
+    N, C = x.shape[:2]
+    M = w.shape[0]
+    Cg, Mg = C // group, M // group
+    xz = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
+    # Subtracting the zero point first makes zero padding equal to padding with the zero point.
+    xi = x.astype(np.int32) - xz
+    wi = w.astype(np.int32)
+    if w_zero_point is not None:
+        wz = np.asarray(w_zero_point).astype(np.int32)
+        wi = wi - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
+    K = Cg * math.prod(kernel)
+    cols = windows(pad_spatial(xi, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, math.prod(out_sp))
+    y = int_matmul(wi.reshape(group, Mg, K), cols)
+    return y.reshape((N, M) + tuple(out_sp))
+
+
+@op("ConvInteger", since=10)
+def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
+                 kernel_shape=None, pads=None, strides=None):
+    return _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides,
+                     "ConvInteger").astype(np.int32)
+
+
+@op("QLinearConv", since=10)
+def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scale, y_zero_point, b=None, *,
+                 auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None, strides=None):
+    acc = _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides,
+                    "QLinearConv")
+    nd = acc.ndim - 2
+    if b is not None:
+        acc = acc + b.astype(np.int64).reshape((1, -1) + (1,) * nd)
+    ws = w_scale.astype(np.float32)
+    ws = ws.reshape((1, -1) + (1,) * nd) if ws.size > 1 else ws.reshape(())
+    mult = (x_scale.astype(np.float32).reshape(()) * ws) / y_scale.astype(np.float32).reshape(())
+    return requantize(acc, np.asarray(mult, np.float32), y_zero_point.reshape(()), y_zero_point.dtype)
