@@ -95,3 +95,31 @@ def test_magika_features_follow_the_package():
     assert f[:4] == [97, 98, 99, 32] and f[4:] == [32, 97, 98, 99]
     short = recipes.magika_features(b"ab", beg_size=4, end_size=4, padding_token=256, block_size=16)
     assert short == [97, 98, 256, 256, 256, 256, 97, 98]
+
+
+def _perturb(label: str):
+    """A run hook that scales one node's first output by (1 + 1e-3): a stand-in for a wrong op,
+    to check that the divergence search finds it."""
+    def hook(node, outs):
+        if node.label == label:
+            return [outs[0] * np.float32(1.001)] + list(outs[1:])
+        return None
+    return hook
+
+
+def test_first_divergence_finds_the_wrong_node(model_path):
+    from validation.diverge import first_divergence, layer_drift
+    path = model_path("dtln_model_2")
+    proto = onnx.load(path)
+    if missing_ops(proto):
+        pytest.skip("halfsim cannot run dtln_model_2 yet")
+    feeds = recipes.build_inputs("dtln_frame", proto)
+    assert first_divergence(proto, feeds) is None  # halfsim fp32 agrees with ORT node by node
+    m = halfsim.load(proto)
+    target = next(n for n in m.nodes[len(m.nodes) // 2:] if n.op_type in ("Sigmoid", "Tanh", "MatMul"))
+    d = first_divergence(proto, feeds, hook=_perturb(target.label))
+    assert d is not None and d["node"] == target.label and d["op_type"] == target.op_type
+    assert 5e-4 < d["rel_l2"] < 2e-3
+    assert all(v <= 1e-5 for v in d["input_drift"].values())
+    rows = layer_drift(proto, feeds, hook=_perturb(target.label))
+    assert [r["node"] for r in rows if r["rel_l2"] > 1e-5][0] == target.label

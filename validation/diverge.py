@@ -11,7 +11,7 @@ if halfsim raises at some node, that node is reported with the error.
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import onnx
@@ -71,10 +71,13 @@ def _distance(a: Any, b: np.ndarray) -> tuple[float, str]:
 
 
 def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "fp32",
-                threads: int | None = None, stop_at_first: float | None = None) -> list[dict]:
+                threads: int | None = None, stop_at_first: float | None = None,
+                hook: Callable | None = None) -> list[dict]:
     """One row per halfsim node output that ORT also exposes, in topological order:
     {"index","node","op_type","output","rel_l2","shape","note"}. If halfsim fails at a node, the
-    last row has "error". With stop_at_first=tol the list ends at the first row above tol."""
+    last row has "error". With stop_at_first=tol the list ends at the first row above tol.
+    `hook(node, outputs)` (halfsim's run hook) may replace a node's outputs before they are
+    compared and passed on, e.g. to inject a fault."""
     proto = _proto(model)
     ref = ort_intermediates(proto, feeds, threads)
     m = halfsim.load(proto)
@@ -83,7 +86,11 @@ def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "f
     class _Stop(Exception):
         pass
 
-    def hook(node, outs):
+    def record(node, outs):
+        if hook is not None:
+            new = hook(node, outs)
+            if new is not None:
+                outs = list(new)
         for name, val in zip(node.outputs, outs):
             if not name or name not in ref:
                 continue
@@ -93,10 +100,10 @@ def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "f
                          "shape": list(ref[name].shape), "note": note})
             if stop_at_first is not None and not d <= stop_at_first:
                 raise _Stop
-        return None
+        return outs
 
     try:
-        m.run(feeds, precision=precision, hook=hook)
+        m.run(feeds, precision=precision, hook=record)
     except _Stop:
         pass
     except Exception as e:  # report where halfsim broke, with what came before
@@ -117,11 +124,12 @@ def _failing_node(m, rows):
 
 
 def first_divergence(model: Any, feeds: Mapping[str, np.ndarray], tol: float = 1e-5,
-                     precision: Any = "fp32", threads: int | None = None) -> dict | None:
+                     precision: Any = "fp32", threads: int | None = None,
+                     hook: Callable | None = None) -> dict | None:
     """The first node (topological order) whose output differs from ORT's by more than `tol`
     rel L2 (or where halfsim raised), with the worst drift among its inputs for context;
     None when every exposed tensor agrees."""
-    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol)
+    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol, hook=hook)
     if not rows:
         return None
     last = rows[-1]
