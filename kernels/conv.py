@@ -1,4 +1,4 @@
-"""Direct convolution and pooling kernels for the fp32 fast paths (where the plan's matmul/sum
+"""Direct convolution kernels for the fp32 fast paths (where the plan's matmul/sum
 are plain numpy, so only the fp32 result matters, not the accumulation format). Compiled lazily
 on first call and cached on disk."""
 from __future__ import annotations
@@ -34,44 +34,6 @@ def depthwise2d(xp, w, bias, out, sh, sw, dh, dw):
                     col0 = bb * dw
                     for j in range(OW):
                         o[i, j] += wv * x[row, col0 + j * sw]
-
-
-@njit(cache=True, parallel=True)
-def maxpool2d_idx(xp, out, idx, kh, kw, sh, sw, dh, dw, ph, pw, H, W, col_major):
-    """2-D max pooling with ONNX MaxPool indices. xp: (N, C, Hp, Wp) padded with -inf;
-    (ph, pw): the leading pads; H, W: the unpadded size. Index of the first maximum in
-    window scan order, flattened over (N, C, H, W) (or (N, C, W, H) with col_major)."""
-    N, C, OH, OW = out.shape
-    for nc in prange(N * C):
-        n = nc // C
-        c = nc - n * C
-        base = nc * H * W
-        x = xp[n, c]
-        for i in range(OH):
-            for j in range(OW):
-                best = x[i * sh, j * sw]
-                bi = i * sh
-                bj = j * sw
-                first = True
-                for a in range(kh):
-                    r = i * sh + a * dh
-                    for b in range(kw):
-                        q = j * sw + b * dw
-                        v = x[r, q]
-                        hr = r - ph
-                        wq = q - pw
-                        if hr < 0 or hr >= H or wq < 0 or wq >= W:
-                            continue
-                        if first or v > best:
-                            best = v
-                            bi = hr
-                            bj = wq
-                            first = False
-                out[n, c, i, j] = best
-                if col_major:
-                    idx[n, c, i, j] = base + bj * H + bi
-                else:
-                    idx[n, c, i, j] = base + bi * W + bj
 
 
 def depthwise2d_call(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_hw, strides, dilations) -> np.ndarray:

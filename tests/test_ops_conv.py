@@ -116,3 +116,92 @@ def test_qlinear_conv(dt, per_channel, attrs):
     b = rng.integers(-500, 500, 4).astype(np.int32)
     ins = [x, np.array(0.05, np.float32), np.array(3, dt), w, ws, wz, np.array(0.3, np.float32), np.array(5, dt), b]
     check_op("QLinearConv", ins, attrs, opset=10, initializers=(1, 2, 3, 4, 5, 6, 7, 8))
+
+
+# ------------------------------------------------------------------------------- pooling
+POOL_CASES = [
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ((2, 3, 9, 7), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+    ((1, 2, 9, 7), dict(kernel_shape=[3, 2], strides=[2, 2], pads=[1, 0, 0, 1], ceil_mode=1)),
+    ((1, 2, 10, 10), dict(kernel_shape=[3, 3], strides=[3, 3], ceil_mode=1)),
+    ((1, 2, 8, 9), dict(kernel_shape=[3, 3], strides=[2, 2], auto_pad="SAME_UPPER")),
+    ((1, 2, 8, 9), dict(kernel_shape=[2, 3], strides=[2, 2], auto_pad="SAME_LOWER")),
+    ((1, 2, 8, 9), dict(kernel_shape=[3, 3], strides=[2, 1], auto_pad="VALID")),
+    ((1, 2, 9, 9), dict(kernel_shape=[3, 3], dilations=[2, 2], pads=[2, 2, 2, 2])),
+    ((1, 2, 10, 9), dict(kernel_shape=[2, 2], dilations=[2, 1], strides=[2, 2], ceil_mode=1)),
+    ((2, 3, 11), dict(kernel_shape=[3], strides=[2], pads=[1, 1])),
+    ((1, 2, 5, 6, 7), dict(kernel_shape=[2, 3, 3], strides=[2, 2, 2], pads=[0, 1, 1, 1, 1, 0])),
+    ((0, 2, 6, 6), dict(kernel_shape=[2, 2])),
+]
+
+
+@pytest.mark.parametrize("xs,attrs", POOL_CASES)
+def test_max_pool(xs, attrs):
+    check_op("MaxPool", [r(*xs)], attrs, opset=12)
+
+
+@pytest.mark.parametrize("xs,attrs", [c for c in POOL_CASES if c[0][0] > 0])
+@pytest.mark.parametrize("storage_order", [0, 1])
+def test_max_pool_indices(xs, attrs, storage_order):
+    if storage_order and len(xs) != 4:
+        pytest.skip("ORT supports storage_order=1 indices for 2-D pooling only")
+    check_op("MaxPool", [r(*xs)], dict(attrs, storage_order=storage_order), n_outputs=2, opset=12)
+
+
+def test_max_pool_ties_and_ints():
+    x = rng.integers(0, 3, (1, 2, 6, 6)).astype(np.float32)  # many ties: the first maximum wins
+    check_op("MaxPool", [x], dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), n_outputs=2, opset=12)
+    for dt in (np.uint8, np.int8):
+        xi = rng.integers(np.iinfo(dt).min, np.iinfo(dt).max, (1, 2, 7, 7)).astype(dt)
+        check_op("MaxPool", [xi], dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1]), opset=12)
+
+
+def test_max_pool_float16_opset8():
+    check_op("MaxPool", [r(1, 2, 6, 6, dtype=np.float16)], dict(kernel_shape=[2, 2], strides=[2, 2]), opset=8)
+
+
+@pytest.mark.parametrize("xs,attrs", POOL_CASES)
+@pytest.mark.parametrize("cip", [0, 1])
+def test_average_pool(xs, attrs, cip):
+    check_plans("AveragePool", [r(*xs)], dict(attrs, count_include_pad=cip), opset=19, rtol=1e-5, atol=1e-6,
+                expect_sum=xs[0] > 0)
+
+
+def test_average_pool_opset7_and_float16():
+    check_op("AveragePool", [r(1, 2, 6, 6)], dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1]), opset=7)
+    check_op("AveragePool", [r(1, 2, 6, 6, dtype=np.float16)], dict(kernel_shape=[2, 2]), opset=11,
+             rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.parametrize("xs,attrs", [c for c in POOL_CASES if "dilations" not in c[1] and c[0][0] > 0][:8])
+@pytest.mark.parametrize("p", [1, 2, 3])
+def test_lp_pool(xs, attrs, p):
+    check_plans("LpPool", [r(*xs)], dict(attrs, p=p), opset=18, rtol=1e-5, atol=1e-5, expect_sum=True)
+
+
+@pytest.mark.parametrize("xs", [(2, 3, 5, 6), (1, 4, 7), (1, 2, 3, 4, 5), (1, 3, 1, 1)])
+def test_global_pools(xs):
+    x = r(*xs)
+    check_plans("GlobalAveragePool", [x], rtol=1e-5, atol=1e-6, expect_sum=True)
+    check_op("GlobalMaxPool", [x])
+    for p in (1, 2, 3):
+        check_plans("GlobalLpPool", [x], dict(p=p), opset=17, rtol=1e-5, atol=1e-5, expect_sum=True)
+
+
+@pytest.mark.parametrize("xs,attrs", [
+    ((1, 2, 8, 8), dict(kernel_shape=[2, 2], strides=[2, 2])),
+    ((2, 3, 9, 7), dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])),
+])
+def test_max_unpool(xs, attrs):
+    from opcheck import run_ort, make_model
+    x = r(*xs)
+    y, idx = run_ort(make_model("MaxPool", [x], attrs, n_outputs=2, opset=12), {"in0": x})
+    check_op("MaxUnpool", [y, idx], attrs, opset=11)
+    check_op("MaxUnpool", [y, idx, np.array(xs, np.int64)], attrs, opset=11)
+
+
+def test_max_roi_pool():
+    x = r(2, 3, 12, 10)
+    rois = np.array([[0, 1, 1, 6, 8], [1, 0, 0, 9, 11], [0, 2.4, 3.6, 4.5, 5.5], [1, 3, 2, 3, 2]], np.float32)
+    check_op("MaxRoiPool", [x, rois], dict(pooled_shape=[3, 2], spatial_scale=1.0))
+    check_op("MaxRoiPool", [x, rois], dict(pooled_shape=[2, 2], spatial_scale=0.5))
