@@ -2,7 +2,8 @@
 
 Bodies are compiled halfsim Graphs run with ctx.run_graph, which binds feeds to the body's
 inputs and leaves enclosing scopes visible. Optional values are represented as the contained
-value itself (array or list) and an empty optional as None."""
+value itself (array or list) and an empty optional as None. All are registered as data
+movement: their outputs are values that body nodes already produced (and rounded)."""
 from __future__ import annotations
 
 import numpy as np
@@ -42,7 +43,7 @@ def _stack(frames: list, graph, out_index: int, axis: int = 0) -> np.ndarray:
 # ------------------------------------------------------------------ If ----------------------
 
 
-@op("If", since=1)
+@op("If", since=1, data_movement=True)
 def if_(ctx, cond, *, then_branch, else_branch):
     branch = then_branch if _scalar_bool(cond, "If condition") else else_branch
     return tuple(ctx.run_graph(branch, {}))
@@ -51,7 +52,7 @@ def if_(ctx, cond, *, then_branch, else_branch):
 # ------------------------------------------------------------------ Loop --------------------
 
 
-@op("Loop", since=1)
+@op("Loop", since=1, data_movement=True)
 def loop(ctx, M=None, cond=None, *v_initial, body):
     n_carried = len(v_initial)
     n_out = len(body.outputs)
@@ -124,7 +125,7 @@ def _scan_core(ctx, body, states, scans, in_axes, in_dirs, out_axes, out_dirs):
     return states, results
 
 
-@op("Scan", since=9)
+@op("Scan", since=9, data_movement=True)
 def scan9(ctx, *inputs, body, num_scan_inputs, scan_input_axes=None, scan_input_directions=None,
           scan_output_axes=None, scan_output_directions=None):
     m = int(num_scan_inputs)
@@ -143,7 +144,7 @@ def scan9(ctx, *inputs, body, num_scan_inputs, scan_input_axes=None, scan_input_
     return tuple(states + results)
 
 
-@op("Scan", since=8)
+@op("Scan", since=8, data_movement=True)
 def scan8(ctx, sequence_lens, *inputs, body, num_scan_inputs, directions=None):
     # Opset 8: every input has a leading batch dimension; scan axis is 1; sequence_lens
     # (optional) gives each batch row's length, and scan outputs are zero-padded beyond it.
@@ -180,19 +181,19 @@ def scan8(ctx, sequence_lens, *inputs, body, num_scan_inputs, directions=None):
 # ------------------------------------------------------------------ Optional ----------------
 
 
-@op("Optional", since=15)
+@op("Optional", since=15, data_movement=True)
 def optional(ctx, x=None, *, type=None):
     if x is None and type is None:
         raise ModelError("Optional without an input needs the 'type' attribute")
     return (x,)
 
 
-@op("OptionalHasElement", since=15)
+@op("OptionalHasElement", since=15, data_movement=True)
 def optional_has_element(ctx, x=None):
     return np.array(x is not None)
 
 
-@op("OptionalGetElement", since=15)
+@op("OptionalGetElement", since=15, data_movement=True)
 def optional_get_element(ctx, x=None):
     if x is None:
         raise ExecutionError("OptionalGetElement on an empty optional")

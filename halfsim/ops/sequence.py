@@ -1,6 +1,6 @@
 """Sequence ops. A sequence is a Python list of arrays; ops never mutate their input list.
 Ops return sequences inside a tuple because the interpreter reads a bare list as several
-outputs."""
+outputs. Registered as data movement: they move values and never compute new ones."""
 from __future__ import annotations
 
 import numpy as np
@@ -24,19 +24,19 @@ def _seq(s, what: str) -> list:
     return s
 
 
-@op("SequenceEmpty", since=11)
+@op("SequenceEmpty", since=11, data_movement=True)
 def sequence_empty(ctx, *, dtype=onnx.TensorProto.FLOAT):
     return ([],)
 
 
-@op("SequenceConstruct", since=11)
+@op("SequenceConstruct", since=11, data_movement=True)
 def sequence_construct(ctx, *inputs):
     if len({x.dtype for x in inputs}) > 1:
         raise ExecutionError("SequenceConstruct inputs must share one element type")
     return (list(inputs),)
 
 
-@op("SequenceInsert", since=11)
+@op("SequenceInsert", since=11, data_movement=True)
 def sequence_insert(ctx, seq, tensor, position=None):
     s = list(_seq(seq, "SequenceInsert"))
     if s and s[0].dtype != tensor.dtype:
@@ -46,13 +46,13 @@ def sequence_insert(ctx, seq, tensor, position=None):
     return (s,)
 
 
-@op("SequenceAt", since=11)
+@op("SequenceAt", since=11, data_movement=True)
 def sequence_at(ctx, seq, position):
     s = _seq(seq, "SequenceAt")
     return s[_position(position, len(s), insert=False, what="SequenceAt")]
 
 
-@op("SequenceErase", since=11)
+@op("SequenceErase", since=11, data_movement=True)
 def sequence_erase(ctx, seq, position=None):
     s = list(_seq(seq, "SequenceErase"))
     if not s:
@@ -62,12 +62,12 @@ def sequence_erase(ctx, seq, position=None):
     return (s,)
 
 
-@op("SequenceLength", since=11)
+@op("SequenceLength", since=11, data_movement=True)
 def sequence_length(ctx, seq):
     return np.array(len(_seq(seq, "SequenceLength")), dtype=np.int64)
 
 
-@op("ConcatFromSequence", since=11)
+@op("ConcatFromSequence", since=11, data_movement=True)
 def concat_from_sequence(ctx, seq, *, axis, new_axis=0):
     s = _seq(seq, "ConcatFromSequence")
     if not s:
@@ -81,7 +81,7 @@ def concat_from_sequence(ctx, seq, *, axis, new_axis=0):
         raise ExecutionError(f"ConcatFromSequence: {e}") from None
 
 
-@op("SplitToSequence", since=11)
+@op("SplitToSequence", since=11, data_movement=True)
 def split_to_sequence(ctx, x, split=None, *, axis=0, keepdims=1):
     if not -x.ndim <= axis < x.ndim:
         raise ExecutionError(f"SplitToSequence: axis {axis} out of range for rank {x.ndim}")
@@ -109,7 +109,7 @@ def split_to_sequence(ctx, x, split=None, *, axis=0, keepdims=1):
     return (parts,)
 
 
-@op("SequenceMap", since=17)
+@op("SequenceMap", since=17, data_movement=True)
 def sequence_map(ctx, seq, *additional, body):
     s = _seq(seq, "SequenceMap")
     for a in additional:
