@@ -1,0 +1,175 @@
+"""Normalization ops against ONNX Runtime."""
+import numpy as np
+import pytest
+from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
+
+import halfsim
+from halfsim.errors import HalfsimError
+from opcheck import check_op as _check_op, make_model
+
+rng = np.random.default_rng(2)
+
+
+def check_op(*args, **kw):
+    """check_op, skipping the dtype/op pairs ORT's CPU EP has no kernel for (no oracle)."""
+    try:
+        return _check_op(*args, **kw)
+    except OrtNotImplemented as e:
+        pytest.skip(f"ORT has no kernel: {str(e)[:80]}")
+
+
+def randn(*shape, dtype=np.float32):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def bn_params(c, dtype=np.float32):
+    return [randn(c).astype(dtype), randn(c).astype(dtype), randn(c).astype(dtype),
+            (rng.random(c) + 0.1).astype(dtype)]
+
+
+@pytest.mark.parametrize("opset", [7, 9, 14, 15])
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 5), (2, 3, 4, 5), (1, 3, 2, 2, 2)])
+def test_batchnorm(opset, shape):
+    x = randn(*shape) * 2 + 1
+    check_op("BatchNormalization", [x] + bn_params(3), {"epsilon": 1e-3}, opset=opset, initializers=(1, 2, 3, 4))
+    check_op("BatchNormalization", [x] + bn_params(3), {}, opset=opset)
+
+
+def test_batchnorm_spatial0_opset7():
+    x = randn(2, 3, 4, 5)
+    params = [randn(3, 4, 5), randn(3, 4, 5), randn(3, 4, 5), rng.random((3, 4, 5)).astype(np.float32) + 0.1]
+    check_op("BatchNormalization", [x] + params, {"spatial": 0}, opset=7)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float16])
+def test_batchnorm_dtypes(dtype):
+    x = randn(2, 3, 4, 4).astype(dtype)
+    tol = 3e-3 if dtype == np.float16 else 1e-6
+    check_op("BatchNormalization", [x] + bn_params(3, dtype), {}, opset=15, rtol=tol, atol=tol)
+
+
+def test_batchnorm_training_mode_rejected():
+    x = randn(2, 3, 4)
+    m = make_model("BatchNormalization", [x] + bn_params(3), {"training_mode": 1}, opset=15, initializers=(1, 2, 3, 4))
+    with pytest.raises(HalfsimError, match="training_mode"):
+        halfsim.load(m)
+        halfsim.load(m).run({"in0": x})
+
+
+@pytest.mark.parametrize("axis", [-1, -2, 1, 0, 2])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_layernorm(axis, with_bias):
+    x = randn(2, 3, 8) * 3 + 2
+    norm_shape = x.shape[axis % 3:]
+    ins = [x, randn(*norm_shape), randn(*norm_shape) if with_bias else None]
+    if not with_bias:
+        ins = ins[:2]
+    check_op("LayerNormalization", ins, {"axis": axis, "epsilon": 1e-3}, n_outputs=3, opset=17)
+
+
+def test_layernorm_broadcast_scale_and_eps_default():
+    x = randn(2, 3, 8)
+    check_op("LayerNormalization", [x, randn(8), randn(8)], {"axis": 1}, n_outputs=3, opset=17)
+    check_op("LayerNormalization", [x, randn(8), randn(8)], {}, n_outputs=1, opset=17, initializers=(1, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float64])
+def test_layernorm_dtypes(dtype):
+    x = (randn(2, 3, 16) * 2).astype(dtype)
+    tol = 3e-3 if dtype == np.float16 else 1e-5
+    check_op("LayerNormalization", [x, randn(16).astype(dtype), randn(16).astype(dtype)], {},
+             n_outputs=1 if dtype == np.float16 else 3, opset=17, rtol=tol, atol=tol)
+
+
+FP16_STASH_XFAIL = pytest.mark.xfail(
+    reason="the precision plan stores every float32 output of an fp16-typed node back as float16 "
+           "(halfsim/precision.py on_outputs), so the float32 Mean/InvStdDev outputs come back as float16",
+    strict=False)
+
+
+@FP16_STASH_XFAIL
+def test_layernorm_float16_stash_outputs_are_float32():
+    x = (randn(2, 3, 16) * 2).astype(np.float16)
+    check_op("LayerNormalization", [x, randn(16).astype(np.float16)], {}, n_outputs=3, opset=17, rtol=3e-3,
+             atol=3e-3)
+    check_op("SimplifiedLayerNormalization", [x, randn(16).astype(np.float16)], {}, n_outputs=2, opset=17,
+             rtol=3e-3, atol=3e-3)
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_layernorm_contrib_default_domain_before_17(opset):
+    x = randn(4, 16)
+    check_op("LayerNormalization", [x, randn(16), randn(16)], {"epsilon": 1e-12}, n_outputs=3, opset=opset)
+
+
+def test_layernorm_constant_rows():
+    x = np.ones((2, 8), np.float32)
+    check_op("LayerNormalization", [x, randn(8), randn(8)], {}, n_outputs=3, opset=17)
+
+
+@pytest.mark.parametrize("axis", [-1, 1])
+def test_simplified_layernorm(axis):
+    x = randn(2, 3, 8) + 1
+    check_op("SimplifiedLayerNormalization", [x, randn(*x.shape[axis % 3:])], {"axis": axis, "epsilon": 1e-6},
+             n_outputs=2, opset=13)
+    check_op("SimplifiedLayerNormalization", [x.astype(np.float16), randn(8).astype(np.float16)], {}, n_outputs=1,
+             opset=17, rtol=3e-3, atol=3e-3)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 5), (2, 3, 4, 5), (1, 2, 2, 3, 3)])
+def test_instance_norm(shape):
+    x = randn(*shape) * 3 + 1
+    check_op("InstanceNormalization", [x, randn(shape[1]), randn(shape[1])], {"epsilon": 1e-3})
+    check_op("InstanceNormalization", [x, randn(shape[1]), randn(shape[1])], {}, initializers=(1, 2))
+
+
+def test_instance_norm_dtypes():
+    x = randn(2, 3, 6, 6).astype(np.float16)
+    check_op("InstanceNormalization", [x, randn(3).astype(np.float16), randn(3).astype(np.float16)], {},
+             rtol=3e-3, atol=3e-3)
+    x = randn(2, 3, 6).astype(np.float64)
+    check_op("InstanceNormalization", [x, randn(3).astype(np.float64), randn(3).astype(np.float64)], {})
+
+
+@pytest.mark.parametrize("groups", [1, 2, 4])
+@pytest.mark.parametrize("shape", [(2, 4, 5), (2, 4, 3, 3)])
+def test_group_norm(groups, shape):
+    x = randn(*shape) * 2 + 1
+    check_op("GroupNormalization", [x, randn(groups), randn(groups)], {"num_groups": groups, "epsilon": 1e-3},
+             opset=18)
+    check_op("GroupNormalization", [x, randn(shape[1]), randn(shape[1])], {"num_groups": groups}, opset=21)
+
+
+def test_group_norm_bad_groups():
+    x = randn(2, 4, 3)
+    m = make_model("GroupNormalization", [x, randn(4), randn(4)], {"num_groups": 3}, opset=21, initializers=(1, 2))
+    with pytest.raises(HalfsimError, match="num_groups"):
+        halfsim.load(m).run({"in0": x})
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("axis", [-1, 0, 1])
+def test_lp_norm(p, axis):
+    x = randn(3, 4, 5)
+    x[0, 0] = 0  # a zero vector along the last axis
+    check_op("LpNormalization", [x], {"p": p, "axis": axis})
+    check_op("LpNormalization", [x.astype(np.float64)], {"p": p, "axis": axis})
+
+
+@pytest.mark.parametrize("size", [1, 3, 5])  # ORT accepts odd sizes only
+def test_lrn(size):
+    x = randn(2, 6, 4, 4)
+    check_op("LRN", [x], {"size": size}, rtol=1e-5)
+    check_op("LRN", [x], {"size": size, "alpha": 0.01, "beta": 0.5, "bias": 2.0}, rtol=1e-5)
+
+
+def test_lrn_float16():
+    check_op("LRN", [randn(1, 5, 3, 3).astype(np.float16)], {"size": 3}, rtol=3e-3, atol=3e-3)
+
+
+@pytest.mark.parametrize("opset", [9, 13])
+@pytest.mark.parametrize("axes", [None, [0, 2, 3], [1], [2, 3], [-1]])
+def test_mvn(opset, axes):
+    x = randn(2, 3, 4, 5) * 2 + 3
+    check_op("MeanVarianceNormalization", [x], {} if axes is None else {"axes": axes}, opset=opset, rtol=1e-4,
+             atol=1e-5)
