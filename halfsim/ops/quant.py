@@ -55,16 +55,10 @@ def quantize(x: np.ndarray, scale, zp, qdtype, saturate: int = 1) -> np.ndarray:
         if zp is not None:
             v = v + np.asarray(zp).astype(np.float32)
         if saturate:
+            # Clamp to the largest finite value, infinities included (as ORT does for all
+            # four formats; the spec table maps inf to NaN for the fnuz ones). NaN stays NaN.
             mx = np.float32(ml_dtypes.finfo(qdtype).max)
-            fin = np.isfinite(v)
-            c = np.clip(v, -mx, mx)
-            # Saturation clamps infinities too, except where the format has no infinity
-            # and no sign symmetry in NaN (fnuz): there inf becomes NaN.
-            if qdtype.name.endswith("fnuz"):
-                c = np.where(fin, c, np.float32(np.nan))
-            else:
-                c = np.where(np.isnan(v), v, c)
-            v = c
+            v = np.clip(v, -mx, mx)
         return v.astype(qdtype)
     lo, hi = _int_range(qdtype)
     z = np.float32(0) if zp is None else np.asarray(zp).astype(np.float32)
@@ -152,9 +146,9 @@ def dynamic_quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8]:
     """uint8 scale and zero point from the range of x widened to include 0 (ORT's rule)."""
     lo = np.float32(min(0.0, float(x.min()))) if x.size else np.float32(0)
     hi = np.float32(max(0.0, float(x.max()))) if x.size else np.float32(0)
-    scale = np.float32((hi - lo) / np.float32(255)) if hi != lo else np.float32(0)
-    if scale == 0:
-        return np.float32(scale), np.uint8(0)
+    if hi == lo:  # all zeros: ORT reports scale 1, zero point 0
+        return np.float32(1), np.uint8(0)
+    scale = np.float32((hi - lo) / np.float32(255))
     zp = np.clip(np.float32(0) - lo / scale, np.float32(0), np.float32(255))
     return np.float32(scale), np.uint8(np.rint(zp))
 
@@ -164,6 +158,5 @@ def dynamic_quantize_linear(ctx, x):
     if x.dtype != np.float32:
         raise ExecutionError(f"DynamicQuantizeLinear needs float32 input, got {x.dtype}")
     scale, zp = dynamic_quant_params(x)
-    s = scale if scale != 0 else np.float32(1)  # all zeros: every value quantizes to the zero point
-    y = quantize(x, s, np.uint8(zp), np.uint8)
+    y = quantize(x, scale, np.uint8(zp), np.uint8)
     return y, np.asarray(scale, np.float32), np.asarray(zp, np.uint8)
