@@ -1,0 +1,461 @@
+"""Inner products and reductions whose running sum is kept in a narrow accumulate format.
+
+The accumulate format is IEEE-like with `ebits` exponent bits (2..8) and `mbits` mantissa bits
+(1..23): subnormals kept, overflow to inf, NaN propagates, nearest-even after every step.
+Inputs are float32 arrays; outputs are float32 arrays holding values of the format.
+
+Orders (`order=`):
+  sequential  acc = rnd(acc + rnd(a_k*b_k)) for k = 0, 1, ...; with fma=True
+              acc = rnd(acc + a_k*b_k), one rounding of the exact value.
+  pairwise    leaves are the products (rounded to the format unless fma=True, in which case the
+              first additions round the exact sum of two exact products); each level adds
+              neighbours (0+1, 2+3, ...) with one rounding, an odd last element moves up a level
+              unchanged.
+  blocked     products of `block` consecutive k are summed exactly and rounded once, then the
+              block results are accumulated sequentially with rounding (fma does not apply).
+sum_acc uses the same orders with the input values in place of products (not rounded first).
+
+How exactness is obtained (no float16 arithmetic exists in numba):
+* A product of two float32 values is exact in float64 (48 significant bits, exponent range
+  well inside float64's).
+* A two-term sum x = acc + p is added in float64 (s = fl(x)) and its exact error e is
+  recovered with TwoSum. If e != 0 and s has an even last bit, s is moved one float64 ulp
+  toward x: this is round-to-odd, and rounding a round-to-odd intermediate of at least
+  M+3 bits (53 here, M <= 23) to M+1 bits nearest-even equals rounding x directly. So each
+  step is one correct rounding however far apart the exponents of acc and p are.
+* A block's exact sum is kept as a non-overlapping expansion (Shewchuk's grow-expansion, as
+  Python's math.fsum does) and turned into a round-to-odd float64 the same way.
+
+Fast path (sequential matmul, the hot case): rows of `a` for which a cheap pre-pass proves
+(1) every product is exact in float32 (significands fit 24 bits, nothing under 2**-149),
+(2) no partial sum can reach the overflow threshold nor 2**(104+M) (bound below), and
+(3) no NaN/inf occurs, are computed in float32 with the j (column) loop vectorised:
+  no fma, M <= 10: fl32(acc + rnd(p)) is a sum of two format values; float32 has
+      24 >= 2(M+1)+2 bits, so its rounding followed by rnd is innocuous (Figueroa 1995);
+  otherwise (M <= 21): round-to-odd through float32 TwoSum, as above (24 >= M+3);
+  M = 23: float32 arithmetic is the format.
+rnd() there is branch-free: with e = max(exponent(|x|), emin), C = 2**(e+23-M) and
+(|x| + C) - C rounds |x| to a multiple of 2**(e-M) nearest-even in hardware (|x| + C stays in
+[C, 2C)); the sign is or-ed back so -0 survives. Other rows use the general float64 path.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+from .rounding import round_bits64
+
+SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
+_ORDERS = {"sequential": SEQUENTIAL, "pairwise": PAIRWISE, "blocked": BLOCKED}
+_SIGN32 = np.int64(-(1 << 31))
+_SIGN64 = np.int64(-(1 << 63))
+_INF64 = 0x7FF0000000000000
+_EXP_LIMIT = 48  # partial expansions of float32-derived float64 values stay far below this
+
+
+# ---------------------------------------------------------------- format parameters
+
+class _Fmt:
+    """Derived constants of an eXmY accumulate format."""
+
+    def __init__(self, ebits: int, mbits: int) -> None:
+        if not (isinstance(ebits, (int, np.integer)) and isinstance(mbits, (int, np.integer))):
+            raise TypeError("ebits and mbits must be integers")
+        if not 2 <= ebits <= 8 or not 1 <= mbits <= 23:
+            raise ValueError(f"accumulate format e{ebits}m{mbits}: need 2 <= ebits <= 8, 1 <= mbits <= 23")
+        self.e, self.m = int(ebits), int(mbits)
+        self.emax = (1 << (self.e - 1)) - 1
+        self.emin = 1 - self.emax
+        self.maxfinite = (2.0 - 2.0 ** -self.m) * 2.0 ** self.emax
+        self.maxbits64 = int(np.float64(self.maxfinite).view(np.int64))
+        # float32 pattern of 2**emin and the exponent offset turning 2**e into C = 2**(e+23-M)
+        self.emin_bits32 = (self.emin + 127) << 23
+        self.shift_bits32 = (23 - self.m) << 23
+        self.qmin = 2.0 ** (self.emin - self.m)  # smallest subnormal
+
+
+# ---------------------------------------------------------------- scalar device functions
+
+@njit(cache=True, inline="always")
+def round_to(x, m, emin, maxbits):
+    """Round the float64 x once (nearest-even, subnormals kept, overflow to inf) to the format
+    with m mantissa bits, smallest normal exponent emin and largest finite float64 pattern
+    maxbits; returns a float64. (float32 arguments are widened exactly.)"""
+    u = np.float64(x).view(np.int64)
+    r = round_bits64(u, m, emin, maxbits, 1, 0, 0, 0, 0, np.int64(0))
+    return np.int64(r).view(np.float64)
+
+
+@njit(cache=True, inline="always")
+def _odd_fix(s, e):
+    """Round-to-odd from the float64 s = fl(x) and the exact error e = x - s."""
+    if e != 0.0 and math.isfinite(s):
+        sb = np.float64(s).view(np.int64)
+        if (sb & 1) == 0:
+            eb = np.float64(e).view(np.int64)
+            sb = sb + (1 if (sb ^ eb) >= 0 else -1)  # same sign: magnitude up, else down
+            return np.int64(sb).view(np.float64)
+    return s
+
+
+@njit(cache=True, inline="always")
+def _add_round(x, y, m, emin, maxbits):
+    """rnd(x + y) with a single rounding of the exact sum (x, y float64, any magnitudes)."""
+    s = x + y
+    bb = s - x
+    e = (x - (s - bb)) + (y - bb)
+    return round_to(_odd_fix(s, e), m, emin, maxbits)
+
+
+@njit(cache=True, inline="always")
+def _expansion_add(parts, n, x):
+    """Add x exactly into the non-overlapping expansion parts[:n] (increasing magnitude);
+    returns the new length. Shewchuk's grow-expansion with zero elimination."""
+    i = 0
+    for t in range(n):
+        y = parts[t]
+        if abs(x) < abs(y):
+            x, y = y, x
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            parts[i] = lo
+            i += 1
+        x = hi
+    parts[i] = x
+    return i + 1
+
+
+@njit(cache=True, inline="always")
+def _expansion_round(parts, n, m, emin, maxbits):
+    """Correctly rounded value of sum(parts[:n]) in the format."""
+    if n == 0:
+        return 0.0
+    hi = parts[n - 1]
+    lo = 0.0
+    k = n - 1
+    while k > 0:
+        x = hi
+        y = parts[k - 1]
+        k -= 1
+        hi = x + y
+        lo = y - (hi - x)
+        if lo != 0.0:
+            break
+    # exact = hi + lo + (smaller parts, together below one unit of lo's last place), so the
+    # sign of lo is the sign of exact - hi, and hi brackets exact with a neighbour.
+    return round_to(_odd_fix(hi, lo), m, emin, maxbits)
+
+
+@njit(cache=True, inline="always")
+def _rnd32(x, emin_bits, shift_bits):
+    """Branch-free nearest-even rounding of a float32 in the fast path's range (finite, below
+    the overflow threshold and below 2**(104+M)); see the module docstring."""
+    xb = np.int64(np.float32(x).view(np.int32))
+    ab = xb & 0x7FFFFFFF
+    e = ab & 0x7F800000
+    e = max(e, emin_bits)
+    c = np.int32(e + shift_bits).view(np.float32)
+    ax = np.int32(ab).view(np.float32)
+    r = (ax + c) - c
+    rb = np.int64(np.float32(r).view(np.int32)) | (xb & _SIGN32)
+    return np.int32(rb).view(np.float32)
+
+
+@njit(cache=True, inline="always")
+def _add_odd32(acc, p):
+    """float32 round-to-odd of acc + p (TwoSum; exact while nothing overflows)."""
+    s = acc + p
+    bb = s - acc
+    e = (acc - (s - bb)) + (p - bb)
+    sb = np.int64(np.float32(s).view(np.int32))
+    eb = np.int64(np.float32(e).view(np.int32))
+    adj = ((sb ^ eb) >> 63) | 1
+    if e != np.float32(0.0) and (sb & 1) == 0:
+        sb = sb + adj
+    return np.int32(sb).view(np.float32)
+
+
+# ---------------------------------------------------------------- pre-pass
+
+@njit(cache=True)
+def _row_stats(x, maxabs, maxsig, minlsb, finite):
+    """Per row of the 2-D float32 x: max |x|, max significand (|x| / lsb(x), an integer below
+    2**24), smallest lsb of a nonzero element, and whether all are finite."""
+    R, C = x.shape
+    for r in range(R):
+        ma = 0.0
+        ms = 0.0
+        ml = np.inf
+        ok = True
+        for c in range(C):
+            v = x[r, c]
+            if not math.isfinite(v):
+                ok = False
+                continue
+            av = abs(np.float64(v))
+            if av == 0.0:
+                continue
+            u = np.int64(np.float32(v).view(np.int32)) & 0x7FFFFFFF
+            sig = u & 0x7FFFFF
+            be = u >> 23
+            if be > 0:
+                sig |= 0x800000
+            else:
+                be = 1
+            low = sig & (-sig)  # lowest set bit of the significand
+            lsb = np.float64(low) * 2.0 ** (be - 150)
+            ma = max(ma, av)
+            ms = max(ms, av / lsb)
+            ml = min(ml, lsb)
+        maxabs[r] = ma
+        maxsig[r] = ms
+        minlsb[r] = ml
+        finite[r] = ok
+
+
+# ---------------------------------------------------------------- matmul kernels
+
+@njit(cache=True, parallel=True)
+def _mm_fast(a, b, out, rowok, emin_bits, shift_bits, mode):
+    """Sequential order in float32 for the rows with rowok set (see module docstring).
+    mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23."""
+    M, K = a.shape
+    N = b.shape[1]
+    for i in prange(M):
+        if not rowok[i]:
+            continue
+        acc = np.zeros(N, np.float32)
+        for k in range(K):
+            aik = a[i, k]
+            bk = b[k]
+            if mode == 0:
+                for j in range(N):
+                    rp = _rnd32(aik * bk[j], emin_bits, shift_bits)
+                    acc[j] = _rnd32(acc[j] + rp, emin_bits, shift_bits)
+            elif mode == 1:
+                for j in range(N):
+                    rp = _rnd32(aik * bk[j], emin_bits, shift_bits)
+                    acc[j] = _rnd32(_add_odd32(acc[j], rp), emin_bits, shift_bits)
+            elif mode == 2:
+                for j in range(N):
+                    acc[j] = _rnd32(_add_odd32(acc[j], aik * bk[j]), emin_bits, shift_bits)
+            else:
+                for j in range(N):
+                    acc[j] = acc[j] + aik * bk[j]
+        for j in range(N):
+            out[i, j] = acc[j]
+
+
+@njit(cache=True, inline="always")
+def _pairwise_buf(buf, n, m, emin, maxbits):
+    """Reduce buf[:n] in place level by level (0+1, 2+3, ..., odd last one carried)."""
+    if n == 0:
+        return 0.0
+    while n > 1:
+        h = n // 2
+        for t in range(h):
+            buf[t] = _add_round(buf[2 * t], buf[2 * t + 1], m, emin, maxbits)
+        if n % 2 == 1:
+            buf[h] = buf[n - 1]
+        n = h + n % 2
+    return buf[0]
+
+
+@njit(cache=True, inline="always")
+def _block_sum(parts, vals, lo, hi, m, emin, maxbits):
+    """Correctly rounded exact sum of vals[lo:hi] (plain float64 sum when non-finite)."""
+    n = 0
+    plain = 0.0
+    for t in range(lo, hi):
+        plain += np.float64(vals[t])
+    if not math.isfinite(plain):
+        return round_to(plain, m, emin, maxbits)
+    for t in range(lo, hi):
+        v = np.float64(vals[t])
+        if v != 0.0:
+            n = _expansion_add(parts, n, v)
+    return _expansion_round(parts, n, m, emin, maxbits)
+
+
+@njit(cache=True, inline="always")
+def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits):
+    """Accumulate vals[:n] (exact float64 terms) in the given order; buf, parts: scratch."""
+    if order == SEQUENTIAL:
+        acc = 0.0
+        for t in range(n):
+            v = np.float64(vals[t])
+            if not fma:
+                v = round_to(v, m, emin, maxbits)
+            acc = _add_round(acc, v, m, emin, maxbits)
+        return acc
+    if order == PAIRWISE:
+        for t in range(n):
+            v = np.float64(vals[t])
+            if not fma:
+                v = round_to(v, m, emin, maxbits)
+            buf[t] = v
+        if n == 1:
+            return round_to(buf[0], m, emin, maxbits)
+        return _pairwise_buf(buf, n, m, emin, maxbits)
+    acc = 0.0
+    for lo in range(0, n, block):
+        hi = min(lo + block, n)
+        acc = _add_round(acc, _block_sum(parts, vals, lo, hi, m, emin, maxbits), m, emin, maxbits)
+    return acc
+
+
+@njit(cache=True, parallel=True)
+def _mm_general(a, b, out, rowdone, order, block, fma, m, emin, maxbits):
+    """Any order, any values, float64 with exact products; rows with rowdone set are skipped."""
+    M, K = a.shape
+    N = b.shape[1]
+    for i in prange(M):
+        if rowdone[i]:
+            continue
+        vals = np.empty(max(K, 1), np.float64)
+        buf = np.empty(max(K, 1), np.float64)
+        parts = np.empty(_EXP_LIMIT, np.float64)
+        for j in range(N):
+            for k in range(K):
+                vals[k] = np.float64(a[i, k]) * np.float64(b[k, j])
+            out[i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits))
+
+
+@njit(cache=True, parallel=True)
+def _sum_rows(x, out, order, block, m, emin, maxbits):
+    """Reduce each row of the 2-D float32 x (values enter unrounded: fma-like)."""
+    R, n = x.shape
+    for r in prange(R):
+        buf = np.empty(n if order == PAIRWISE else 1, np.float64)
+        parts = np.empty(_EXP_LIMIT, np.float64)
+        out[r] = np.float32(_reduce_vec(x[r], n, buf, parts, order, block, True, m, emin, maxbits))
+
+
+# ---------------------------------------------------------------- public API
+
+def _check_order(order: str, block: int) -> int:
+    if order not in _ORDERS:
+        raise ValueError(f"unknown order {order!r}; expected one of {sorted(_ORDERS)}")
+    if _ORDERS[order] == BLOCKED and (not isinstance(block, (int, np.integer)) or block < 1):
+        raise ValueError(f"block must be a positive integer, got {block!r}")
+    return _ORDERS[order]
+
+
+def _as_f32(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.float32:
+        if not (np.issubdtype(x.dtype, np.floating) or np.issubdtype(x.dtype, np.integer)):
+            raise TypeError(f"expected a float32 array, got {x.dtype}")
+        x = x.astype(np.float32)
+    return x
+
+
+def _fast_rows(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> np.ndarray:
+    """Rows of a for which the float32 fast path is proven exact (module docstring)."""
+    M, K = a.shape
+    amax, asig, alsb = np.empty(M), np.empty(M), np.empty(M)
+    afin = np.empty(M, np.bool_)
+    _row_stats(a, amax, asig, alsb, afin)
+    bt = np.ascontiguousarray(b.reshape(1, -1))
+    bmax, bsig, blsb = np.empty(1), np.empty(1), np.empty(1)
+    bfin = np.empty(1, np.bool_)
+    _row_stats(bt, bmax, bsig, blsb, bfin)
+    if not bfin[0]:
+        return np.zeros(M, np.bool_)
+    u = 2.0 ** -(fmt.m + 1)
+    # |acc_k| <= (1+u)^(2k) (sum|p| + k*qmin): each rounding scales by (1+u) and adds at most qmin/2.
+    growth = math.exp(2.0 * K * u * 1.0001) * (1.0 + 1e-12)
+    bound = (K * amax * bmax[0] + K * fmt.qmin) * growth
+    limit = min(fmt.maxfinite, 2.0 ** (104 + fmt.m))
+    with np.errstate(over="ignore", invalid="ignore"):
+        ok = afin & (bound < limit)
+        ok &= asig * bsig[0] < 2.0 ** 24
+        ok &= (alsb * blsb[0] >= 2.0 ** -149) | (amax == 0.0) | (bmax[0] == 0.0)
+    return ok
+
+
+def _matmul2d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, fma: bool) -> np.ndarray:
+    M, K = a.shape
+    N = b.shape[1]
+    out = np.zeros((M, N), np.float32)
+    if M == 0 or N == 0 or K == 0:
+        return out
+    done = np.zeros(M, np.bool_)
+    if order == SEQUENTIAL and fmt.m != 22:
+        done = _fast_rows(a, b, fmt)
+        if fmt.m == 23:
+            mode = 3
+        elif fma:
+            mode = 2
+        else:
+            mode = 0 if fmt.m <= 10 else 1
+        if done.any():
+            _mm_fast(a, b, out, done, np.int64(fmt.emin_bits32), np.int64(fmt.shift_bits32), mode)
+    if not done.all():
+        _mm_general(a, b, out, done, order, int(block), bool(fma), fmt.m, fmt.emin, fmt.maxbits64)
+    return out
+
+
+def matmul_acc(a: np.ndarray, b: np.ndarray, ebits: int, mbits: int, order: str = "sequential",
+               block: int = 32, fma: bool = True) -> np.ndarray:
+    """a @ b (numpy matmul semantics: broadcast batch dims, 1-D operands promoted and the
+    added dim removed) with every output accumulated in the (ebits, mbits) format in the given
+    order; see the module docstring. Returns float32 holding format values."""
+    fmt = _Fmt(ebits, mbits)
+    o = _check_order(order, block)
+    a, b = _as_f32(a), _as_f32(b)
+    if a.ndim == 0 or b.ndim == 0:
+        raise ValueError("matmul_acc: operands must have at least one dimension")
+    a2 = a[None, :] if a.ndim == 1 else a
+    b2 = b[:, None] if b.ndim == 1 else b
+    if a2.shape[-1] != b2.shape[-2]:
+        raise ValueError(f"matmul_acc: shapes {a.shape} and {b.shape} do not align")
+    batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
+    M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
+    ab = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
+    bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
+    out = np.empty((ab.shape[0], M, N), np.float32)
+    for t in range(ab.shape[0]):
+        out[t] = _matmul2d(np.ascontiguousarray(ab[t]), np.ascontiguousarray(bb[t]), fmt, o, block, fma)
+    out = out.reshape(batch + (M, N))
+    if a.ndim == 1:
+        out = out[..., 0, :]
+    if b.ndim == 1:
+        out = out[..., 0]
+    return out
+
+
+def sum_acc(x: np.ndarray, axis: int | tuple[int, ...] | None = None, keepdims: bool = False,
+            ebits: int = 5, mbits: int = 10, order: str = "sequential", block: int = 32) -> np.ndarray:
+    """np.sum with the running sum in the (ebits, mbits) format: reduced axes are flattened in
+    C order and summed in increasing index in the given order. Returns float32."""
+    fmt = _Fmt(ebits, mbits)
+    o = _check_order(order, block)
+    x = _as_f32(x)
+    nd = x.ndim
+    if axis is None:
+        axes = tuple(range(nd))
+    else:
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        norm = []
+        for ax in axes:
+            if not -nd <= ax < nd:
+                raise np.exceptions.AxisError(ax, nd)
+            norm.append(int(ax) % nd)
+        if len(set(norm)) != len(norm):
+            raise ValueError("duplicate value in 'axis'")
+        axes = tuple(sorted(norm))
+    keep = [d for d in range(nd) if d not in axes]
+    kept_shape = tuple(x.shape[d] for d in keep)
+    n = int(np.prod([x.shape[d] for d in axes], dtype=np.int64))
+    rows = np.ascontiguousarray(np.transpose(x, keep + list(axes))).reshape(-1, n)
+    res = np.zeros(rows.shape[0], np.float32)
+    if n > 0 and rows.shape[0] > 0:
+        _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
+    res = res.reshape(kept_shape)
+    if keepdims:
+        res = res.reshape(tuple(1 if d in axes else x.shape[d] for d in range(nd)))
+    return res
