@@ -392,3 +392,18 @@ def test_dropout_training_is_rejected():
     m = make_model("Dropout", [x, np.array(0.2, np.float32), np.array(True)], opset=13, initializers=(1, 2))
     with pytest.raises(HalfsimError, match="training_mode"):
         halfsim.load(m).run({"in0": x})
+
+
+# -- com.microsoft activations -----------------------------------------------------------------
+@pytest.mark.parametrize("op_type,extra,attrs", [
+    ("Gelu", None, {}), ("FastGelu", None, {}), ("FastGelu", "bias", {}), ("BiasGelu", "bias", {}),
+    ("QuickGelu", None, {}), ("QuickGelu", None, {"alpha": 1.0}),
+])
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_contrib_gelus(op_type, extra, attrs, dtype):
+    x = np.concatenate([randn(2, 3, 14) * 3, np.full((2, 3, 2), 50.0, np.float32)], axis=2).astype(dtype)
+    ins = [x] if extra is None else [x, randn(16).astype(dtype)]
+    tol = 3e-3 if dtype == np.float16 else 1e-5
+    check_op(op_type, ins, attrs, domain="com.microsoft", opset=17, rtol=tol, atol=tol)
+    if extra is not None:
+        check_op(op_type, ins, attrs, domain="com.microsoft", opset=13, rtol=tol, atol=tol, initializers=(1,))

@@ -5,7 +5,7 @@ from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNot
 
 import halfsim
 from halfsim.errors import HalfsimError
-from opcheck import check_op as _check_op, make_model
+from opcheck import assert_same, check_op as _check_op, feeds_of, make_model, run_ort
 
 rng = np.random.default_rng(2)
 
@@ -173,3 +173,33 @@ def test_mvn(opset, axes):
     x = randn(2, 3, 4, 5) * 2 + 3
     check_op("MeanVarianceNormalization", [x], {} if axes is None else {"axes": axes}, opset=opset, rtol=1e-4,
              atol=1e-5)
+
+
+# -- com.microsoft skip layer norms ------------------------------------------------------------
+@pytest.mark.parametrize("beta,bias", [(False, False), (True, False), (True, True), (False, True)])
+@pytest.mark.parametrize("skip_shape", [(2, 3, 16), (3, 16)])
+def test_skip_layernorm(beta, bias, skip_shape):
+    x = randn(2, 3, 16) * 2
+    ins = [x, randn(*skip_shape), randn(16), randn(16) if beta else None, randn(16) if bias else None]
+    while ins[-1] is None:
+        ins.pop()
+    check_op("SkipLayerNormalization", ins, {"epsilon": 1e-5}, n_outputs=4, domain="com.microsoft")
+    check_op("SkipLayerNormalization", ins, {}, n_outputs=1, domain="com.microsoft", initializers=(2, 3, 4))
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_skip_simplified_layernorm(bias):
+    x = randn(2, 3, 16) * 2
+    ins = [x, randn(2, 3, 16), randn(16)] + ([randn(16)] if bias else [])
+    m = make_model("SkipSimplifiedLayerNormalization", ins, {"epsilon": 1e-6}, n_outputs=4, domain="com.microsoft")
+    want = run_ort(m, feeds_of(m, ins))
+    got = halfsim.load(m).run(feeds_of(m, ins))
+    for i in (0, 2, 3):  # output 1 (mean) is not defined for the simplified form
+        assert_same(got[f"out{i}"], want[i], what=f"output {i}")
+    assert got["out1"].shape == want[1].shape and got["out1"].dtype == want[1].dtype
+
+
+def test_skip_layernorm_float16():
+    x = (randn(2, 3, 16) * 2).astype(np.float16)
+    ins = [x, randn(2, 3, 16).astype(np.float16), randn(16).astype(np.float16), randn(16).astype(np.float16)]
+    check_op("SkipLayerNormalization", ins, {}, n_outputs=1, domain="com.microsoft", rtol=3e-3, atol=3e-3)
