@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Callable
 
 import numpy as np
+from numba import njit
 
 from ..errors import ExecutionError, ModelError
 from .registry import op
@@ -18,9 +19,43 @@ from .registry import op
 # ---------------------------------------------------------------- activations ---------------
 
 
+@njit(cache=True)
+def _sigmoid_nb(x, out):
+    for i in range(x.size):
+        v = np.float64(x[i])
+        if v >= 0:
+            out[i] = 1.0 / (1.0 + np.exp(-v))
+        else:
+            e = np.exp(v)
+            out[i] = e / (1.0 + e)
+
+
+@njit(cache=True)
+def _tanh_nb(x, out):
+    for i in range(x.size):
+        out[i] = np.tanh(np.float64(x[i]))
+
+
+def _fast(kernel, x):
+    """Run an elementwise kernel in one call: numpy's per-ufunc overhead dominates the small
+    per-step gate arrays. Computed in float64 and rounded once."""
+    x = np.ascontiguousarray(x)
+    out = np.empty_like(x)
+    kernel(x.reshape(-1), out.reshape(-1))  # 1-D only: one compiled signature per dtype
+    return out
+
+
 def _sigmoid(x, a, b):
+    if x.dtype in (np.float32, np.float64):
+        return _fast(_sigmoid_nb, x)
     e = np.exp(-np.abs(x))  # never overflows
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
+
+
+def _tanh(x, a, b):
+    if x.dtype in (np.float32, np.float64):
+        return _fast(_tanh_nb, x)
+    return np.tanh(x)
 
 
 def _elu(x, a, b):
@@ -30,7 +65,7 @@ def _elu(x, a, b):
 _ACTS: dict[str, tuple[Callable, bool, bool]] = {
     # name: (fn(x, alpha, beta), uses alpha, uses beta)
     "relu": (lambda x, a, b: np.maximum(x, 0).astype(x.dtype, copy=False), False, False),
-    "tanh": (lambda x, a, b: np.tanh(x), False, False),
+    "tanh": (_tanh, False, False),
     "sigmoid": (_sigmoid, False, False),
     "affine": (lambda x, a, b: a * x + b, True, True),
     "leakyrelu": (lambda x, a, b: np.where(x >= 0, x, a * x).astype(x.dtype, copy=False), True, False),
