@@ -242,3 +242,24 @@ def test_step_rounding_hook_sees_every_step(op_type):
     np.testing.assert_allclose(got, ref, rtol=0, atol=2e-2)
     # every hidden state written to Y is exactly representable in fp16
     np.testing.assert_array_equal(got, got.astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_random_configurations(seed):
+    # Random mixes of every option at once, against ORT.
+    r = np.random.default_rng(seed)
+    op_type = ["RNN", "GRU", "LSTM"][seed % 3]
+    direction = ["forward", "reverse", "bidirectional"][r.integers(3)]
+    nd = 2 if direction == "bidirectional" else 1
+    T, B, I, H = (int(v) for v in r.integers(1, 7, size=4))
+    lens = r.integers(1, T + 1, size=B).tolist() if r.random() < 0.6 else None
+    ins = _inputs(op_type, T, B, I, H, nd, bias=r.random() < 0.7, lens=lens, init=r.random() < 0.6,
+                  peep=r.random() < 0.5)
+    attrs = {"hidden_size": H, "direction": direction}
+    if r.random() < 0.4:
+        attrs["clip"] = float(r.uniform(0.3, 2.0))
+    if op_type == "LSTM" and r.random() < 0.4:
+        attrs["input_forget"] = 1
+    if op_type == "GRU":
+        attrs["linear_before_reset"] = int(r.integers(2))
+    check_op(op_type, ins, attrs, n_outputs=_outs(op_type), opset=14)
