@@ -215,6 +215,9 @@ class Model:
             if vi.name not in feeds:
                 raise InputError(f"missing input {vi.name!r} ({vi.describe()})")
             x = feeds[vi.name]
+            if isinstance(x, (list, tuple)) and vi.dtype is None and vi.shape is None:
+                out[vi.name] = [np.asarray(e) for e in x]  # a sequence-typed input stays a list
+                continue
             if not isinstance(x, np.ndarray):
                 x = np.asarray(x)
             if vi.dtype is not None and x.dtype != vi.dtype:

@@ -443,3 +443,9 @@ def test_outer_tensor_freed_only_after_last_subgraph_reader():
     m = model(nodes, [vi("c1", BOOL, []), vi("c2", BOOL, []), vi("x", F, [3]), vi("w_in", F, [3])], [vi("r2")])
     for c1 in (True, False):
         compare(m, {"c1": np.array(c1), "c2": np.array(True), "x": f32(3), "w_in": f32(3)})
+
+
+def test_sequence_graph_input_and_output():
+    nodes = [mk("SequenceInsert", ["s", "x"], ["s1"]), mk("ConcatFromSequence", ["s1"], ["cat"], axis=0)]
+    m = model(nodes, [seq_vi("s"), vi("x", F, [2])], [seq_vi("s1"), vi("cat")], 13)
+    compare(m, {"s": [f32(2), f32(3)], "x": f32(2)})
