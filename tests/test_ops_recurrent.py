@@ -2,7 +2,7 @@
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import helper
 
 import halfsim
 from halfsim.interpreter import _FP32Plan

@@ -174,7 +174,8 @@ def _run(ctx, op_type, X, W, R, B, seq_lens, init_states, direction, layout, hid
                 states.append(np.zeros((Bn, H), dtype=dt))
             else:
                 if s.shape != (num_dir, Bn, H):
-                    raise ExecutionError(f"{op_type}: initial state has shape {list(s.shape)}, expected {[num_dir, Bn, H]}")
+                    raise ExecutionError(f"{op_type}: initial state has shape {list(s.shape)}, "
+                                         f"expected {[num_dir, Bn, H]}")
                 states.append(np.asarray(s[d], dtype=dt))
         Bd = None if B is None else B[d]
         Yd = Y[:, d]
