@@ -101,6 +101,12 @@ def _check_writable(path: str) -> None:
         raise HalfsimError(f"cannot write {path}: directory {d} does not exist or is not writable")
 
 
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    run_demo(args.html)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="halfsim", description="Predict FP16/bf16/TF32/FP8 behaviour of ONNX models on any CPU.")
@@ -122,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="F")
     c.add_argument("--html", metavar="F")
     c.set_defaults(fn=cmd_compare)
+
+    d = sub.add_parser("demo", help="run the bundled example (no network)")
+    d.add_argument("--html", default="halfsim-demo.html", metavar="F", help="where to write the report")
+    d.set_defaults(fn=cmd_demo)
     return p
 
 
