@@ -304,8 +304,9 @@ def _magnitude_codes(r: np.ndarray, f: Format) -> np.ndarray:
     be = u >> 23
     normal = (be - 127 + f.bias) << m | ((u & 0x7FFFFF) >> (23 - m))
     # Below min_normal: the integer number of 2**(emin-m) quanta (exact in float64).
-    sub = np.ldexp(np.abs(r).astype(np.float64), m - f.emin).astype(np.int64)
-    code = np.where(np.abs(r) >= np.float32(f.min_normal), normal, sub)
+    small = np.abs(r) < np.float32(f.min_normal)
+    sub = np.ldexp(np.where(small, np.abs(r), 0).astype(np.float64), m - f.emin).astype(np.int64)
+    code = np.where(small, sub, normal)
     if f.has_inf:
         code = np.where(u == 0x7F800000, ((1 << f.ebits) - 1) << m, code)
     return code
