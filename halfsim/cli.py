@@ -78,7 +78,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import compare, format_table
+    from .compare import check_backend, compare, format_table
+    check_backend(args.against)
     model, feeds = _load(args)
     if args.html:
         _check_writable(args.html)

@@ -12,6 +12,26 @@ from .errors import HalfsimError
 BACKENDS = ("halfsim:SPEC", "ort", "ort-fp16", "ort-cuda", "ort-cuda-fp16", "coreml")
 
 
+def check_backend(backend: str) -> None:
+    """Fail early, before any model runs, on a backend name that cannot work here."""
+    import sys as _sys
+    if backend.startswith("halfsim:") or backend == "halfsim":
+        spec = backend.partition(":")[2] or "fp32"
+        from .policy import preset
+        preset(spec)
+        return
+    if backend == "coreml" and _sys.platform != "darwin":
+        raise HalfsimError("CoreML predictions need macOS; on Linux use --against halfsim:coreml-fp16 to predict them")
+    if backend in ("ort-cuda", "ort-cuda-fp16"):
+        import onnxruntime as _ort
+        if "CUDAExecutionProvider" not in _ort.get_available_providers():
+            raise HalfsimError(f"{backend} needs onnxruntime-gpu and a CUDA GPU (available providers: "
+                               f"{', '.join(_ort.get_available_providers())})")
+        return
+    if backend not in ("ort", "ort-fp16", "coreml"):
+        raise HalfsimError(f"unknown backend {backend!r} (choose from {', '.join(BACKENDS)})")
+
+
 def run_backend(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer: bool = False) -> dict[str, np.ndarray]:
     """Outputs (and with per_layer, every intermediate it can expose) of `backend`."""
     if backend.startswith("halfsim:") or backend == "halfsim":
@@ -35,6 +55,7 @@ def run_backend(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer:
 def compare(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", against: str = "halfsim:fp32",
             per_layer: bool = False) -> dict:
     """JSON-ready report of halfsim at `precision` against `against` (the contract's keys)."""
+    check_backend(against)
     cand = run_backend(model, feeds, precision if not isinstance(precision, str) else f"halfsim:{precision}",
                        per_layer) if isinstance(precision, str) else _run_policy(model, feeds, precision, per_layer)
     ref = run_backend(model, feeds, against, per_layer)
@@ -47,6 +68,8 @@ def compare(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", aga
     if per_layer:
         layers = []
         for node in model.nodes:
+            if node.op_type == "Constant":
+                continue
             for t in node.outputs:
                 if not t or t not in cand or t not in ref:
                     continue

@@ -270,6 +270,11 @@ class Model:
                     d.add(idx[x])
                 else:
                     raise HalfsimError(f"no node named {x!r}")
+            # Feeds (inputs, or initializers overridden through feeds) that are not the very
+            # arrays of the trace make their consumers dirty too.
+            changed = {k: v for k, v in feeds.items() if reuse.get(k) is not v}
+            for k in changed:
+                d.update(g.consumers.get(k, ()))
             cone = g.downstream(d)
         if cone is None:
             for k, v in g.initializers.items():
@@ -282,6 +287,8 @@ class Model:
                         runner.observed[k] = env[k]
         else:
             env = _Overlay(reuse)
+            for k, v in changed.items():
+                env[k] = plan.on_graph_input(k, v) if not plan.identity else v
         free = not keep_trace and cone is None
         for node in g.nodes:
             if cone is not None and node.index not in cone:

@@ -1,0 +1,147 @@
+"""Interpreter behaviour: observers, hooks, the activation cache, bad input."""
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import halfsim
+from halfsim.errors import HalfsimError, InputError, ModelError, UnsupportedOpError
+
+
+def _chain():
+    """x -> a=x*2 -> b=a+W -> c=relu(b) -> y=c*c ; also side branch s=x+1 -> z=s*3."""
+    W = np.arange(4, dtype=np.float32) - 1.5
+    nodes = [helper.make_node("Mul", ["x", "two"], ["a"], name="n_a"),
+             helper.make_node("Add", ["a", "W"], ["b"], name="n_b"),
+             helper.make_node("Relu", ["b"], ["c"], name="n_c"),
+             helper.make_node("Mul", ["c", "c"], ["y"], name="n_y"),
+             helper.make_node("Add", ["x", "one"], ["s"], name="n_s"),
+             helper.make_node("Mul", ["s", "three"], ["z"], name="n_z")]
+    inits = [numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.float32(2), "two"),
+             numpy_helper.from_array(np.float32(1), "one"), numpy_helper.from_array(np.float32(3), "three")]
+    g = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_observe_all_and_selected():
+    m = halfsim.load(_chain())
+    x = np.ones((2, 4), np.float32)
+    r = m.run({"x": x}, observe="all")
+    assert {"a", "b", "c", "s", "y", "z"} <= set(r.observed)
+    np.testing.assert_array_equal(r.observed["a"], 2 * x)
+    r2 = m.run({"x": x}, observe=["b"])
+    assert set(r2.observed) == {"b"}
+
+
+def test_cone_rerun_recomputes_only_downstream():
+    m = halfsim.load(_chain())
+    x = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
+    base = m.run({"x": x}, keep_trace=True)
+    ran = []
+
+    def hook(node, outs):
+        ran.append(node.label)
+        if node.label == "n_b":
+            return [outs[0] + 100]
+    r = m.run({"x": x}, hook=hook, reuse=base.trace, dirty=["n_b"])
+    assert ran == ["n_b", "n_c", "n_y"]
+    full = m.run({"x": x}, hook=lambda n, o: [o[0] + 100] if n.label == "n_b" else None)
+    np.testing.assert_array_equal(r["y"], full["y"])
+    np.testing.assert_array_equal(r["z"], base["z"])
+
+
+def test_changed_initializer_through_feeds_dirties_its_consumers():
+    m = halfsim.load(_chain())
+    x = np.ones((1, 4), np.float32)
+    base = m.run({"x": x}, keep_trace=True)
+    W2 = np.full(4, 5.0, np.float32)
+    r = m.run({"x": x, "W": W2}, reuse=base.trace)
+    np.testing.assert_array_equal(r["y"], (2 * x + W2) ** 2)
+
+
+def test_bad_feeds():
+    m = halfsim.load(_chain())
+    with pytest.raises(InputError, match="missing input 'x'"):
+        m.run({})
+    with pytest.raises(InputError, match="unknown input 'q'"):
+        m.run({"x": np.ones((1, 4), np.float32), "q": np.ones(1)})
+    with pytest.raises(InputError, match="dtype float64"):
+        m.run({"x": np.ones((1, 4))})
+    with pytest.raises(InputError, match="rank 1"):
+        m.run({"x": np.ones(4, np.float32)})
+    with pytest.raises(InputError, match="dimension 1"):
+        m.run({"x": np.ones((1, 5), np.float32)})
+
+
+def test_nan_and_inf_propagate():
+    m = halfsim.load(_chain())
+    x = np.array([[np.nan, np.inf, -np.inf, 1.0]], np.float32)
+    from opcheck import run_ort
+    want = run_ort(_chain(), {"x": x})
+    got = m.run({"x": x})
+    np.testing.assert_array_equal(got["y"], want[0])
+    np.testing.assert_array_equal(got["z"], want[1])
+
+
+def test_unsupported_op_fails_at_load_naming_domain_and_opset():
+    node = helper.make_node("FancyOp", ["x"], ["y"], domain="com.example")
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", 1, [1])], [helper.make_tensor_value_info("y", 1, [1])])
+    mp = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.example", 3)])
+    with pytest.raises(UnsupportedOpError, match="FancyOp in domain com.example at opset 3"):
+        halfsim.load(mp)
+
+
+def test_corrupt_and_truncated_files(tmp_path):
+    good = _chain().SerializeToString()
+    for name, data in (("trunc.onnx", good[: len(good) // 2]), ("junk.onnx", b"\x00\xffnot a model" * 10)):
+        p = tmp_path / name
+        p.write_bytes(data)
+        with pytest.raises(ModelError):
+            halfsim.load(str(p))
+    with pytest.raises(ModelError, match="not found"):
+        halfsim.load(str(tmp_path / "nope.onnx"))
+
+
+def test_cli_errors_are_one_line_exit_2(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(_chain(), str(p))
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"garbage")
+    npz = tmp_path / "x.npz"
+    np.savez(npz, x=np.ones((1, 3), np.float32))
+    cases = [
+        ["run", str(bad), "-o", str(tmp_path / "o.npz")],
+        ["run", str(p), "--inputs", str(npz), "-o", str(tmp_path / "o.npz")],
+        ["run", str(p), "--shape", "q=1,2", "-o", str(tmp_path / "o.npz")],
+        ["compare", str(p), "--against", "nope"],
+        ["compare", str(p), "--against", "coreml"] if sys.platform != "darwin" else ["compare", str(p), "--against", "nope2"],
+    ]
+    for args in cases:
+        r = subprocess.run([sys.executable, "-m", "halfsim", *args], capture_output=True, text=True)
+        assert r.returncode == 2, (args, r.stdout, r.stderr)
+        lines = [ln for ln in r.stderr.strip().splitlines() if ln.startswith("halfsim: error")]
+        assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+
+
+def test_cli_run_and_compare_against_ort(tmp_path):
+    p = tmp_path / "m.onnx"
+    onnx.save(_chain(), str(p))
+    out = tmp_path / "o.npz"
+    r = subprocess.run([sys.executable, "-m", "halfsim", "run", str(p), "--seed", "3", "--shape", "x=2,4", "-o", str(out)],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    with np.load(out) as z:
+        assert z["y"].shape == (2, 4)
+    j = tmp_path / "r.json"
+    r = subprocess.run([sys.executable, "-m", "halfsim", "compare", str(p), "--against", "ort", "--per-layer",
+                        "--json", str(j)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    import json
+    rep = json.loads(j.read_text())
+    assert rep["version"] == 1 and rep["outputs"]["y"]["rel_l2"] <= 1e-6
+    assert [layer["node"] for layer in rep["layers"]] == ["n_a", "n_b", "n_c", "n_y", "n_s", "n_z"]
