@@ -407,3 +407,28 @@ def test_contrib_gelus(op_type, extra, attrs, dtype):
     check_op(op_type, ins, attrs, domain="com.microsoft", opset=17, rtol=tol, atol=tol)
     if extra is not None:
         check_op(op_type, ins, attrs, domain="com.microsoft", opset=13, rtol=tol, atol=tol, initializers=(1,))
+
+
+@pytest.mark.parametrize("op_type,attrs,opset,extra", [
+    ("Erf", {}, 13, None), ("Sigmoid", {}, 13, None), ("Gelu", {}, 20, None), ("LeakyRelu", {"alpha": 0.1}, 16, None),
+    ("LeakyRelu", {"alpha": 1.5}, 16, None), ("PRelu", {}, 16, "slope"), ("Gelu", {}, 1, "ms"),
+])
+def test_fast_paths_on_large_tensors(op_type, attrs, opset, extra):
+    # large float32 inputs take the numba / branch-free kernels
+    x = np.concatenate([randn(20000) * 4, SPECIALS, np.linspace(-10, 10, 5001, dtype=np.float32)]).reshape(-1, 5)
+    if extra == "ms":
+        check_op(op_type, [x], attrs, domain="com.microsoft", opset=17)
+    elif extra == "slope":
+        check_op(op_type, [x, randn(5)], attrs, opset=opset)
+    else:
+        check_op(op_type, [x], attrs, opset=opset)
+
+
+@pytest.mark.parametrize("to", [TP.INT8, TP.UINT8, TP.INT32, TP.INT64, TP.UINT32])
+def test_cast_large_in_range_fast_path(to):
+    x = (randn(10000) * 100).astype(np.float32)
+    if to in (TP.UINT8, TP.UINT32):
+        x = np.abs(x)
+    check_op("Cast", [x], {"to": to})
+    x[5] = np.nan  # the slow path
+    check_op("Cast", [x], {"to": to})

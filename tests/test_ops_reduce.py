@@ -203,3 +203,9 @@ def test_softmax_specials(op_type):
 def test_softmax_empty(op_type):
     check_op(op_type, [np.zeros((0, 4), np.float32)], {}, opset=13)
     check_op(op_type, [np.zeros((2, 0), np.float32)], {}, opset=13)
+
+
+def test_cumsum_large_non_last_axis():
+    x = randn(4, 300, 50)
+    for axis in (0, 1):
+        check_op("CumSum", [x, np.array(axis, np.int64)], {"reverse": 1}, opset=14, rtol=1e-5, atol=1e-5)
