@@ -340,12 +340,29 @@ _SQRT2_PI = math.sqrt(2 / math.pi)
 
 def gelu_erf(ctx, xf: np.ndarray) -> np.ndarray:
     t = xf.dtype.type
+    if ctx.prec is None:  # identity plan: nothing to round, so work in place on one array
+        y = erf(xf * t(_SQRT1_2))
+        y += t(1)
+        y *= t(0.5)  # before the product with x: 0.5 * x * 2 must not overflow
+        y *= xf
+        return y
     e = ctx.round(erf(ctx.round(xf * t(_SQRT1_2))))
     return ctx.round(xf * t(0.5)) * ctx.round(e + t(1))
 
 
 def gelu_tanh(ctx, xf: np.ndarray) -> np.ndarray:
     t = xf.dtype.type
+    if ctx.prec is None:  # identity plan: in place on one array
+        y = xf * xf
+        y *= t(0.044715)
+        y *= xf
+        y += xf
+        y *= t(_SQRT2_PI)
+        np.tanh(y, out=y)
+        y += t(1)
+        y *= t(0.5)  # before the product with x: 0.5 * x * 2 must not overflow
+        y *= xf
+        return y
     cube = ctx.round(ctx.round(xf * xf) * xf)
     inner = ctx.round(ctx.round(xf + ctx.round(cube * t(0.044715))) * t(_SQRT2_PI))
     return ctx.round(xf * t(0.5)) * ctx.round(np.tanh(inner) + t(1))
