@@ -282,83 +282,148 @@ def _any_nonfinite_cols(x):
     return out
 
 
+# ---- fast GEMM path ------------------------------------------------------------------------
+# Same arithmetic as dot_scalar, laid out for SIMD: the integers of the fixed-point window are
+# held in float64, where every step is exact:
+#   * an input is its float64 value v and the scale 2^-e of its alignment exponent; a product's
+#     scale 2^-(ea+eb) is a product of two powers of two (|ea+eb| <= 260, in range);
+#   * the block maximum exponent is the minimum scale g; G = g * 2^w maps the window's last bit
+#     to 1, so trunc(a*b*G) is the truncated aligned product (a*b has <= 22 significant bits, and
+#     scaling by a power of two stays far from float64's subnormals);
+#   * each term is < 2^(w+2) <= 2^29 and a block adds at most 65 of them: the sum is an
+#     integer < 2^36, exact in float64 in any order.
+_NO_EXP = 2.0 ** 900  # scale of zeros: larger than any real one, so they never set the maximum
+
+
+@njit(cache=True)
+def _prepare(x, mbits, emin):
+    """(value, 2^-exponent) of each input, truncated to the format (a no-op for representable
+    values, the hardware's tf32 truncation of raw fp32); zeros and non-finite: (0, _NO_EXP)."""
+    v = np.empty(x.shape, np.float64)
+    g = np.empty(x.shape, np.float64)
+    xf = x.ravel()
+    vf = v.reshape(-1)
+    gf = g.reshape(-1)
+    for i in range(xf.size):
+        bits = np.float32(xf[i]).view(np.int32)
+        be = (bits >> 23) & 0xFF
+        ex = be - 127 if be > 0 else -126
+        ex = ex if ex > emin else emin
+        val = np.trunc(np.float64(xf[i]) * _pow2(mbits - ex)) * _pow2(ex - mbits)
+        if be == 0xFF or val == 0.0:
+            vf[i] = 0.0
+            gf[i] = _NO_EXP
+        else:
+            vf[i] = val
+            gf[i] = _pow2(-ex)
+    return v, g
+
+
+@njit(cache=True, inline="always")
+def _c_scale(c, c_emin):
+    # 2^-(alignment exponent) of the accumulator C (a finite float32)
+    bits = np.int64(np.float32(c).view(np.int32))
+    ex = ((bits >> 23) & 0xFF) - 127
+    ex = ex if ex > c_emin else c_emin  # fp32 subnormals sit at -126, fp16 ones at -14
+    return _NO_EXP if (bits & 0x7FFFFFFF) == 0 else np.int64((1023 - ex) << 52).view(np.float64)
+
+
+@njit(cache=True, inline="always")
+def _inv_pow2(x):
+    # 1/x for a normal power of two, from the bits (no division)
+    return np.int64((np.int64(2046) << 52) - np.float64(x).view(np.int64)).view(np.float64)
+
+
+@njit(cache=True, inline="always")
+def _fin_rz(v, mbits, emin, big):
+    """v (float64) toward zero to mbits fraction bits, exponent >= emin; clamps at +-big."""
+    bits = np.float64(v).view(np.int64)
+    e = ((bits >> 52) & 0x7FF) - 1023
+    d = emin - e
+    d = d if d > 0 else 0
+    drop = 52 - mbits + d
+    drop = 63 if drop > 52 else drop  # below the smallest subnormal: +-0
+    r = np.int64(bits & ~((np.int64(1) << drop) - 1)).view(np.float64)
+    r = r if r < big else big
+    r = r if r > -big else -big
+    return np.float32(r)
+
+
+@njit(cache=True, inline="always")
+def _fin_rne(v, mbits, emin, big):
+    """v (float64) to nearest-even with mbits fraction bits, exponent >= emin; inf beyond big."""
+    bits = np.float64(v).view(np.int64)
+    e = ((bits >> 52) & 0x7FF) - 1023
+    e = e if e > emin else emin
+    q = e - mbits
+    r = np.rint(v * np.int64((1023 - q) << 52).view(np.float64)) \
+        * np.int64((1023 + q) << 52).view(np.float64)
+    r = r * np.inf if abs(r) > big else r
+    return np.float32(r)
+
+
 @njit(cache=True, parallel=True)
 def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
     nb, M, K = a.shape
     N = b.shape[2]
-    am, ae = decompose(a, ma, emin_a)
-    bm, be = decompose(b, mb, emin_b)
+    av, ag = _prepare(a, ma, emin_a)
+    bv, bg = _prepare(b, mb, emin_b)
     rowbad = _any_nonfinite_rows(a)
     colbad = _any_nonfinite_cols(b)
-    L = w - ma - mb
-    lsh = L if L > 0 else 0
-    rsh = -L if L < 0 else 0
     c_emin = -14 if out16 else -126
+    mbits = 10 if out16 else 23
+    big = 65504.0 if out16 else _F32_MAX
+    tw = _pow2(w)
     out = np.empty((nb, M, N), np.float32)
     for r in prange(nb * M):
         bi = r // M
         i = r % M
-        emax = np.empty(_TILE, np.int32)
-        cexp = np.empty(_TILE, np.int32)
-        s = np.empty(_TILE, np.int64)
-        acc = np.empty(_TILE, np.float32)
-        redo = np.empty(_TILE, np.bool_)
-        for j0 in range(0, N, _TILE):
-            nj = min(_TILE, N - j0)
-            for jj in range(nj):
-                acc[jj] = c[bi, i, j0 + jj]
-                redo[jj] = rowbad[bi, i] or colbad[bi, j0 + jj] or not np.isfinite(acc[jj])
-            for k0 in range(0, K, blk):
-                k1 = min(k0 + blk, K)
-                # C joins the window; its exponent starts the running maximum
-                for jj in range(nj):
-                    cm, ce = _split_c(acc[jj], c_emin)
-                    emax[jj] = ce
-                    cexp[jj] = ce
-                    s[jj] = cm
-                for k in range(k0, k1):
-                    if am[bi, i, k] == 0:
-                        continue  # zero products take no part in the alignment
-                    xa = ae[bi, i, k]
-                    for jj in range(nj):
-                        x = xa + be[bi, k, j0 + jj]
-                        if x > emax[jj]:
-                            emax[jj] = x
-                # C's aligned value (it may need a left shift when extra_bits > 0)
-                for jj in range(nj):
-                    cm = s[jj]
-                    if cm != 0:
-                        sh = emax[jj] - cexp[jj] + 23 - w
-                        mag = abs(cm)
-                        if sh >= 0:
-                            mag = mag >> min(sh, 62)
-                        else:
-                            mag = mag << (-sh)
-                        s[jj] = -mag if cm < 0 else mag
-                for k in range(k0, k1):
-                    xm = np.int64(am[bi, i, k])
-                    if xm == 0:
-                        continue
-                    xa = ae[bi, i, k]
-                    for jj in range(nj):
-                        p = xm * bm[bi, k, j0 + jj]
-                        sh = emax[jj] - (xa + be[bi, k, j0 + jj]) + rsh
-                        if sh > 62:
-                            sh = 62
-                        mag = (abs(p) << lsh) >> sh
-                        s[jj] += -mag if p < 0 else mag
-                for jj in range(nj):
-                    if s[jj] == 0:
-                        acc[jj] = np.float32(0.0)
-                    else:
-                        acc[jj] = _finish(s[jj], emax[jj], w, out16, rne)
-                        if not np.isfinite(acc[jj]):
-                            redo[jj] = True
-            for jj in range(nj):
-                if redo[jj]:
-                    acc[jj] = dot_scalar(a[bi, i, :], b[bi, :, j0 + jj].copy(), c[bi, i, j0 + jj],
-                                         blk, w, ma, emin_a, mb, emin_b, out16, rne)
-                out[bi, i, j0 + jj] = acc[jj]
+        arv = av[bi, i]
+        arg = ag[bi, i]
+        g = np.empty(N, np.float64)  # per column: scale of the block's largest exponent
+        s = np.empty(N, np.float64)  # per column: the exact window sum
+        acc = c[bi, i].copy()
+        for j in range(N):
+            g[j] = _c_scale(acc[j], c_emin)
+        for k0 in range(0, K, blk):
+            k1 = min(k0 + blk, K)
+            for k in range(k0, k1):
+                xa = arg[k]
+                brg = bg[bi, k]
+                for j in range(N):
+                    y = xa * brg[j]
+                    x = g[j]
+                    g[j] = x if x < y else y
+            for j in range(N):
+                G = g[j] * tw
+                g[j] = G
+                s[j] = np.trunc(np.float64(acc[j]) * G)
+            for k in range(k0, k1):
+                xa = arv[k]
+                brv = bv[bi, k]
+                for j in range(N):
+                    s[j] += np.trunc(xa * brv[j] * g[j])
+            # the rounding mode is fixed per call: branch outside the loops so they vectorize
+            if rne:
+                for j in range(N):
+                    x = _fin_rne(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+                    acc[j] = x
+                    g[j] = _c_scale(x, c_emin)
+            else:
+                for j in range(N):
+                    x = _fin_rz(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+                    acc[j] = x
+                    g[j] = _c_scale(x, c_emin)
+        out[bi, i] = acc
+    # rare: non-finite inputs or C, or an fp16 accumulator that overflowed on the way
+    for r in prange(nb * M):
+        bi = r // M
+        i = r % M
+        for j in range(N):
+            if rowbad[bi, i] or colbad[bi, j] or not np.isfinite(c[bi, i, j]) \
+                    or not np.isfinite(out[bi, i, j]):
+                out[bi, i, j] = dot_scalar(a[bi, i, :], b[bi, :, j].copy(), c[bi, i, j],
+                                           blk, w, ma, emin_a, mb, emin_b, out16, rne)
     return out
 
 
