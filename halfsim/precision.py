@@ -120,6 +120,7 @@ class PrecisionPlan:
     def on_inputs(self, node, args: list) -> tuple[list, Any]:
         prec = self.node_precision(node)
         typed = None
+        typed_idx = []
         movement = node.impl.data_movement
         new = list(args)
         for i, (t, a) in enumerate(zip(node.inputs, args)):
@@ -128,7 +129,9 @@ class PrecisionPlan:
             low = _LOW_DTYPES.get(a.dtype)
             if low is not None:
                 typed = typed or low
-                if not movement:
+                typed_idx.append(i)
+                # CastLike's second input only carries the target type: keep its dtype.
+                if not movement and not (node.op_type == "CastLike" and i == 1):
                     new[i] = a.astype(np.float32)
                 self.tags[t] = self.fmt(low)
         storage = self._storage(prec, node, new, typed)
@@ -140,10 +143,11 @@ class PrecisionPlan:
                         new[i] = self._round_input(t, a, storage, node)
         if prec.storage != storage.name:
             prec = replace(prec, storage=storage.name)
-        return new, (prec, storage, typed)
+        follow = _follows_input_type(node, tuple(typed_idx)) if typed else None
+        return new, (prec, storage, typed, follow)
 
     def on_outputs(self, node, outs: list, state) -> list:
-        prec, storage, typed = state
+        prec, storage, typed, follow = state
         if node.impl.data_movement:
             tag = self._input_tag(node)
             for t, o in zip(node.outputs, outs):
@@ -163,8 +167,11 @@ class PrecisionPlan:
             if o.dtype != np.float32:
                 self.tags[t] = FP32
                 continue
+            # Outputs typed like a float16/bfloat16 input hold that format; others (a Cast, the
+            # float32 statistics of LayerNormalization) keep their own type.
+            lowout = bool(typed and follow[i] and node.op_type not in ("Cast", "CastLike"))
             fmt = storage
-            if typed and node.op_type not in ("Cast", "CastLike"):
+            if lowout:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
             if fmt is not FP32:
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
@@ -172,7 +179,7 @@ class PrecisionPlan:
             if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
                 o = self._round(o, self.io_fmt, "inf", "keep", t, node.label, node.op_type, False)
                 fmt = self.io_fmt
-            if typed and node.op_type not in ("Cast", "CastLike"):
+            if lowout:
                 o = o.astype(np.float16 if typed == "fp16" else _mld.bfloat16)
             res[i] = o
             self.tags[t] = fmt
@@ -300,6 +307,37 @@ class PrecisionPlan:
         inf = np.isinf(o)
         if inf.any():
             self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
+
+
+_FOLLOW_CACHE: dict[tuple, list[bool]] = {}
+# Contrib ops onnx has no schema for, whose statistics outputs are float32 (ORT's stash type).
+_CONTRIB_FOLLOW = {"SimplifiedLayerNormalization": (True, False),
+                   "SkipLayerNormalization": (True, False, False, True),
+                   "SkipSimplifiedLayerNormalization": (True, False, False, True)}
+
+
+def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
+    """For each output: does its ONNX type parameter equal that of one of the low-precision
+    inputs (so the output is float16/bfloat16 too)? Read from the op schema; ops onnx does not
+    know (contrib) are assumed to follow their inputs."""
+    key = (node.op_type, node.domain, node.opset, typed_idx, len(node.outputs))
+    mask = _FOLLOW_CACHE.get(key)
+    if mask is None:
+        import onnx.defs
+        try:
+            schema = onnx.defs.get_schema(node.op_type, node.opset, node.domain)
+        except Exception:
+            schema = None
+        if schema is None or not schema.outputs or not schema.inputs:
+            known = _CONTRIB_FOLLOW.get(node.op_type, ())
+            mask = [known[j] if j < len(known) else True for j in range(len(node.outputs))]
+        else:
+            def tstr(params, i):
+                return params[min(i, len(params) - 1)].type_str
+            ins = {tstr(schema.inputs, i) for i in typed_idx}
+            mask = [tstr(schema.outputs, j) in ins for j in range(len(node.outputs))]
+        _FOLLOW_CACHE[key] = mask
+    return mask
 
 
 def _is_float32(x) -> bool:

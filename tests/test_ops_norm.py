@@ -81,13 +81,6 @@ def test_layernorm_dtypes(dtype):
              n_outputs=1 if dtype == np.float16 else 3, opset=17, rtol=tol, atol=tol)
 
 
-FP16_STASH_XFAIL = pytest.mark.xfail(
-    reason="the precision plan stores every float32 output of an fp16-typed node back as float16 "
-           "(halfsim/precision.py on_outputs), so the float32 Mean/InvStdDev outputs come back as float16",
-    strict=False)
-
-
-@FP16_STASH_XFAIL
 def test_layernorm_float16_stash_outputs_are_float32():
     x = (randn(2, 3, 16) * 2).astype(np.float16)
     check_op("LayerNormalization", [x, randn(16).astype(np.float16)], {}, n_outputs=3, opset=17, rtol=3e-3,

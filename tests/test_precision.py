@@ -132,3 +132,38 @@ def test_fp32_precision_is_bitwise_the_plain_run():
     a = m.run({"x": x})["y"]
     b = m.run({"x": x}, precision=Policy("empty"))["y"]
     np.testing.assert_array_equal(a, b)
+
+
+def _digits():
+    from halfsim.demo import data_path
+    with np.load(data_path("digits_test.npz")) as z:
+        x = z["image"][:64]
+    return onnx.load(data_path("digits.onnx")), x
+
+
+def test_ort_cpu_fp16_preset_matches_ort_on_the_converted_model():
+    import warnings
+    from onnxconverter_common import float16
+    from halfsim.backends.ort import run
+    proto, x = _digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m16 = float16.convert_float_to_float16(proto, keep_io_types=False)
+    want = run(m16, {"image": x.astype(np.float16)})["probs"].astype(np.float32)
+    pred = halfsim.load(proto).run({"image": x}, precision="ort-cpu-fp16")["probs"]
+    fp32 = halfsim.load(proto).run({"image": x})["probs"]
+    assert metrics.rel_l2(fp32, want) > 1e-4          # the converted model really differs from fp32
+    assert metrics.rel_l2(pred, want) < 1e-6          # and the preset predicts it to summation noise
+
+
+def test_fp16_model_runs_with_true_fp16_semantics_like_the_fp16_preset():
+    import warnings
+    from onnxconverter_common import float16
+    proto, x = _digits()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m16 = float16.convert_float_to_float16(proto, keep_io_types=True)
+    typed = halfsim.load(m16).run({"image": x})["probs"]
+    preset = halfsim.load(proto).run({"image": x}, precision="fp16")["probs"]
+    assert typed.dtype == np.float32
+    np.testing.assert_allclose(typed, preset, rtol=0, atol=2e-6)

@@ -109,3 +109,42 @@ def cast_rewrite(proto: onnx.ModelProto, fmt: str = "fp16", saturate_weights: bo
 def _bf16():
     import ml_dtypes
     return ml_dtypes.bfloat16
+
+
+def convert_fp16(proto: onnx.ModelProto, keep_io_types: bool = True) -> onnx.ModelProto:
+    """The fp16 model a user would make: onnxconverter-common's converter, and halfsim's own
+    converter (halfsim.export) where that one's output does not load in ORT."""
+    import warnings
+    last = None
+    try:
+        from onnxconverter_common import float16
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            m16 = float16.convert_float_to_float16(proto, keep_io_types=keep_io_types)
+        session(m16)
+        return m16
+    except Exception as e:  # converter crash or a model ORT rejects: try halfsim's converter
+        last = e
+    try:
+        from ..export import convert_fp16 as own
+    except ImportError:
+        raise HalfsimError(f"fp16 conversion failed: {str(last).splitlines()[0] if str(last) else type(last).__name__}") from None
+    m16 = own(proto, keep_io_types=keep_io_types)
+    session(m16)
+    return m16
+
+
+def run_variant(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], backend: str,
+                intermediates: bool = False) -> dict[str, np.ndarray]:
+    """ort-fp16 (fp16-converted model on the CPU EP), ort-cuda (CUDA EP, TF32 as ORT defaults),
+    ort-cuda-fp16 (fp16-converted model on the CUDA EP). Outputs come back as float32."""
+    providers = ["CPUExecutionProvider"]
+    if backend.startswith("ort-cuda"):
+        import onnxruntime as ort
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            raise HalfsimError(f"{backend} needs onnxruntime-gpu and a CUDA GPU")
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    m = convert_fp16(proto) if backend.endswith("fp16") else proto
+    out = run(m, feeds, intermediates=intermediates, providers=providers)
+    return {k: (v.astype(np.float32) if isinstance(v, np.ndarray) and v.dtype == np.float16 else v)
+            for k, v in out.items()}
