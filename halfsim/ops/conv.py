@@ -106,6 +106,9 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
     if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
         xs = x[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out_sp, strides))]
         cols = xs.reshape(N, group, Cg, P)
+    elif nd == 2 and x.dtype in (np.float32, np.float64) and x.size and P:
+        from ..kernels.conv import im2col2d_call  # numba: pads on the fly, no padded copy
+        cols = im2col2d_call(x, kernel, out_sp, strides, dilations, pb).reshape(N, group, K, P)
     else:
         cols = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations).reshape(N, group, K, P)
     y = ctx.matmul(w.reshape(group, Mg, K), cols).reshape((N, M) + tuple(out_sp))

@@ -1,0 +1,139 @@
+"""halfsim fp32 against ONNX Runtime's CPU EP on single linear-algebra / conv / pool nodes with
+typical CNN and transformer shapes, side by side in one process.
+
+Each case is a one-node model (weights as initializers) run through halfsim.load(...).run (so
+the interpreter's per-node overhead is included) and through an ORT session with
+intra_op_num_threads equal to numpy's BLAS thread count. Time: median of --runs runs (default
+5) after two warm-up runs (numba kernels compile on the first). Target: ratio <= 2.
+
+    python benchmarks/bench_ops.py [--runs 5] [--only conv] [--precision fp32] [--json F]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+from onnx import helper, numpy_helper  # noqa: E402
+
+import halfsim  # noqa: E402
+
+rng = np.random.default_rng(0)
+
+
+def blas_threads() -> int:
+    try:
+        from threadpoolctl import threadpool_info
+        n = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
+        if n:
+            return int(n[0])
+    except ImportError:
+        pass
+    return os.cpu_count() or 1
+
+
+def r(*shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+def model(op_type, x, weights=(), attrs=None, opset=17, n_outputs=1, domain=""):
+    names = ["x"] + [f"w{i}" for i in range(len(weights))]
+    node = helper.make_node(op_type, names, [f"y{i}" for i in range(n_outputs)], domain=domain, **(attrs or {}))
+    g = helper.make_graph([node], op_type, [helper.make_tensor_value_info("x", 1, list(x.shape))],
+                          [onnx.ValueInfoProto(name=f"y{i}") for i in range(n_outputs)],
+                          [numpy_helper.from_array(w, n) for w, n in zip(weights, names[1:])])
+    imports = [helper.make_opsetid("", opset)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    m = helper.make_model(g, opset_imports=imports)
+    m.ir_version = 10
+    return m, {"x": x}
+
+
+def cases():
+    c = {}
+    c["conv 1x32x112x112 3x3 s1 ->32"] = model("Conv", r(1, 32, 112, 112), [r(32, 32, 3, 3), r(32)], dict(pads=[1] * 4))
+    c["conv 1x32x112x112 3x3 s2 ->64"] = model("Conv", r(1, 32, 112, 112), [r(64, 32, 3, 3), r(64)],
+                                               dict(pads=[1] * 4, strides=[2, 2]))
+    c["conv depthwise 1x96x56x56 3x3 s1"] = model("Conv", r(1, 96, 56, 56), [r(96, 1, 3, 3), r(96)],
+                                                  dict(pads=[1] * 4, group=96))
+    c["conv depthwise 1x96x112x112 3x3 s2"] = model("Conv", r(1, 96, 112, 112), [r(96, 1, 3, 3), r(96)],
+                                                    dict(pads=[1] * 4, group=96, strides=[2, 2]))
+    c["conv pointwise 1x96x56x56 ->24"] = model("Conv", r(1, 96, 56, 56), [r(24, 96, 1, 1), r(24)])
+    c["conv 1x3x640x640 3x3 s2 ->16"] = model("Conv", r(1, 3, 640, 640), [r(16, 3, 3, 3), r(16)],
+                                              dict(pads=[1] * 4, strides=[2, 2]))
+    c["conv 1x64x56x56 3x3 ->64 (resnet)"] = model("Conv", r(1, 64, 56, 56), [r(64, 64, 3, 3), r(64)],
+                                                   dict(pads=[1] * 4))
+    c["conv 1x256x14x14 3x3 g32 (resnext)"] = model("Conv", r(1, 256, 14, 14), [r(256, 8, 3, 3)],
+                                                    dict(pads=[1] * 4, group=32))
+    c["convT 1x64x32x32 4x4 s2 ->32"] = model("ConvTranspose", r(1, 64, 32, 32), [r(64, 32, 4, 4), r(32)],
+                                              dict(strides=[2, 2], pads=[1] * 4))
+    c["maxpool 1x64x112x112 3x3 s2"] = model("MaxPool", r(1, 64, 112, 112), [],
+                                             dict(kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+    c["avgpool 1x64x56x56 3x3 s1"] = model("AveragePool", r(1, 64, 56, 56), [],
+                                           dict(kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=0))
+    c["globalavgpool 1x1280x7x7"] = model("GlobalAveragePool", r(1, 1280, 7, 7))
+    c["gemm 1x1280 x 1280x1000"] = model("Gemm", r(1, 1280), [r(1000, 1280), r(1000)], dict(transB=1))
+    c["matmul 128x768 x 768x3072"] = model("MatMul", r(1, 128, 768), [r(768, 3072)])
+    c["matmul batched 12x128x64 x 12x64x128"] = model("MatMul", r(12, 128, 64), [r(12, 64, 128)])
+    c["einsum bhid,bhjd->bhij 1x12x128x64"] = model("Einsum", r(1, 12, 128, 64), [r(1, 12, 128, 64)],
+                                                    dict(equation="bhid,bhjd->bhij"), opset=12)
+    xq = r(1, 128, 768)
+    c["dynquantlinear 1x128x768"] = model("DynamicQuantizeLinear", xq, [], n_outputs=3, opset=11)
+    c["dynquantmatmul 128x768 x 768x768"] = model(
+        "DynamicQuantizeMatMul", xq, [rng.integers(-64, 64, (768, 768)).astype(np.int8),
+                                      np.full(768, 0.01, np.float32)], domain="com.microsoft")
+    return c
+
+
+def median_ms(fn, runs):
+    fn()
+    fn()
+    ts = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return float(np.median(ts) * 1e3)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--only", default="", help="substring filter on case names")
+    ap.add_argument("--precision", default="fp32", help="halfsim precision (default fp32)")
+    ap.add_argument("--json", default="")
+    a = ap.parse_args(argv)
+    threads = blas_threads()
+    rows = []
+    print(f"threads: {threads} (numpy BLAS and ORT intra-op); median of {a.runs} runs after warm-up")
+    print(f"{'case':40s} {'halfsim ms':>11s} {'ORT ms':>9s} {'ratio':>7s}")
+    for name, (m, feeds) in cases().items():
+        if a.only and a.only not in name:
+            continue
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        hm = halfsim.load(m)
+        t_h = median_ms(lambda: hm.run(feeds, precision=a.precision), a.runs)
+        t_o = median_ms(lambda: sess.run(None, feeds), a.runs)
+        rows.append({"case": name, "halfsim_ms": t_h, "ort_ms": t_o, "ratio": t_h / t_o})
+        print(f"{name:40s} {t_h:11.3f} {t_o:9.3f} {t_h / t_o:7.2f}", flush=True)
+    ratios = [row["ratio"] for row in rows]
+    if ratios:
+        print(f"geomean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, worst {max(ratios):.2f}")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump({"version": 1, "threads": threads, "precision": a.precision, "rows": rows}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
