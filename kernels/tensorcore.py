@@ -427,6 +427,17 @@ def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
     return out
 
 
+@njit(cache=True, parallel=True)
+def block_fma_batch(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    """Row-wise chained dot products through the int64 reference path: a, b [n, K], c [n]
+    (already in the output format). Used for single blocks, where clarity beats speed."""
+    n = a.shape[0]
+    out = np.empty(n, np.float32)
+    for r in prange(n):
+        out[r] = dot_scalar(a[r], b[r], c[r], blk, w, ma, emin_a, mb, emin_b, out16, rne)
+    return out
+
+
 def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int,
             extra_bits: int, rounding: str = "rz", out_format: str = "fp32",
             in_a: str = "fp16", in_b: str | None = None) -> np.ndarray:
