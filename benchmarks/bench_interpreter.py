@@ -2,7 +2,7 @@
 ReferenceEvaluator on the validation manifest's real models, side by side in one run.
 
 Time: median of --runs runs (default 5) after one warm-up, same inputs, same process.
-Memory: peak RSS (ru_maxrss) of a fresh subprocess per backend per model that imports the
+Memory: peak RSS (VmHWM; ru_maxrss where /proc is missing) of a fresh subprocess per backend per model that imports the
 backend, builds the inputs, then loads the model and runs it twice; reported as the peak
 minus the RSS just before the model was loaded (the model's own cost), and the total peak.
 tracemalloc would miss ORT's native allocations, so RSS is the only fair common measure.
@@ -34,12 +34,23 @@ from validation.runner import compute_threads, missing_ops  # noqa: E402
 BACKENDS = ("ort", "halfsim", "reference")
 
 
-def _rss_kb() -> int:
-    with open("/proc/self/status") as f:
-        for ln in f:
-            if ln.startswith("VmRSS:"):
-                return int(ln.split()[1])
-    return 0
+def _status_kb(field: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            for ln in f:
+                if ln.startswith(field + ":"):
+                    return int(ln.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _peak_kb() -> int:
+    """This process's RSS high-water mark. VmHWM belongs to the process's own address space;
+    ru_maxrss on Linux keeps the high-water mark of the (large) parent it was forked from
+    across exec, so it is only the fallback where /proc is missing."""
+    hwm = _status_kb("VmHWM")
+    return hwm if hwm is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 
 
 def make_runner(backend: str, path: str, threads: int):
@@ -62,24 +73,28 @@ def make_runner(backend: str, path: str, threads: int):
     raise ValueError(backend)
 
 
-def child(backend: str, name: str, threads: int) -> None:
-    """Subprocess body: print {"peak_kb", "base_kb"} as JSON."""
+def child(backend: str, name: str, feeds_npz: str, threads: int) -> None:
+    """Subprocess body: import the backend, load the feeds, note RSS, load and run the model
+    twice, print {"peak_kb", "base_kb"} as JSON."""
     import importlib
     importlib.import_module({"ort": "onnxruntime", "halfsim": "halfsim", "reference": "onnx.reference"}[backend])
+    if backend == "halfsim":  # library code in the baseline, as ORT's shared library is
+        from halfsim.ops import registry
+        registry.registered()
+    elif backend == "reference":
+        from onnx.reference import ops  # noqa: F401
     path = str(fetch.fetch(name))
-    proto = onnx.load(path)
-    feeds = recipes.build_inputs(fetch.entry(name)["recipe"], proto)
-    del proto
-    base = _rss_kb()
+    with np.load(feeds_npz) as z:
+        feeds = {k: z[k] for k in z.files}
+    base = _status_kb("VmRSS") or 0
     run = make_runner(backend, path, threads)
     run(feeds)
     run(feeds)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
-    print(json.dumps({"peak_kb": peak, "base_kb": base}))
+    print(json.dumps({"peak_kb": _peak_kb(), "base_kb": base}))
 
 
-def peak_memory(backend: str, name: str, threads: int, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_child", backend, name, "--threads", str(threads)]
+def peak_memory(backend: str, name: str, feeds_npz: str, threads: int, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", backend, name, feeds_npz, "--threads", str(threads)]
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
     except subprocess.TimeoutExpired:
@@ -108,13 +123,41 @@ def time_backend(run, feeds, runs: int, budget: float) -> dict:
     return {"ms": float(np.median(ts)) * 1e3, "runs": len(ts)}
 
 
-def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: float, memory: bool) -> dict:
+def profile_halfsim(path: str, feeds: dict, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per op type in one halfsim run (the best of `repeats` per op type), from
+    the time between consecutive node hooks; the interpreter's own per-node overhead is
+    included in each node's share."""
+    import halfsim
+    m = halfsim.load(path)
+    m.run(feeds)
+    best: dict[str, float] = {}
+    for _ in range(repeats):
+        acc: dict[str, float] = {}
+        last = [time.perf_counter()]
+
+        def hook(node, outs):
+            t = time.perf_counter()
+            acc[node.op_type] = acc.get(node.op_type, 0.0) + (t - last[0]) * 1e3
+            last[0] = t
+            return None
+        last[0] = time.perf_counter()
+        m.run(feeds, hook=hook)
+        for k, v in acc.items():
+            best[k] = min(best.get(k, float("inf")), v)
+    return dict(sorted(best.items(), key=lambda kv: -kv[1]))
+
+
+def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: float, memory: bool,
+                profile: bool, tmpdir: str) -> dict:
     name = e["name"]
     rec: dict = {"name": name, "time": {}, "memory": {}}
     path = str(fetch.fetch(name))
     proto = onnx.load(path)
     feeds = recipes.build_inputs(e["recipe"], proto)
+    feeds_npz = os.path.join(tmpdir, f"{name}.npz")
+    np.savez(feeds_npz, **feeds)
     miss = missing_ops(proto)
+    del proto
     for b in BACKENDS:
         if b == "halfsim" and miss:
             rec["time"][b] = {"error": "halfsim lacks " + ", ".join(m["op_type"] for m in miss)}
@@ -126,7 +169,10 @@ def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: flo
             msg = str(ex).strip().splitlines()
             rec["time"][b] = {"error": f"{type(ex).__name__}: {msg[0][:120] if msg else ''}"}
         if memory and "error" not in rec["time"][b]:
-            rec["memory"][b] = peak_memory(b, name, threads, timeout=max(120.0, 10 * rec["time"][b]["ms"] / 1e3 + 60))
+            rec["memory"][b] = peak_memory(b, name, feeds_npz, threads,
+                                           timeout=max(120.0, 10 * rec["time"][b]["ms"] / 1e3 + 60))
+    if profile and "error" not in rec["time"].get("halfsim", {"error": 1}):
+        rec["halfsim_ops_ms"] = profile_halfsim(path, feeds)
     return rec
 
 
@@ -195,12 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per backend and model")
     ap.add_argument("--ref-budget", type=float, default=60.0, help="the same for ReferenceEvaluator")
     ap.add_argument("--no-memory", action="store_true")
+    ap.add_argument("--no-profile", action="store_true", help="skip halfsim's time per op type")
     ap.add_argument("--json")
-    ap.add_argument("--_child", nargs=2, metavar=("BACKEND", "MODEL"), help=argparse.SUPPRESS)
+    ap.add_argument("--_child", nargs=3, metavar=("BACKEND", "MODEL", "FEEDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or compute_threads()
     if args._child:
-        child(args._child[0], args._child[1], threads)
+        child(args._child[0], args._child[1], args._child[2], threads)
         return 0
     manifest = fetch.load_manifest()
     if args.models:
@@ -209,12 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, {threads} threads",
           file=sys.stderr)
+    import tempfile
     recs = []
-    for e in manifest:
-        print(f"[{e['name']}] ...", file=sys.stderr, flush=True)
-        recs.append(bench_model(e, args.runs, threads, args.ref_budget, args.budget, not args.no_memory))
+    with tempfile.TemporaryDirectory(prefix="halfsim-bench-") as td:
+        for e in manifest:
+            print(f"[{e['name']}] ...", file=sys.stderr, flush=True)
+            recs.append(bench_model(e, args.runs, threads, args.ref_budget, args.budget, not args.no_memory,
+                                    not args.no_profile, td))
     print(table(recs))
     print(summary(recs))
+    prof = [r for r in recs if r.get("halfsim_ops_ms")]
+    if prof:
+        print("halfsim time by op type (ms in one run, top 4):")
+        for r in prof:
+            tot = sum(r["halfsim_ops_ms"].values())
+            top = list(r["halfsim_ops_ms"].items())[:4]
+            print(f"  {r['name']:<17} total {tot:8.1f}: " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in top))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"version": 1, "threads": threads, "models": recs}, f, indent=1)

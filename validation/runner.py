@@ -112,9 +112,14 @@ def validate_model(e: dict[str, Any], *, precision: Any = "fp32", tol: float = T
     feeds = recipes.build_inputs(e["recipe"], proto)
     rec["inputs"] = {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in feeds.items()}
 
-    sess = _ort_session(path, threads)
-    names = [o.name for o in sess.get_outputs()]
-    ref = dict(zip(names, sess.run(names, feeds)))
+    try:
+        sess = _ort_session(path, threads)
+        names = [o.name for o in sess.get_outputs()]
+        ref = dict(zip(names, sess.run(names, feeds)))
+    except Exception as ex:
+        msg = str(ex).strip().splitlines()
+        rec.update(status="ort-error", error=f"onnxruntime: {msg[0] if msg else type(ex).__name__}")
+        return rec
     if timing:
         rec["ort_ms"] = 1e3 * time_runs(lambda: sess.run(names, feeds), runs)[0]
 
@@ -128,6 +133,9 @@ def validate_model(e: dict[str, Any], *, precision: Any = "fp32", tol: float = T
         return rec
     try:
         got = model.run(feeds, precision=precision)
+    except UnsupportedOpError as ex:
+        rec.update(status="unsupported", error=f"run: {ex}")
+        return rec
     except HalfsimError as ex:
         rec.update(status="error", error=f"run: {type(ex).__name__}: {ex}")
         if diverge:
@@ -181,7 +189,7 @@ def validate_models(names: list[str] | None = None, *, precision: Any = "fp32", 
                     log: Callable[[str], None] | None = None) -> list[dict]:
     """Validate the manifest models (all, or `names`) and return one record per model:
     name, package, version, member, recipe, status (pass | fail | unsupported | error |
-    fetch-error), outputs {name: {rel_l2, max_abs, shape}}, max_rel_l2, ort_ms, halfsim_ms,
+    fetch-error | ort-error), outputs {name: {rel_l2, max_abs, shape}}, max_rel_l2, ort_ms, halfsim_ms,
     ratio, ops, missing_ops [{domain, op_type, opset}], error, divergence."""
     manifest = fetch.load_manifest()
     if names:
