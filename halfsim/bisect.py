@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import math
+import os
 import time
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -75,7 +76,8 @@ class BisectResult:
     _ctx: Any = dataclasses.field(default=None, repr=False)
 
     def to_json(self) -> dict:
-        d = {"version": 1, "precision": self.precision, "attribution": self.attribution,
+        attribution = [{k: _num(v) for k, v in r.items()} for r in self.attribution]
+        d = {"version": 1, "precision": self.precision, "attribution": attribution,
              "keep_fp32": self.keep_fp32, "keep_fp32_derived": self.keep_fp32_derived,
              "metric": self.metric, "tol": self.tol, "achieved": _num(self.achieved),
              "baseline": _num(self.baseline), "evaluations": self.evaluations,
@@ -397,12 +399,14 @@ def bisect(model, inputs, precision: str | Policy = "fp16", metric: str | Callab
         raise HalfsimError(f"tol must be a finite non-negative number, not {tol!r}")
     if max_evaluations is not None and (not isinstance(max_evaluations, int) or max_evaluations < 1):
         raise HalfsimError("max_evaluations must be a positive integer or None")
-    if isinstance(model, (str, bytes)) or hasattr(model, "SerializeToString"):
+    if isinstance(model, (str, bytes, os.PathLike)) or hasattr(model, "SerializeToString"):
         from . import load
         model = load(model)
     if export is not None:
         from .cli import _check_writable
+        from .export import check_precision
         _check_writable(export)
+        check_precision(precision)
     s = _Search(model, inputs, precision, metric, reference, max_evaluations)
     mname = s.metric.name
     baseline = s.drift(s.outs_low)
@@ -590,3 +594,16 @@ def write_html(res: BisectResult, path: str, top: int = 25, model_name: str = ""
             f.write("\n".join(parts))
     except OSError as e:
         raise HalfsimError(f"cannot write {path}: {e.strerror}") from None
+
+
+def _export(model, keep_fp32: Iterable[str], path: str | None = None, **kw):
+    """Mixed-precision export of a placement (halfsim.export.export_placement)."""
+    from .export import export_placement
+    return export_placement(model, keep_fp32, path, **kw)
+
+
+# `halfsim.bisect` is this function once the package is imported: reach the rest through it too.
+bisect.export = _export  # type: ignore[attr-defined]
+bisect.evaluate_placement = evaluate_placement  # type: ignore[attr-defined]
+bisect.write_html = write_html  # type: ignore[attr-defined]
+bisect.BisectResult = BisectResult  # type: ignore[attr-defined]

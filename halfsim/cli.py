@@ -102,6 +102,40 @@ def _check_writable(path: str) -> None:
         raise HalfsimError(f"cannot write {path}: directory {d} does not exist or is not writable")
 
 
+def cmd_bisect(args) -> int:
+    from .bisect import bisect, write_html
+    from .metrics import METRICS
+    if args.metric not in METRICS:
+        raise HalfsimError(f"unknown metric {args.metric!r} (choose from {', '.join(METRICS)})")
+    for p in (args.json, args.html, args.export):
+        if p:
+            _check_writable(p)
+    model, feeds = _load(args)
+    res = bisect(model, feeds, precision=_precision(args, "fp16"), metric=args.metric, tol=args.tol,
+                 reference=args.reference, max_evaluations=args.max_evaluations, export=args.export)
+    print(f"bisect {res.precision}: {res.metric} {res.baseline:.3g} with nothing kept -> {res.achieved:.3g} "
+          f"keeping {len(res.keep_fp32)} node(s) in fp32 (tol {res.tol:g}); {res.evaluations} evaluations, "
+          f"{res.seconds:.1f} s, 1-minimal: {res.minimal}")
+    for name in res.keep_fp32:
+        print(f"  keep fp32: {name}")
+    for note in res.notes:
+        print(f"  note: {note}")
+    print("top nodes by impact (drift alone / drift recovered):")
+    for r in res.attribution[:10]:
+        print(f"  {r['node']:<40} {r['op_type']:<20} {r['drift_alone']:>10.3g} {r['drift_recovered']:>10.3g}")
+    if res.verified is not None:
+        v = res.verified
+        print(f"exported {args.export}: halfsim fp16 {v['halfsim_achieved']}, ORT {v.get('achieved')}")
+    if args.json:
+        _write_json(args.json, res.to_json())
+    if args.html:
+        write_html(res, args.html, model_name=str(args.model))
+    if res.verified is not None and not res.verified["passed"]:
+        raise CheckFailed(f"the exported model misses the tolerance in halfsim's fp16 execution: "
+                          f"{res.metric} {res.verified['halfsim_achieved']} > {res.tol:g}")
+    return 0
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.html)
@@ -129,6 +163,18 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--json", metavar="F")
     c.add_argument("--html", metavar="F")
     c.set_defaults(fn=cmd_compare)
+
+    b = sub.add_parser("bisect", help="attribute drift to nodes; smallest set of nodes to keep in fp32")
+    _add_input_opts(b)
+    _add_precision_opts(b, "fp16")
+    b.add_argument("--metric", required=True, metavar="M", help="max_abs, max_rel, rel_l2, cosine, top1, max_ulp")
+    b.add_argument("--tol", required=True, type=float, metavar="T", help="tolerance on the metric (max over outputs)")
+    b.add_argument("--reference", default="fp32", choices=["fp32", "ort"], help="what drift is measured against")
+    b.add_argument("--max-evaluations", type=int, default=1000, metavar="N", help="search budget (default 1000)")
+    b.add_argument("--export", metavar="OUT.onnx", help="write the mixed-precision model and verify it")
+    b.add_argument("--json", metavar="F")
+    b.add_argument("--html", metavar="F")
+    b.set_defaults(fn=cmd_bisect)
 
     d = sub.add_parser("demo", help="run the bundled example (no network)")
     d.add_argument("--html", default="halfsim-demo.html", metavar="F", help="where to write the report")

@@ -449,6 +449,13 @@ def _constant_value(n: onnx.NodeProto) -> np.ndarray:
     raise HalfsimError(f"Constant {n.name!r} has no float value")
 
 
+def check_precision(precision) -> None:
+    """Export writes fp16 models: refuse precisions whose low format is not fp16."""
+    name = precision if isinstance(precision, str) else getattr(precision, "name", "")
+    if name and ("bf16" in name or "fp8" in name or name.endswith("tf32") or name == "fp32"):
+        raise HalfsimError(f"export writes fp16 models; precision {name!r} has no fp16 ONNX form")
+
+
 def export_placement(model, keep_fp32: Iterable[str], path: str | None = None, precision: str = "fp16",
                      feeds: Mapping[str, np.ndarray] | None = None, keep_io_types: bool = True,
                      report: dict | None = None, dtypes: Mapping[str, Any] | None = None) -> onnx.ModelProto:
@@ -456,9 +463,7 @@ def export_placement(model, keep_fp32: Iterable[str], path: str | None = None, p
     and every other node in fp16. Returns the ModelProto; saves it when `path` is given."""
     from . import load
     from .interpreter import Model
-    name = precision if isinstance(precision, str) else getattr(precision, "name", "")
-    if name and ("bf16" in name or "fp8" in name or name == "tf32"):
-        raise HalfsimError(f"export writes fp16 models; precision {name!r} has no fp16 ONNX form")
+    check_precision(precision)
     m = model if isinstance(model, Model) else load(model)
     if dtypes is None and feeds is not None:
         tr = m.run(feeds, keep_trace=True).trace
