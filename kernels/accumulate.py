@@ -34,9 +34,9 @@ Fast path (sequential matmul, the hot case): rows of `a` for which a cheap pre-p
       24 >= 2(M+1)+2 bits, so its rounding followed by rnd is innocuous (Figueroa 1995);
   otherwise (M <= 21): round-to-odd through float32 TwoSum, as above (24 >= M+3);
   M = 23: float32 arithmetic is the format.
-rnd() there is branch-free: with e = max(exponent(|x|), emin), C = 2**(e+23-M) and
-(|x| + C) - C rounds |x| to a multiple of 2**(e-M) nearest-even in hardware (|x| + C stays in
-[C, 2C)); the sign is or-ed back so -0 survives. Other rows use the general float64 path.
+rnd() there is branch-free: with e = max(exponent(x), emin) and c = 1.5 * 2**(e+23-M),
+(x + c) - c rounds x to a multiple of 2**(e-M) nearest-even in hardware (see _rnd32).
+Other rows use the general float64 path.
 """
 from __future__ import annotations
 
@@ -49,7 +49,6 @@ from .rounding import round_bits64
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
 _ORDERS = {"sequential": SEQUENTIAL, "pairwise": PAIRWISE, "blocked": BLOCKED}
-_SIGN32 = np.int64(-(1 << 31))
 _SIGN64 = np.int64(-(1 << 63))
 _INF64 = 0x7FF0000000000000
 _EXP_LIMIT = 48  # partial expansions of float32-derived float64 values stay far below this
@@ -70,9 +69,9 @@ class _Fmt:
         self.emin = 1 - self.emax
         self.maxfinite = (2.0 - 2.0 ** -self.m) * 2.0 ** self.emax
         self.maxbits64 = int(np.float64(self.maxfinite).view(np.int64))
-        # float32 pattern of 2**emin and the exponent offset turning 2**e into C = 2**(e+23-M)
-        self.emin_bits32 = (self.emin + 127) << 23
-        self.shift_bits32 = (23 - self.m) << 23
+        # fast-path rounding constants: c = max(2**e, 2**emin) * 1.5 * 2**(23-M)
+        self.two_emin32 = np.float32(2.0 ** self.emin)
+        self.magic32 = np.float32(1.5 * 2.0 ** (23 - self.m))
         self.qmin = 2.0 ** (self.emin - self.m)  # smallest subnormal
 
 
@@ -150,17 +149,23 @@ def _expansion_round(parts, n, m, emin, maxbits):
 
 
 @njit(cache=True, inline="always")
-def _rnd32(x, emin_bits, shift_bits):
+def _rnd32(x, two_emin, magic):
     """Branch-free nearest-even rounding of a float32 in the fast path's range (finite, below
-    the overflow threshold and below 2**(104+M)); see the module docstring."""
-    xb = np.int64(np.float32(x).view(np.int32))
-    ab = xb & 0x7FFFFFFF
-    e = ab & 0x7F800000
-    e = max(e, emin_bits)
-    c = np.int32(e + shift_bits).view(np.float32)
-    ax = np.int32(ab).view(np.float32)
-    r = (ax + c) - c
-    rb = np.int64(np.float32(r).view(np.int32)) | (xb & _SIGN32)
+    the overflow threshold and below 2**(104+M)); two_emin = 2**emin, magic = 1.5 * 2**(23-M).
+    With e = max(exponent(x), emin) and c = 1.5 * 2**(e+23-M), x + c lies in
+    [2**(e+23-M), 2**(e+24-M)) for either sign of x (M <= 21), where the float32 spacing is the
+    format's quantum 2**(e-M): the hardware addition rounds x nearest-even and (x+c)-c is
+    exact. A zero result is +0 (see _rnd32z)."""
+    pe = np.int32(np.int64(np.float32(x).view(np.int32)) & 0x7F800000).view(np.float32)  # 2**e(x)
+    c = max(pe, two_emin) * magic
+    return (x + c) - c
+
+
+@njit(cache=True, inline="always")
+def _rnd32z(x, two_emin, magic):
+    """_rnd32 keeping the sign of a zero result (a nonzero result already has x's sign)."""
+    r = _rnd32(x, two_emin, magic)
+    rb = np.int64(np.float32(r).view(np.int32)) | (np.int64(np.float32(x).view(np.int32)) & 0x80000000)
     return np.int32(rb).view(np.float32)
 
 
@@ -218,35 +223,55 @@ def _row_stats(x, maxabs, maxsig, minlsb, finite):
 
 # ---------------------------------------------------------------- matmul kernels
 
+@njit(cache=True, inline="always")
+def _row_step(acc, bk, aik, two_emin, magic, mode):
+    """acc[j] <- one sequential step with the product aik * bk[j], for all j (vectorised)."""
+    # Without fma the signs of zeros need no care: acc starts at +0 and a sum of two format
+    # values is 0 or at least the smallest subnormal, so acc is never -0 and a -0 product adds
+    # like +0. With fma, acc + p can round to -0.
+    if mode == 0:
+        for j in range(acc.size):
+            rp = _rnd32(aik * bk[j], two_emin, magic)
+            acc[j] = _rnd32(acc[j] + rp, two_emin, magic)
+    elif mode == 1:
+        for j in range(acc.size):
+            rp = _rnd32(aik * bk[j], two_emin, magic)
+            acc[j] = _rnd32(_add_odd32(acc[j], rp), two_emin, magic)
+    elif mode == 2:
+        for j in range(acc.size):
+            acc[j] = _rnd32z(_add_odd32(acc[j], aik * bk[j]), two_emin, magic)
+    else:
+        for j in range(acc.size):
+            acc[j] = acc[j] + aik * bk[j]
+
+
+_RB = 4  # rows of a sharing each loaded tile of b
+_JT = 512  # columns per accumulator tile (4 rows x 2 KiB stay in L1)
+
+
 @njit(cache=True, parallel=True)
-def _mm_fast(a, b, out, rowok, emin_bits, shift_bits, mode):
+def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
     """Sequential order in float32 for the rows with rowok set (see module docstring).
-    mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23."""
+    mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23.
+    Blocked over rows and columns so that a tile of b is reused from L1 by _RB rows."""
     M, K = a.shape
     N = b.shape[1]
-    for i in prange(M):
-        if not rowok[i]:
-            continue
-        acc = np.zeros(N, np.float32)
-        for k in range(K):
-            aik = a[i, k]
-            bk = b[k]
-            if mode == 0:
-                for j in range(N):
-                    rp = _rnd32(aik * bk[j], emin_bits, shift_bits)
-                    acc[j] = _rnd32(acc[j] + rp, emin_bits, shift_bits)
-            elif mode == 1:
-                for j in range(N):
-                    rp = _rnd32(aik * bk[j], emin_bits, shift_bits)
-                    acc[j] = _rnd32(_add_odd32(acc[j], rp), emin_bits, shift_bits)
-            elif mode == 2:
-                for j in range(N):
-                    acc[j] = _rnd32(_add_odd32(acc[j], aik * bk[j]), emin_bits, shift_bits)
-            else:
-                for j in range(N):
-                    acc[j] = acc[j] + aik * bk[j]
-        for j in range(N):
-            out[i, j] = acc[j]
+    nb = (M + _RB - 1) // _RB
+    for ib in prange(nb):
+        i0 = ib * _RB
+        nr = min(_RB, M - i0)
+        acc = np.empty((_RB, _JT), np.float32)
+        for j0 in range(0, N, _JT):
+            w = min(_JT, N - j0)
+            acc[:, :w] = 0.0
+            for k in range(K):
+                bk = b[k, j0:j0 + w]
+                for r in range(nr):
+                    if rowok[i0 + r]:
+                        _row_step(acc[r, :w], bk, a[i0 + r, k], two_emin, magic, mode)
+            for r in range(nr):
+                if rowok[i0 + r]:
+                    out[i0 + r, j0:j0 + w] = acc[r, :w]
 
 
 @njit(cache=True, inline="always")
@@ -393,7 +418,7 @@ def _matmul2d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, f
         else:
             mode = 0 if fmt.m <= 10 else 1
         if done.any():
-            _mm_fast(a, b, out, done, np.int64(fmt.emin_bits32), np.int64(fmt.shift_bits32), mode)
+            _mm_fast(a, b, out, done, fmt.two_emin32, fmt.magic32, mode)
     if not done.all():
         _mm_general(a, b, out, done, order, int(block), bool(fma), fmt.m, fmt.emin, fmt.maxbits64)
     return out
