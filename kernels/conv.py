@@ -1,41 +1,112 @@
 """Direct depthwise convolution, im2col and max-pooling kernels for the fp32 fast paths.
 Compiled lazily on first call and cached on disk.
 
-Single-threaded on purpose: with numba's OpenMP layer, idle threads spin, and on a busy
+Not numba-parallel on purpose: with numba's OpenMP layer idle threads spin, and on a busy
 2-core machine (OpenBLAS threads, other processes) a parallel region measured 20-50x slower
-than the serial loop. nogil lets a caller split work across Python threads instead."""
+than the serial loop. The kernels are nogil and take a [lo, hi) plane range instead;
+run_split shares the planes between the caller and helper threads by work stealing."""
 from __future__ import annotations
+
+import itertools
+import os
 
 import numpy as np
 from numba import njit
 
+_pool = None
+
+
+def threads() -> int:
+    """Threads for splitting kernels: HALFSIM_THREADS, else OMP/OPENBLAS_NUM_THREADS, else cores."""
+    for var in ("HALFSIM_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        v = os.environ.get(var, "")
+        if v.isdigit() and int(v) > 0:
+            return int(v)
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def run_split(kernel, args: tuple, total: int, work: int) -> None:
+    """Run kernel(*args, lo, hi) over [0, total) in chunks on Python threads (kernels are
+    nogil). Work stealing: the calling thread takes chunks too, so a helper thread that is
+    not scheduled (busy machine) costs nothing; small jobs (work < 2**17) stay serial."""
+    global _pool
+    nt = min(threads(), total)
+    if nt <= 1 or work < (1 << 17):
+        kernel(*args, 0, total)
+        return
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=max(1, threads() - 1), thread_name_prefix="halfsim-kernel")
+    n_chunks = min(total, 4 * nt)
+    bounds = [total * i // n_chunks for i in range(n_chunks + 1)]
+    ticket = itertools.count()
+
+    def worker():
+        while True:
+            i = next(ticket)  # atomic under the GIL
+            if i >= n_chunks:
+                return
+            kernel(*args, bounds[i], bounds[i + 1])
+
+    futures = [_pool.submit(worker) for _ in range(nt - 1)]
+    worker()
+    for f in futures:
+        f.result()
+
 
 @njit(cache=True, nogil=True)
-def depthwise2d(xp, w, bias, out, sh, sw, dh, dw):
-    """Grouped conv with one input channel per group. xp: (N, C, Hp, Wp) padded input;
-    w: (M, KH, KW) with M = C * multiplier; bias: (M,) (zeros when absent);
-    out: (N, M, OH, OW). Each output row is accumulated in a small buffer (bias first, then
-    the taps in row-major order) so that it stays in L1; unit stride gets a contiguous loop."""
+def _col_range(OW, sw, off, W):
+    """Output columns j in [j0, j1) whose input column j*sw + off lies inside [0, W)."""
+    j0 = 0
+    while j0 < OW and j0 * sw + off < 0:
+        j0 += 1
+    j1 = OW
+    while j1 > j0 and (j1 - 1) * sw + off >= W:
+        j1 -= 1
+    return j0, j1
+
+
+@njit(cache=True, nogil=True)
+def depthwise2d(x, w, bias, out, sh, sw, dh, dw, ph, pw, lo, hi):
+    """Grouped conv with one input channel per group, planes [lo, hi) of N*M. x: (N, C, H, W)
+    unpadded (zero padding (ph, pw) is implicit); w: (M, KH, KW) with M = C * multiplier;
+    bias: (M,) (zeros when absent); out: (N, M, OH, OW). Each output row is accumulated in a
+    small buffer (bias first, then the taps in row-major order) so that it stays in L1."""
     N, M, OH, OW = out.shape
-    C = xp.shape[1]
+    C, H, W = x.shape[1], x.shape[2], x.shape[3]
     KH, KW = w.shape[1], w.shape[2]
     mult = M // C
-    for nm in range(N * M):
+    # One padded plane, reused: cheap to fill (cache-resident) and keeps the inner loop
+    # free of bounds logic so it vectorizes.
+    Hp = (OH - 1) * sh + (KH - 1) * dh + 1
+    Wp = (OW - 1) * sw + (KW - 1) * dw + 1
+    xp = np.zeros((Hp, Wp), dtype=x.dtype)
+    r0, r1 = max(0, -ph), min(H, Hp - ph)
+    q0, q1 = max(0, -pw), min(W, Wp - pw)
+    acc = np.empty(OW, dtype=out.dtype)
+    span = (OW - 1) * sw + 1
+    last_c = -1
+    for nm in range(lo, hi):
         n = nm // M
         m = nm - n * M
         c = m // mult
-        acc = np.empty(OW, dtype=out.dtype)
-        span = (OW - 1) * sw + 1
+        if c != last_c or mult == 1:
+            for r in range(r0, r1):
+                dst = xp[r + ph, q0 + pw: q1 + pw]
+                src = x[n, c, r, q0:q1]
+                for q in range(q1 - q0):
+                    dst[q] = src[q]
+            last_c = c
         for i in range(OH):
             acc[:] = bias[m]
             for a in range(KH):
-                xr = xp[n, c, i * sh + a * dh]
+                xr = xp[i * sh + a * dh]
                 for bb in range(KW):
                     wv = w[m, a, bb]
-                    # A slice view indexed by the loop counter lets LLVM vectorize (no
-                    # negative-index wraparound checks).
+                    # Slice views indexed by the loop counter: no negative-index
+                    # wraparound checks, so the unit-stride loop vectorizes.
                     if sw == 1:
-                        xu = xr[bb * dw: bb * dw + OW]  # contiguous type: vectorizes
+                        xu = xr[bb * dw: bb * dw + OW]
                         for j in range(OW):
                             acc[j] += wv * xu[j]
                     else:
@@ -46,12 +117,12 @@ def depthwise2d(xp, w, bias, out, sh, sw, dh, dw):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def maxpool2d(xp, out, kh, kw, sh, sw, dh, dw):
-    """2-D max pooling of padded xp (pads hold the dtype's lowest value) into out (N, C, OH, OW).
+def maxpool2d(xp, out, kh, kw, sh, sw, dh, dw, lo, hi):
+    """2-D max pooling (planes [lo, hi) of N*C) of padded xp (pads hold the dtype's lowest value) into out (N, C, OH, OW).
     Separable: the max over the kernel rows first (contiguous), then over the columns."""
     N, C, OH, OW = out.shape
     Wp = xp.shape[3]
-    for nc in range(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc - n * C
         rowmax = np.empty(Wp, dtype=out.dtype)
@@ -70,12 +141,12 @@ def maxpool2d(xp, out, kh, kw, sh, sw, dh, dw):
 
 
 @njit(cache=True, nogil=True)
-def im2col2d(x, cols, kh, kw, sh, sw, dh, dw, ph, pw):
-    """cols[n, c, a, b, i, j] = x[n, c, i*sh + a*dh - ph, j*sw + b*dw - pw], 0 outside x.
+def im2col2d(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
+    """For planes [lo, hi) of N*C: cols[n, c, a, b, i, j] = x[n, c, i*sh + a*dh - ph, j*sw + b*dw - pw], 0 outside x.
     Padding is handled here, so the padded input is never built."""
     N, C, H, W = x.shape
     OH, OW = cols.shape[4], cols.shape[5]
-    for nc in range(N * C):
+    for nc in range(lo, hi):
         n = nc // C
         c = nc - n * C
         for a in range(kh):
@@ -113,25 +184,29 @@ def im2col2d(x, cols, kh, kw, sh, sw, dh, dw, ph, pw):
                             dv[k] = ss[k]
 
 
-def depthwise2d_call(xp: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_hw, strides, dilations) -> np.ndarray:
-    N, C = xp.shape[:2]
+def depthwise2d_call(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_hw, strides, dilations,
+                     pads_begin) -> np.ndarray:
+    N, C = x.shape[:2]
     M = w.shape[0]
-    out = np.empty((N, M, out_hw[0], out_hw[1]), dtype=xp.dtype)
-    b = np.zeros(M, xp.dtype) if bias is None else np.ascontiguousarray(bias, dtype=xp.dtype)
-    depthwise2d(np.ascontiguousarray(xp), np.ascontiguousarray(w.reshape(M, w.shape[-2], w.shape[-1])), b, out,
-                strides[0], strides[1], dilations[0], dilations[1])
+    out = np.empty((N, M, out_hw[0], out_hw[1]), dtype=x.dtype)
+    b = np.zeros(M, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
+    args = (np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(M, w.shape[-2], w.shape[-1])), b, out,
+            strides[0], strides[1], dilations[0], dilations[1], pads_begin[0], pads_begin[1])
+    run_split(depthwise2d, args, N * M, out.size * w.shape[-1] * w.shape[-2])
     return out
 
 
 def maxpool2d_call(xp: np.ndarray, kernel, out_hw, strides, dilations) -> np.ndarray:
     out = np.empty(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
-    maxpool2d(np.ascontiguousarray(xp), out, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1])
+    args = (np.ascontiguousarray(xp), out, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1])
+    run_split(maxpool2d, args, xp.shape[0] * xp.shape[1], xp.size)
     return out
 
 
 def im2col2d_call(x: np.ndarray, kernel, out_hw, strides, dilations, pads_begin) -> np.ndarray:
     """(N, C, KH, KW, OH, OW) columns of unpadded x."""
     cols = np.empty(x.shape[:2] + tuple(kernel) + tuple(out_hw), dtype=x.dtype)
-    im2col2d(np.ascontiguousarray(x), cols, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1],
-             pads_begin[0], pads_begin[1])
+    args = (np.ascontiguousarray(x), cols, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1],
+            pads_begin[0], pads_begin[1])
+    run_split(im2col2d, args, x.shape[0] * x.shape[1], cols.size)
     return cols

@@ -102,7 +102,7 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
     if (ctx.plain and nd == 2 and Cg == 1 and x.dtype in (np.float32, np.float64)
             and math.prod(kernel) > 1 and N * M * P > 0):
         from ..kernels.conv import depthwise2d_call  # numba: compiled on first use
-        return depthwise2d_call(pad_spatial(x, pb, pe), w, b, out_sp, strides, dilations)
+        return depthwise2d_call(x, w, b, out_sp, strides, dilations, pb)
     if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
         xs = x[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out_sp, strides))]
         cols = xs.reshape(N, group, Cg, P)
