@@ -10,7 +10,8 @@ and A100 ones are checked bit for bit against the GPU measurements in tests/data
 
 Not measured here, modelled by choice: zero products take no part in the alignment; a
 subnormal input or fp16 C aligns at its format's minimum exponent; an fp32 result that overflows
-toward zero stops at the largest finite value (IEEE round-toward-zero); an exactly zero sum is +0.
+toward zero stops at the largest finite value (IEEE round-toward-zero); an exactly zero sum is +0,
+and a nonzero one that rounds to zero keeps its sign (IEEE).
 The H100 fp8 model (K=32, 13 fraction bits: extra_bits=-10) follows the paper, not our data.
 """
 from __future__ import annotations
@@ -139,7 +140,7 @@ def _float_array(x: Any, what: str) -> np.ndarray:
         raise HalfsimError(f"{what} is not an array: {e}") from None
     if arr.dtype.kind not in "fiub":
         raise HalfsimError(f"{what} must hold numbers, not {arr.dtype}")
-    return arr
+    return arr.astype(np.float64) if arr.dtype.kind in "iub" else arr  # integers: exact in float64
 
 
 def _params(model: TensorCoreModel, pair: tuple[str, str]) -> tuple:
@@ -187,9 +188,10 @@ def block_fma(a: Any, b: Any, c: Any = None, model: Union[str, TensorCoreModel] 
     except ValueError:
         raise HalfsimError(f"block_fma: shapes a {a.shape}, b {b.shape}, c {np.shape(c)} do not broadcast") from None
     kk = a.shape[-1]
-    a2 = np.ascontiguousarray(np.broadcast_to(_to_format(a, pair[0]), lead + (kk,))).reshape(-1, kk)
-    b2 = np.ascontiguousarray(np.broadcast_to(_to_format(b, pair[1]), lead + (kk,))).reshape(-1, kk)
-    c1 = _prep_c(c, lead, m).reshape(-1)
+    n = int(np.prod(lead, dtype=np.int64))
+    a2 = np.ascontiguousarray(np.broadcast_to(_to_format(a, pair[0]), lead + (kk,))).reshape(n, kk)
+    b2 = np.ascontiguousarray(np.broadcast_to(_to_format(b, pair[1]), lead + (kk,))).reshape(n, kk)
+    c1 = _prep_c(c, lead, m).reshape(n)
     return block_fma_batch(a2, b2, c1, *_params(m, pair)).reshape(lead)
 
 
@@ -227,16 +229,17 @@ def gemm(a: Any, b: Any, model: Union[str, TensorCoreModel], c: Any = None, *, o
     N = b2.shape[-1]
     res_shape = batch + (M, N)
     shape = batch + ((M,) if not va else ()) + ((N,) if not vb else ())
-    a3 = np.ascontiguousarray(np.broadcast_to(_to_format(a2, pair[0]), batch + (M, K))).reshape(-1, M, K)
-    b3 = np.ascontiguousarray(np.broadcast_to(_to_format(b2, pair[1]), batch + (K, N))).reshape(-1, K, N)
+    nbat = int(np.prod(batch, dtype=np.int64))
+    a3 = np.ascontiguousarray(np.broadcast_to(_to_format(a2, pair[0]), batch + (M, K))).reshape(nbat, M, K)
+    b3 = np.ascontiguousarray(np.broadcast_to(_to_format(b2, pair[1]), batch + (K, N))).reshape(nbat, K, N)
     if c is None:
-        c3 = np.zeros(a3.shape[:1] + (M, N), np.float32)
+        c3 = np.zeros((nbat, M, N), np.float32)
     else:
         carr = _float_array(c, "c")
         try:
             carr = np.broadcast_to(carr, shape).reshape(res_shape)
         except ValueError:
             raise HalfsimError(f"gemm: c of shape {carr.shape} does not broadcast to the result {shape}") from None
-        c3 = _prep_c(carr, res_shape, m).reshape(-1, M, N)
+        c3 = _prep_c(carr, res_shape, m).reshape(nbat, M, N)
     d = _gemm_kernel(a3, b3, c3, *_params(m, pair))
     return d.reshape(shape)

@@ -1,0 +1,407 @@
+"""Tensor-core accumulation: bit-exact against GPU measurements and an exact Fraction model."""
+from __future__ import annotations
+
+import math
+import os
+from fractions import Fraction
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from halfsim.errors import HalfsimError
+from halfsim.tensorcore import MODELS, TensorCoreModel, block_fma, gemm, get_model
+
+DATA = os.path.join(os.path.dirname(__file__), "data", "tensorcore")
+F32_MAX = float(np.finfo(np.float32).max)
+# format -> (fraction bits, minimum normal exponent, maximum exponent): the published layouts
+LAYOUT = {"fp16": (10, -14, 15), "bf16": (7, -126, 127), "tf32": (10, -126, 127),
+          "fp8-e4m3": (3, -6, 8), "fp8-e5m2": (2, -14, 15)}
+
+
+# ---------------------------------------------------------------- measured vectors
+
+_HEX = np.full(256, -1, np.int64)
+_HEX[np.frombuffer(b"0123456789", np.uint8)] = np.arange(10)
+_HEX[np.frombuffer(b"abcdef", np.uint8)] = np.arange(10, 16)
+_HEX[np.frombuffer(b"ABCDEF", np.uint8)] = np.arange(10, 16)
+
+
+def _read_hex(path: str, k: int) -> np.ndarray:
+    """Lines of k hex float32 patterns ("xxxxxxxx " each) -> float32 [n, k], vectorized."""
+    raw = np.frombuffer(open(path, "rb").read(), np.uint8)
+    width = 9 * k + 1
+    assert raw.size % width == 0, path
+    digits = _HEX[raw.reshape(-1, width)[:, :9 * k].reshape(-1, k, 9)[:, :, :8]]
+    assert (digits >= 0).all(), path
+    bits = (digits << (4 * np.arange(7, -1, -1))).sum(axis=2)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def _read_bin(path: str) -> np.ndarray:
+    """Lines of 32 '0'/'1' characters -> float32 [n], vectorized."""
+    raw = np.frombuffer(open(path, "rb").read(), np.uint8)
+    assert raw.size % 33 == 0, path
+    b = raw.reshape(-1, 33)[:, :32].astype(np.int64) - ord("0")
+    assert ((b == 0) | (b == 1)).all(), path
+    return (b << np.arange(31, -1, -1)).sum(axis=1).astype(np.uint32).view(np.float32)
+
+
+def _load(gpu: str, fmt: str, k: int):
+    d = os.path.join(DATA, gpu, fmt)
+    a = _read_hex(os.path.join(d, f"a_{gpu}_{fmt}.txt"), k)
+    b = _read_hex(os.path.join(d, f"b_{gpu}_{fmt}.txt"), k)
+    c = _read_bin(os.path.join(d, f"c_{gpu}_fp32.txt"))
+    return a, b, c
+
+
+def _same_bits(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Bit equality, any NaN equal to any NaN."""
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    return (x.view(np.uint32) == y.view(np.uint32)) | (np.isnan(x) & np.isnan(y))
+
+
+MEASURED = [  # (gpu, input format, K, model, output)
+    ("V100", "fp16", 4, "tc-v100-fp16", "fp32"),
+    ("V100", "fp16", 4, "tc-v100-fp16", "fp16"),
+    ("A100", "fp16", 8, "tc-a100-fp16", "fp32"),
+    ("A100", "fp16", 8, "tc-a100-fp16", "fp16"),
+    ("A100", "bf16", 8, "tc-a100-bf16", "fp32"),
+    ("A100", "tf32", 4, "tc-a100-tf32", "fp32"),
+]
+
+
+@pytest.mark.parametrize("gpu,fmt,k,name,out", MEASURED, ids=[f"{m[3]}-out-{m[4]}" for m in MEASURED])
+def test_measured_gpu_vectors_bit_exact(gpu, fmt, k, name, out):
+    a, b, c = _load(gpu, fmt, k)
+    d = _read_bin(os.path.join(DATA, gpu, fmt, f"d_{gpu}_{out}.txt"))
+    assert a.shape == b.shape == (5000, k) and c.shape == d.shape == (5000,)
+    assert get_model(name).k == k
+    # both code paths: the int64 block path and the vectorized GEMM path (batch of 1x1 products)
+    via_block = block_fma(a, b, c, name, out=out)
+    via_gemm = gemm(a[:, None, :], b[:, :, None], name, c=c[:, None, None], out=out)[:, 0, 0]
+    for got in (via_block, via_gemm):
+        bad = np.flatnonzero(~_same_bits(got, d))
+        assert bad.size == 0, f"{bad.size} mismatches, first case {bad[:1]}: {got[bad[:3]]} vs {d[bad[:3]]}"
+
+
+def test_measured_vectors_reject_naive_models():
+    """The data discriminate: exact dot product rounded once, or alignment at the exponent of
+    the exact product instead of ea+eb, both miss cases (so the pass above is not vacuous)."""
+    a, b, c = _load("A100", "fp16", 8)
+    d = _read_bin(os.path.join(DATA, "A100", "fp16", "d_A100_fp32.txt"))
+    exact = (a.astype(np.float64) * b).sum(axis=1) + c  # products exact; sum rounding tiny
+    assert (~_same_bits(exact.astype(np.float32), d)).sum() > 100
+    wrong = TensorCoreModel("w", 8, 0, "toward-zero", "fp32", ("fp16",))  # V100's alignment width
+    assert (~_same_bits(block_fma(a, b, c, wrong), d)).sum() > 100
+
+
+# ---------------------------------------------------------------- exact oracle
+
+def _exp(x: float, emin: int) -> int:
+    """Alignment exponent: floor(log2|x|), subnormals at the format's minimum exponent."""
+    return max(math.frexp(x)[1] - 1, emin)
+
+
+def _round_out(s: Fraction, out: str, rounding: str) -> float:
+    mbits, emin, big = (23, -126, F32_MAX) if out == "fp32" else (10, -14, 65504.0)
+    if s == 0:
+        return 0.0
+    e = abs(s.numerator).bit_length() - s.denominator.bit_length()
+    while Fraction(2) ** e > abs(s):
+        e -= 1
+    while Fraction(2) ** (e + 1) <= abs(s):
+        e += 1
+    ulp = Fraction(2) ** (max(e, emin) - mbits)
+    n = int(s / ulp) if rounding == "toward-zero" else round(s / ulp)  # round(): ties to even
+    r = n * ulp
+    if abs(r) > big:
+        return math.copysign(big if rounding == "toward-zero" else math.inf, s)
+    return math.copysign(float(r), s)  # IEEE: a nonzero sum that rounds to 0 keeps its sign
+
+
+def oracle_block(av, bv, c, model: TensorCoreModel, fa: str, fb: str) -> float:
+    """The documented block model in exact rational arithmetic (finite inputs)."""
+    w = 23 + model.extra_bits
+    c_emin = -14 if model.out_format == "fp16" else -126
+    terms = [(Fraction(x) * Fraction(y), _exp(x, LAYOUT[fa][1]) + _exp(y, LAYOUT[fb][1]))
+             for x, y in zip(map(float, av), map(float, bv)) if x != 0 and y != 0]
+    if c != 0:
+        terms.append((Fraction(float(c)), _exp(float(c), c_emin)))
+    if not terms:
+        return 0.0
+    unit = Fraction(2) ** (max(e for _, e in terms) - w)
+    s = sum(int(v / unit) * unit for v, _ in terms)  # int(): truncation toward zero
+    return _round_out(s, model.out_format, model.block_rounding)
+
+
+def oracle_gemm(a, b, c, model: TensorCoreModel, fa: str, fb: str) -> np.ndarray:
+    M, K = a.shape
+    N = b.shape[1]
+    d = np.empty((M, N), np.float32)
+    for i in range(M):
+        for j in range(N):
+            acc = float(c[i, j])
+            for k0 in range(0, K, model.k):
+                acc = oracle_block(a[i, k0:k0 + model.k], b[k0:k0 + model.k, j], acc, model, fa, fb)
+            d[i, j] = acc
+    return d
+
+
+def random_format_values(rng, shape, fmt: str, elo: int, ehi: int, p_sub=0.05, p_zero=0.05):
+    """Exact values of fmt: random sign, exponent in [elo, ehi], mantissa; some subnormals, zeros."""
+    f, emin, _ = LAYOUT[fmt]
+    e = rng.integers(elo, ehi + 1, shape)
+    m = rng.integers(0, 1 << f, shape)
+    val = (m + (1 << f)) * np.exp2(e - f)
+    sub = rng.random(shape) < p_sub
+    val = np.where(sub, rng.integers(1, 1 << f, shape) * 2.0 ** (emin - f), val)
+    val = np.where(rng.random(shape) < p_zero, 0.0, val)
+    return (np.where(rng.random(shape) < 0.5, -val, val)).astype(np.float32)
+
+
+def random_fp32(rng, shape, elo, ehi):
+    v = rng.integers(1 << 23, 1 << 24, shape) * np.exp2(rng.integers(elo, ehi + 1, shape) - 23)
+    return np.where(rng.random(shape) < 0.5, -v, v).astype(np.float32)
+
+
+ORACLE_CASES = [  # model, input formats, exponent range of inputs, C exponent range, out
+    ("tc-v100-fp16", ("fp16", "fp16"), (-14, 6), (-20, 10), "fp32"),
+    ("tc-a100-fp16", ("fp16", "fp16"), (-14, 6), (-20, 10), "fp32"),
+    ("tc-a100-fp16", ("fp16", "fp16"), (-8, 2), (-10, 3), "fp16"),
+    ("tc-a100-bf16", ("bf16", "bf16"), (-80, 60), (-140, 120), "fp32"),
+    ("tc-a100-tf32", ("tf32", "tf32"), (-70, 60), (-140, 120), "fp32"),
+    ("tc-h100-fp16", ("fp16", "fp16"), (-14, 6), (-20, 10), "fp32"),
+    ("tc-h100-bf16", ("bf16", "bf16"), (-126, -100), (-149, -110), "fp32"),  # fp32 subnormal results
+    ("tc-h100-tf32", ("tf32", "tf32"), (-20, 20), (-30, 30), "fp32"),
+    ("tc-h100-fp8", ("fp8-e4m3", "fp8-e5m2"), (-6, 7), (-10, 10), "fp32"),
+    ("tc-h100-fp8-e5m2", ("fp8-e5m2", "fp8-e5m2"), (-14, 3), (-20, 8), "fp16"),
+]
+
+
+@pytest.mark.parametrize("name,fmts,erange,crange,out", ORACLE_CASES,
+                         ids=[f"{c[0]}-{c[4]}" for c in ORACLE_CASES])
+def test_gemm_matches_exact_fraction_model(name, fmts, erange, crange, out):
+    rng = np.random.default_rng(abs(hash((name, out))) % 2**32)
+    model = get_model(name).with_output(out)
+    M, K, N = 5, 3 * model.k + 3, 4  # a ragged last block: zero-padded
+    a = random_format_values(rng, (M, K), fmts[0], *erange)
+    b = random_format_values(rng, (K, N), fmts[1], *erange)
+    c = random_fp32(rng, (M, N), *crange)
+    if out == "fp16":
+        c = c.astype(np.float16).astype(np.float32)
+    c[0, 0] = 0.0
+    want = oracle_gemm(a, b, c, model, *fmts)
+    got = gemm(a, b, model, c=c, in_format=fmts)
+    assert _same_bits(got, want).all(), np.argwhere(~_same_bits(got, want))[:5]
+    # the int64 block path agrees as well, chained by hand
+    acc = c.copy()
+    for k0 in range(0, K, model.k):
+        acc = block_fma(a[:, None, k0:k0 + model.k], b[k0:k0 + model.k].T[None], acc, model, in_format=fmts)
+    assert _same_bits(acc, want).all()
+
+
+def test_chained_blocks_equal_long_gemm():
+    rng = np.random.default_rng(7)
+    for name in ("tc-v100-fp16", "tc-a100-bf16", "tc-h100-fp16"):
+        m = get_model(name)
+        n = 6
+        fmt = m.in_formats[0]
+        a = random_format_values(rng, (8, n * m.k), fmt, -10, 5)
+        b = random_format_values(rng, (n * m.k, 9), fmt, -10, 5)
+        c0 = random_fp32(rng, (8, 9), -5, 5)
+        acc = c0
+        for t in range(n):
+            sl = slice(t * m.k, (t + 1) * m.k)
+            acc = block_fma(a[:, None, sl], b[sl].T[None], acc, m)  # [8,1,k] x [1,9,k] -> [8,9]
+        assert _same_bits(gemm(a, b, m, c=c0), acc).all()
+        # and it is not just fp32 matmul: chained truncation leaves a visible trace somewhere
+        assert not _same_bits(gemm(a, b, m, c=c0), (a @ b + c0).astype(np.float32)).all()
+
+
+# ---------------------------------------------------------------- hand-built cases
+
+@settings(max_examples=60, deadline=None)
+@given(st.sampled_from(sorted(MODELS)), st.data())
+def test_small_integers_sum_exactly(name, data):
+    m = get_model(name)
+    top = 8 if "fp8" in name else 60  # fp8-e5m2 holds integers up to 8 exactly
+    ints = st.integers(-top, top)
+    a = data.draw(st.lists(ints, min_size=m.k, max_size=m.k))
+    b = data.draw(st.lists(ints, min_size=m.k, max_size=m.k))
+    c = data.draw(st.integers(-1000, 1000))
+    exact = sum(x * y for x, y in zip(a, b)) + c
+    got = block_fma(np.array(a, np.float32), np.array(b, np.float32), c, m)
+    assert float(got) == exact
+    got = gemm(np.array([a], np.float32), np.array([b], np.float32).T, m, c=[[c]])
+    assert float(got[0, 0]) == exact
+
+
+def test_truncation_visible_and_extra_bits_matter():
+    # C = 1, product -2^-24: V100's window (23 fraction bits) truncates it away, A100's (24)
+    # keeps it, so D = 1 - 2^-24 exactly. A correctly rounded fp32 dot product gives 1 - 2^-24
+    # for both; with -2^-28 both GPUs drop the product where round-toward-zero of the exact sum
+    # would give 1 - 2^-24.
+    one_less = 1.0 - 2.0 ** -24
+    a = np.array([-(2.0 ** -12), 0, 0, 0], np.float32)
+    b = np.array([2.0 ** -12, 0, 0, 0], np.float32)
+    assert float(block_fma(a, b, 1.0, "tc-v100-fp16")) == 1.0
+    assert float(block_fma(a, b, 1.0, "tc-a100-fp16")) == one_less
+    assert float(gemm(a[None], b[:, None], "tc-v100-fp16", c=[[1.0]])[0, 0]) == 1.0
+    assert float(gemm(a[None], b[:, None], "tc-a100-fp16", c=[[1.0]])[0, 0]) == one_less
+    a[0] = -(2.0 ** -14)
+    b[0] = 2.0 ** -14
+    for name in ("tc-v100-fp16", "tc-a100-fp16", "tc-h100-fp16"):
+        assert float(block_fma(a, b, 1.0, name)) == 1.0
+        assert float(gemm(a[None], b[:, None], name, c=[[1.0]])[0, 0]) == 1.0
+    # truncation is toward zero on each term, not on the sum: 2 terms of -0.75 units each
+    # lose 1.5 units together (V100: unit 2^-23 at C = 1; the oracle agrees)
+    a = np.array([-(1.5 * 2.0 ** -12), -(1.5 * 2.0 ** -12), 1.0, 0], np.float32)
+    b = np.array([2.0 ** -12, 2.0 ** -12, 0.0, 0], np.float32)
+    m = get_model("tc-v100-fp16")
+    assert float(block_fma(a, b, 1.0, m)) == oracle_block(a, b, 1.0, m, "fp16", "fp16") == 1.0
+
+
+def test_fp16_output_rounds_ties_to_even():
+    m = get_model("tc-a100-fp16").with_output("fp16")
+    assert m.block_rounding == "nearest-even"
+    one = np.float32(1.0)
+    cases = [  # (C, product a*b with b = 1), expected: ties to even at fp16's ulp 2^-10 near 1
+        (1.0, 2.0 ** -11, 1.0),                          # 1 + half ulp -> 1 (even)
+        (1.0 + 2.0 ** -10, 2.0 ** -11, 1.0 + 2.0 ** -9),  # odd + half ulp -> up to even
+        (-1.0, -(2.0 ** -11), -1.0),
+        (1.0, 2.0 ** -11 + 2.0 ** -20, 1.0 + 2.0 ** -10),  # just above the tie -> up
+        (2048.0, 1.0, 2048.0),                           # ulp 2 at 2048: tie -> even
+        (2050.0, 1.0, 2052.0),
+        (65504.0, 16.0, math.inf),                       # 65520 is a tie above max: overflow
+    ]
+    for c, p, want in cases:
+        a = np.array([p, 0, 0, 0, 0, 0, 0, 0], np.float32)
+        b = np.array([one] + [0] * 7, np.float32)
+        assert float(block_fma(a, b, c, m)) == want, (c, p)
+        assert float(gemm(a[None], b[:, None], m, c=[[c]])[0, 0]) == want, (c, p)
+        assert oracle_block(a, b, c, m, "fp16", "fp16") == want
+    # fp32 output on the same tie truncates instead
+    assert float(block_fma(np.float32([2.0 ** -25] + [0] * 7), np.float32([1] + [0] * 7), 1.0,
+                           "tc-a100-fp16")) == 1.0
+
+
+def test_special_values_propagate():
+    inf, nan = np.inf, np.nan
+    m = "tc-a100-fp16"
+    z = [0.0] * 6
+
+    def one(a, b, c=0.0):
+        x = np.array(a + z, np.float32)
+        y = np.array(b + z, np.float32)
+        r1 = float(block_fma(x, y, c, m))
+        r2 = float(gemm(x[None], y[:, None], m, c=[[c]])[0, 0])
+        assert _same_bits(r1, r2), (a, b, c, r1, r2)
+        return r1
+
+    assert np.isnan(one([inf, 1.0], [0.0, 1.0]))          # inf * 0
+    assert np.isnan(one([inf, inf], [1.0, -1.0]))         # inf - inf among products
+    assert np.isnan(one([inf, 1.0], [1.0, 1.0], -inf))    # product inf + C -inf
+    assert np.isnan(one([nan, 1.0], [1.0, 1.0]))
+    assert one([inf, 1.0], [-2.0, 1.0]) == -inf
+    assert one([1.0, 1.0], [1.0, 1.0], inf) == inf
+    assert one([65504.0, 65504.0], [65504.0, 65504.0]) == 2 * 65504.0 ** 2  # exact in fp32
+    # an fp16 accumulator overflows to inf and stays there along the chain
+    a = np.full((1, 16), 256.0, np.float32)
+    b = np.full((16, 1), 256.0, np.float32)
+    assert gemm(a, b, m, out="fp16")[0, 0] == inf
+    # inputs that overflow the format on rounding: fp16 -> inf, so 70000 * 0 is NaN
+    r = gemm(np.float32([[70000.0, 1.0]]), np.float32([[0.0], [1.0]]), m)
+    assert np.isnan(r[0, 0])
+    # a NaN in one row/column leaves the others untouched
+    a = np.ones((3, 8), np.float32)
+    a[1, 2] = nan
+    r = gemm(a, np.ones((8, 2), np.float32), m)
+    assert np.isnan(r[1]).all() and (r[[0, 2]] == 8.0).all()
+
+
+def test_tf32_inputs_truncated_not_rounded():
+    x = np.float32(1.0 + 2.0 ** -10 * 0.99)  # below the next tf32 value: rounds up, truncates down
+    r = gemm(np.float32([[x]]), np.float32([[1.0]]), "tc-a100-tf32")
+    assert r[0, 0] == 1.0
+    r = gemm(np.float32([[x]]), np.float32([[1.0]]), "tc-a100-fp16")  # fp16 rounds to nearest
+    assert r[0, 0] == np.float32(1.0 + 2.0 ** -10)
+
+
+def test_inputs_rounded_to_format_first():
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((4, 20))
+    b = rng.standard_normal((20, 3))
+    for name, dt in (("tc-a100-fp16", np.float16), ("tc-h100-fp16", np.float16)):
+        ra = a.astype(dt).astype(np.float32)
+        rb = b.astype(dt).astype(np.float32)
+        assert _same_bits(gemm(a, b, name), gemm(ra, rb, name)).all()
+
+
+def test_batched_broadcast_like_matmul():
+    rng = np.random.default_rng(5)
+    a = random_format_values(rng, (2, 1, 3, 10), "fp16", -4, 4)
+    b = random_format_values(rng, (4, 10, 5), "fp16", -4, 4)
+    c = random_fp32(rng, (5,), -3, 3)
+    got = gemm(a, b, "tc-h100-fp16", c=c)
+    assert got.shape == np.matmul(a, b).shape == (2, 4, 3, 5) and got.dtype == np.float32
+    for i in range(2):
+        for j in range(4):
+            assert _same_bits(got[i, j], gemm(a[i, 0], b[j], "tc-h100-fp16", c=np.broadcast_to(c, (3, 5)))).all()
+    # 1-D operands follow matmul's rules
+    v = a[0, 0, 0]
+    assert gemm(v, b[0], "tc-h100-fp16").shape == (5,)
+    assert gemm(a[0, 0], b[0, :, 0], "tc-h100-fp16").shape == (3,)
+    assert gemm(v, b[0, :, 0], "tc-h100-fp16").shape == ()
+    # empty and K = 0: D = C
+    assert gemm(np.zeros((0, 4)), np.zeros((4, 2)), "tc-a100-fp16").shape == (0, 2)
+    assert (gemm(np.zeros((2, 0)), np.zeros((0, 3)), "tc-a100-fp16", c=1.5) == 1.5).all()
+    assert block_fma(np.zeros((0, 4)), np.zeros((0, 4)), None, "tc-a100-fp16").shape == (0,)
+    assert (block_fma(np.zeros((2, 0)), np.zeros((2, 0)), 2.5, "tc-a100-fp16") == 2.5).all()
+
+
+def test_named_models():
+    assert {(n, MODELS[n].k, MODELS[n].extra_bits) for n in
+            ("tc-v100-fp16", "tc-a100-fp16", "tc-a100-bf16", "tc-a100-tf32", "tc-h100-fp16",
+             "tc-h100-bf16", "tc-h100-tf32", "tc-h100-fp8")} == {
+        ("tc-v100-fp16", 4, 0), ("tc-a100-fp16", 8, 1), ("tc-a100-bf16", 8, 1),
+        ("tc-a100-tf32", 4, 1), ("tc-h100-fp16", 16, 2), ("tc-h100-bf16", 16, 2),
+        ("tc-h100-tf32", 8, 2), ("tc-h100-fp8", 32, -10)}
+    assert get_model("TC-A100-FP16") is MODELS["tc-a100-fp16"]
+    assert get_model("tc-h100-fp8-e5m2").in_formats == ("fp8-e5m2",)
+    m = MODELS["tc-a100-fp16"]
+    assert m.with_output("fp16").with_output("fp32").block_rounding == "toward-zero"
+
+
+def test_bad_input_raises():
+    a = np.ones((2, 8), np.float32)
+    with pytest.raises(HalfsimError, match="tc-a100-fp16"):  # lists the known names
+        gemm(a, a.T, "tc-a200-fp16")
+    with pytest.raises(HalfsimError, match="inner dimensions"):
+        gemm(a, a, "tc-a100-fp16")
+    with pytest.raises(HalfsimError, match="batch"):
+        gemm(np.ones((2, 3, 4)), np.ones((3, 4, 5)), "tc-a100-fp16")
+    with pytest.raises(HalfsimError, match="broadcast"):
+        gemm(a, a.T, "tc-a100-fp16", c=np.ones((3, 3)))
+    with pytest.raises(HalfsimError, match="third argument"):
+        gemm(a, a.T, np.ones((2, 2)))
+    with pytest.raises(HalfsimError, match="takes"):
+        gemm(a, a.T, "tc-a100-fp16", in_format="bf16")
+    with pytest.raises(HalfsimError):
+        gemm(a, a.T, "tc-a100-fp16", out="bf16")
+    with pytest.raises(HalfsimError, match="exceed"):
+        block_fma(np.ones(9), np.ones(9), 0.0, "tc-a100-fp16")
+    with pytest.raises(HalfsimError, match="products per block"):
+        block_fma(np.ones(4), np.ones(3), 0.0, "tc-a100-fp16")
+    with pytest.raises(HalfsimError):
+        get_model(3)
+    with pytest.raises(HalfsimError):
+        TensorCoreModel("x", 0, 1, "toward-zero", "fp32", ("fp16",))
+    with pytest.raises(HalfsimError):
+        TensorCoreModel("x", 8, 1, "up", "fp32", ("fp16",))
+    with pytest.raises(HalfsimError):
+        TensorCoreModel("x", 8, 1, "toward-zero", "fp32", ("int8",))
+    for err in (HalfsimError, ValueError):
+        with pytest.raises(err):
+            gemm(a, a.T, "nope")
