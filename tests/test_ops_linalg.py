@@ -250,3 +250,19 @@ def test_dynamic_quantize_matmul(tb, extra):
     if extra == "zp_bias":
         ins.append(r(6))
     check_op("DynamicQuantizeMatMul", ins, domain=MS, initializers=(1, 2, 3, 4), rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("k,alo,ahi", [(64, -128, 128), (2048, 0, 128), (2048, -255, 256), (20000, -255, 256),
+                                       (300, -40000, 40000)])
+def test_int_matmul_exact_paths(k, alo, ahi):
+    # Every BLAS route (sgemm, split sgemm, dgemm) against numpy's exact int64 matmul.
+    from halfsim.ops.linalg import int_matmul
+    a = rng.integers(alo, ahi, (3, k)).astype(np.int32)
+    b = rng.integers(-128, 128, (k, 4)).astype(np.int32)
+    np.testing.assert_array_equal(int_matmul(a, b), a.astype(np.int64) @ b.astype(np.int64))
+
+
+def test_matmul_integer_long_k():
+    a = rng.integers(0, 128, (3, 2048)).astype(np.uint8)
+    b = rng.integers(-128, 128, (2048, 5)).astype(np.int8)
+    check_op("MatMulInteger", [a, b, np.array(3, np.uint8)], opset=10)

@@ -1,7 +1,7 @@
 """Linear algebra: MatMul, Gemm, Einsum, MatMulInteger, QLinearMatMul.
 
 Every float inner product goes through ctx.matmul (the precision plan swaps in low-precision
-accumulation there); integer products are exact (float64 BLAS when that is exact, else int64)."""
+accumulation there); integer products are exact (float32/float64 BLAS within their exact range)."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,12 +37,22 @@ def fmatmul(ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Exact integer matmul. float64 BLAS is exact while every partial sum stays below 2**53."""
+    """Exact integer matmul on BLAS. sgemm is exact while every partial sum stays below 2**24:
+    used directly when the operands' ranges allow, else with A split as 16*hi + lo (two
+    sgemms, each with a 16x smaller range); then dgemm (exact below 2**53); else int64."""
     amax = max(abs(int(a.max())), abs(int(a.min()))) if a.size else 0
     bmax = max(abs(int(b.max())), abs(int(b.min()))) if b.size else 0
-    if amax * bmax * a.shape[-1] < 2.0 ** 53:
-        r = np.matmul(a.astype(np.float64), b.astype(np.float64))
-        return r.astype(np.int64)
+    k = a.shape[-1]
+    if amax * bmax * k < 2 ** 24:
+        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
+    if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
+        ai = a.astype(np.int32)
+        bf = b.astype(np.float32)
+        hi = np.matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
+        lo = np.matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
+        return hi * 16 + lo
+    if amax * bmax * k < 2 ** 53:
+        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     return np.matmul(a.astype(np.int64), b.astype(np.int64))
 
 
@@ -212,7 +222,7 @@ def _zp_row(zp, a):
     """A's zero point: scalar, per-row 1-D (M) or N-D shaped like [.., M, 1]."""
     if zp is None:
         return 0
-    zp = zp.astype(np.int64)
+    zp = zp.astype(np.int32)
     if zp.ndim == 1 and zp.size > 1 and a.ndim >= 2:
         return zp.reshape(-1, 1)
     return zp.reshape(()) if zp.size == 1 else zp
@@ -222,15 +232,15 @@ def _zp_col(zp):
     """B's zero point: scalar, per-column 1-D (N) or N-D shaped like [.., 1, N]."""
     if zp is None:
         return 0
-    zp = zp.astype(np.int64)
+    zp = zp.astype(np.int32)
     return zp.reshape(()) if zp.size == 1 else zp
 
 
 def integer_matmul(a, b, azp, bzp) -> np.ndarray:
     """(A - azp) @ (B - bzp) exactly, as int64."""
     a1, b1 = a.ndim == 1, b.ndim == 1
-    A = a.astype(np.int64) - _zp_row(azp, a)
-    B = b.astype(np.int64) - _zp_col(bzp)
+    A = a.astype(np.int32) - _zp_row(azp, a)
+    B = b.astype(np.int32) - _zp_col(bzp)
     if a1:
         A = A[None, :]
     if b1:
