@@ -266,3 +266,62 @@ def test_matmul_integer_long_k():
     a = rng.integers(0, 128, (3, 2048)).astype(np.uint8)
     b = rng.integers(-128, 128, (2048, 5)).astype(np.int8)
     check_op("MatMulInteger", [a, b, np.array(3, np.uint8)], opset=10)
+
+
+# --------------------------------------------------------------------------- attention
+@pytest.mark.parametrize("case", ["plain", "mask2d", "lengths", "causal", "bias_add", "hidden_sizes", "scale", "past",
+                                  "mask3d"])
+def test_attention(case):
+    B, S, Hin, N = 2, 5, 16, 4
+    x, w, b = r(B, S, Hin), r(Hin, 48) * 0.3, r(48) * 0.1
+    attrs = dict(num_heads=N)
+    ins = [x, w, b]
+    n_out = 1
+    if case == "mask2d":
+        ins.append(np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], np.int32))
+    elif case == "lengths":
+        ins.append(np.array([3, 5], np.int32))
+    elif case == "mask3d":
+        ins.append(rng.integers(0, 2, (B, S, S)).astype(np.int32))
+    elif case == "causal":
+        attrs["unidirectional"] = 1
+    elif case == "bias_add":
+        ins += [None, None, r(B, N, S, S)]
+    elif case == "hidden_sizes":
+        w, b = r(Hin, 40) * 0.3, r(40) * 0.1
+        ins = [x, w, b]
+        attrs["qkv_hidden_sizes"] = [12, 12, 16]
+    elif case == "scale":
+        attrs["scale"] = 0.1
+    elif case == "past":
+        ins += [None, r(2, B, N, 2, 4)]  # past: (2, B, N, P, head_size)
+        attrs["unidirectional"] = 1
+        n_out = 2
+    check_plans("Attention", ins, attrs, n_outputs=n_out, domain=MS, rtol=1e-4, atol=1e-5, initializers=(1, 2),
+                expect_matmul=True, expect_sum=True)
+
+
+@pytest.mark.parametrize("case", ["plain", "bias", "mask2d", "causal", "attn_bias", "past", "bnsh", "cross"])
+def test_multi_head_attention(case):
+    B, S, D, N = 2, 4, 8, 2
+    q, k, v = r(B, S, D), r(B, S, D), r(B, S, D)
+    attrs = dict(num_heads=N)
+    ins = [q, k, v]
+    n_out = 1
+    if case == "bias":
+        ins.append(r(3 * D))
+    elif case == "mask2d":
+        ins += [None, np.array([[1, 1, 0, 0], [1, 1, 1, 1]], np.int32)]
+    elif case == "causal":
+        attrs["unidirectional"] = 1
+    elif case == "attn_bias":
+        ins += [None, None, r(1, N, S, S)]
+    elif case == "past":
+        ins += [r(3 * D), None, None, r(B, N, 3, D // N), r(B, N, 3, D // N)]
+        n_out = 3
+    elif case == "bnsh":
+        ins = [q, r(B, N, 6, D // N), r(B, N, 6, D // N)]
+    elif case == "cross":
+        ins = [q, r(B, 7, D), r(B, 7, 2 * D)]
+    check_plans("MultiHeadAttention", ins, attrs, n_outputs=n_out, domain=MS, rtol=1e-4, atol=1e-5,
+                expect_matmul=True)
