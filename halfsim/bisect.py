@@ -170,6 +170,16 @@ class _Metric:
 
 # -- search context ------------------------------------------------------------------------
 
+def _model(model):
+    """A halfsim Model from a Model, a path, bytes or a ModelProto."""
+    if isinstance(model, (str, bytes, os.PathLike)) or hasattr(model, "SerializeToString"):
+        from . import load
+        return load(model)
+    if not hasattr(model, "graph") or not hasattr(model, "run"):
+        raise HalfsimError(f"model must be a halfsim Model, a path or a ModelProto, not {type(model).__name__}")
+    return model
+
+
 def _as_list(inputs) -> list[dict]:
     if isinstance(inputs, Mapping):
         return [dict(inputs)]
@@ -399,9 +409,7 @@ def bisect(model, inputs, precision: str | Policy = "fp16", metric: str | Callab
         raise HalfsimError(f"tol must be a finite non-negative number, not {tol!r}")
     if max_evaluations is not None and (not isinstance(max_evaluations, int) or max_evaluations < 1):
         raise HalfsimError("max_evaluations must be a positive integer or None")
-    if isinstance(model, (str, bytes, os.PathLike)) or hasattr(model, "SerializeToString"):
-        from . import load
-        model = load(model)
+    model = _model(model)
     if export is not None:
         from .cli import _check_writable
         from .export import check_precision
@@ -497,9 +505,7 @@ def evaluate_placement(model, inputs, precision: str | Policy = "fp16", keep_fp3
                        metric: str | Callable = "rel_l2", reference: str | Sequence[Mapping] | None = "fp32") -> float:
     """Drift of `precision` with the named nodes (plus their Constant/data-movement followers)
     kept in fp32, from full runs over all inputs."""
-    if isinstance(model, (str, bytes)):
-        from . import load
-        model = load(model)
+    model = _model(model)
     s = _Search(model, inputs, precision, metric, reference, None)
     by_name = {n.label: n.index for n in model.nodes}
     kept = set()
