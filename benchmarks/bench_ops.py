@@ -30,6 +30,8 @@ rng = np.random.default_rng(0)
 
 
 def blas_threads() -> int:
+    """numpy's BLAS thread count (threadpoolctl), else the core count. Set OPENBLAS_NUM_THREADS
+    (and HALFSIM_THREADS, which the numba kernels follow) to compare at another count."""
     try:
         from threadpoolctl import threadpool_info
         n = [i["num_threads"] for i in threadpool_info() if i.get("user_api") == "blas"]
@@ -92,7 +94,8 @@ def cases():
     return c
 
 
-def median_ms(fn, runs):
+def times_ms(fn, runs):
+    """(median, min) over `runs` runs after two warm-ups, in ms."""
     fn()
     fn()
     ts = []
@@ -100,7 +103,7 @@ def median_ms(fn, runs):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3)
+    return float(np.median(ts) * 1e3), float(np.min(ts) * 1e3)
 
 
 def main(argv=None) -> int:
@@ -112,8 +115,9 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     threads = blas_threads()
     rows = []
-    print(f"threads: {threads} (numpy BLAS and ORT intra-op); median of {a.runs} runs after warm-up")
-    print(f"{'case':40s} {'halfsim ms':>11s} {'ORT ms':>9s} {'ratio':>7s}")
+    print(f"threads: {threads} (numpy BLAS, halfsim kernels and ORT intra-op); median of {a.runs} runs after "
+          f"warm-up (min in brackets: on a busy machine the min is the steadier figure)")
+    print(f"{'case':40s} {'halfsim ms':>18s} {'ORT ms':>16s} {'ratio':>6s} {'(min)':>6s}")
     for name, (m, feeds) in cases().items():
         if a.only and a.only not in name:
             continue
@@ -122,13 +126,16 @@ def main(argv=None) -> int:
         so.log_severity_level = 3
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         hm = halfsim.load(m)
-        t_h = median_ms(lambda: hm.run(feeds, precision=a.precision), a.runs)
-        t_o = median_ms(lambda: sess.run(None, feeds), a.runs)
-        rows.append({"case": name, "halfsim_ms": t_h, "ort_ms": t_o, "ratio": t_h / t_o})
-        print(f"{name:40s} {t_h:11.3f} {t_o:9.3f} {t_h / t_o:7.2f}", flush=True)
-    ratios = [row["ratio"] for row in rows]
-    if ratios:
-        print(f"geomean ratio {float(np.exp(np.mean(np.log(ratios)))):.2f}, worst {max(ratios):.2f}")
+        t_h, m_h = times_ms(lambda: hm.run(feeds, precision=a.precision), a.runs)
+        t_o, m_o = times_ms(lambda: sess.run(None, feeds), a.runs)
+        rows.append({"case": name, "halfsim_ms": t_h, "ort_ms": t_o, "ratio": t_h / t_o,
+                     "halfsim_min_ms": m_h, "ort_min_ms": m_o, "ratio_min": m_h / m_o})
+        print(f"{name:40s} {t_h:9.3f} [{m_h:7.3f}] {t_o:7.3f} [{m_o:7.3f}] {t_h / t_o:6.2f} {m_h / m_o:6.2f}",
+              flush=True)
+    for key in ("ratio", "ratio_min"):
+        ratios = [row[key] for row in rows]
+        if ratios:
+            print(f"{key}: geomean {float(np.exp(np.mean(np.log(ratios)))):.2f}, worst {max(ratios):.2f}")
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"version": 1, "threads": threads, "precision": a.precision, "rows": rows}, f, indent=1)

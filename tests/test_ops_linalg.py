@@ -325,3 +325,8 @@ def test_multi_head_attention(case):
         ins = [q, r(B, 7, D), r(B, 7, 2 * D)]
     check_plans("MultiHeadAttention", ins, attrs, n_outputs=n_out, domain=MS, rtol=1e-4, atol=1e-5,
                 expect_matmul=True)
+
+
+def test_gemm_float16():
+    a, b, c = r(3, 8, dtype=np.float16), r(4, 8, dtype=np.float16), r(4, dtype=np.float16)
+    check_op("Gemm", [a, b, c], dict(transB=1, alpha=0.5), rtol=2e-3, atol=2e-3)
