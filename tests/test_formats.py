@@ -258,7 +258,7 @@ def samples(E, M, fn, n, rng):
 
 CUSTOM = [("e5m10", 5, 10, False), ("e8m7", 8, 7, False), ("e3m2", 3, 2, False), ("e6m9", 6, 9, False),
           ("e2m1", 2, 1, False), ("e8m23", 8, 23, False), ("fp8-e4m3", 4, 3, True), ("fp8-e5m2", 5, 2, False),
-          ("tf32", 8, 10, False), ("e4m3fn", 4, 3, True), ("e7m16", 7, 16, False)]
+          ("tf32", 8, 10, False), ("e4m3fn", 4, 3, True), ("e7m16", 7, 16, False), ("e6m23", 6, 23, False)]
 MODES = ["nearest-even", "toward-zero", "up", "down"]
 
 
