@@ -72,12 +72,17 @@ def _distance(a: Any, b: np.ndarray) -> tuple[float, str]:
 
 def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "fp32",
                 threads: int | None = None, stop_at_first: float | None = None,
-                hook: Callable | None = None) -> list[dict]:
+                hook: Callable | None = None, forced: bool = False) -> list[dict]:
     """One row per halfsim node output that ORT also exposes, in topological order:
     {"index","node","op_type","output","rel_l2","shape","note"}. If halfsim fails at a node, the
     last row has "error". With stop_at_first=tol the list ends at the first row above tol.
     `hook(node, outputs)` (halfsim's run hook) may replace a node's outputs before they are
-    compared and passed on, e.g. to inject a fault."""
+    compared and passed on, e.g. to inject a fault.
+
+    forced=True (teacher forcing): after each node is compared, ORT's value replaces halfsim's,
+    so every node computes from exactly ORT's inputs and each row measures that op alone.
+    This separates a wrong op from legitimate last-bit differences that a model amplifies
+    (a dynamically quantized model flips a uint8 rounding on a 1e-7 input difference)."""
     proto = _proto(model)
     ref = ort_intermediates(proto, feeds, threads)
     m = halfsim.load(proto)
@@ -100,6 +105,8 @@ def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "f
                          "shape": list(ref[name].shape), "note": note})
             if stop_at_first is not None and not d <= stop_at_first:
                 raise _Stop
+        if forced:
+            outs = [ref[n] if n in ref and isinstance(o, np.ndarray) else o for n, o in zip(node.outputs, outs)]
         return outs
 
     try:
@@ -125,11 +132,12 @@ def _failing_node(m, rows):
 
 def first_divergence(model: Any, feeds: Mapping[str, np.ndarray], tol: float = 1e-5,
                      precision: Any = "fp32", threads: int | None = None,
-                     hook: Callable | None = None) -> dict | None:
+                     hook: Callable | None = None, forced: bool = False) -> dict | None:
     """The first node (topological order) whose output differs from ORT's by more than `tol`
     rel L2 (or where halfsim raised), with the worst drift among its inputs for context;
-    None when every exposed tensor agrees."""
-    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol, hook=hook)
+    None when every exposed tensor agrees. forced=True: the first op that is wrong on its
+    own, given ORT's exact inputs (see layer_drift)."""
+    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol, hook=hook, forced=forced)
     if not rows:
         return None
     last = rows[-1]
@@ -157,18 +165,109 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("name")
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--all", action="store_true", help="print every node, not just the first divergence")
+    ap.add_argument("--forced", action="store_true", help="teacher forcing: each node computes from ORT's inputs")
     args = ap.parse_args(argv)
     e = fetch.entry(args.name)
     path = fetch.fetch(args.name)
     proto = onnx.load(str(path))
     feeds = recipes.build_inputs(e["recipe"], proto)
+    pre = supported_prefix(proto)
+    if pre is not None:
+        proto = pre[0]
+        print(f"halfsim lacks the ops of {pre[1]}: checking the {len(proto.graph.node)} nodes before them")
     if args.all:
-        for r in layer_drift(proto, feeds):
+        for r in layer_drift(proto, feeds, forced=args.forced):
             print(f"{r['index']!s:>5} {r['op_type']:<22} {r['node'][:40]:<40} {r['rel_l2']:.3e} {r.get('error') or r.get('note') or ''}")
         return 0
-    d = first_divergence(proto, feeds, args.tol)
+    d = first_divergence(proto, feeds, args.tol, forced=args.forced)
     print("no divergence" if d is None else d)
     return 0
+
+
+
+def supported_prefix(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, list[str]] | None:
+    """The part of the main graph that halfsim can run: every node not downstream of a node
+    whose op halfsim lacks, with the tensors those unsupported nodes read (and the original
+    outputs still computed) as the graph outputs. Returns (model, unsupported node names), or
+    None when nothing is missing. Lets a model be checked up to its first missing op."""
+    from halfsim.errors import UnsupportedOpError
+    from halfsim.ops import registry
+    opsets = {("" if o.domain in ("", "ai.onnx") else o.domain): o.version for o in proto.opset_import}
+
+    def ok(n: onnx.NodeProto) -> bool:
+        d = "" if n.domain in ("", "ai.onnx") else n.domain
+        try:
+            registry.resolve(n.op_type, d, opsets.get(d, 0))
+        except UnsupportedOpError:
+            return False
+        for a in n.attribute:
+            for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                if not all(ok(x) for x in g.node):
+                    return False
+        return True
+
+    bad_nodes = [n for n in proto.graph.node if not ok(n)]
+    if not bad_nodes:
+        return None
+    tainted: set[str] = set()
+    keep: list[onnx.NodeProto] = []
+    cut_inputs: list[str] = []
+    bad_ids = {id(n) for n in bad_nodes}
+    for n in _topo(proto.graph):
+        reads = [t for t in n.input if t]
+        if id(n) in bad_ids or any(t in tainted for t in reads):
+            tainted.update(o for o in n.output if o)
+            if id(n) in bad_ids:
+                cut_inputs.extend(t for t in reads if t not in tainted)
+            continue
+        keep.append(n)
+    produced = {o for n in keep for o in n.output}
+    outs = []
+    for t in [o.name for o in proto.graph.output] + cut_inputs:
+        if t in produced and t not in outs:
+            outs.append(t)
+    m = onnx.ModelProto()
+    m.CopyFrom(proto)
+    del m.graph.node[:]
+    m.graph.node.extend(keep)
+    del m.graph.output[:]
+    m.graph.output.extend(onnx.ValueInfoProto(name=t) for t in outs)
+    used = {t for n in keep for t in n.input} | {t for n in keep for a in n.attribute
+                                                   for g in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs))
+                                                   for t in _free_names(g)}
+    inits = [t for t in m.graph.initializer if t.name in used]
+    del m.graph.initializer[:]
+    m.graph.initializer.extend(inits)
+    return m, [n.name or n.op_type for n in bad_nodes]
+
+
+def _free_names(g: onnx.GraphProto) -> set[str]:
+    defined = {t.name for t in g.initializer} | {v.name for v in g.input} | {o for n in g.node for o in n.output}
+    free = {t for n in g.node for t in n.input if t and t not in defined}
+    for n in g.node:
+        for a in n.attribute:
+            for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                free |= _free_names(sg) - defined
+    return free
+
+
+def _topo(g: onnx.GraphProto) -> list[onnx.NodeProto]:
+    avail = {t.name for t in g.initializer} | {v.name for v in g.input}
+    produced = {o for n in g.node for o in n.output if o}
+    pending, order = list(g.node), []
+    while pending:
+        rest = []
+        for n in pending:
+            if all(t in avail or t not in produced for t in n.input if t):
+                order.append(n)
+                avail.update(o for o in n.output if o)
+            else:
+                rest.append(n)
+        if len(rest) == len(pending):
+            order.extend(rest)
+            break
+        pending = rest
+    return order
 
 
 if __name__ == "__main__":

@@ -98,7 +98,8 @@ def validate_model(e: dict[str, Any], *, precision: Any = "fp32", tol: float = T
     """Validate one manifest entry; never raises for model-level problems (they are the result)."""
     threads = threads or compute_threads()
     rec: dict[str, Any] = {k: e[k] for k in ("name", "package", "version", "member", "recipe")}
-    rec.update(status="error", tol=tol, precision=precision if isinstance(precision, str) else "custom",
+    oracle = e.get("oracle", "outputs")
+    rec.update(status="error", tol=tol, precision=precision if isinstance(precision, str) else "custom", oracle=oracle,
                outputs={}, max_rel_l2=None, ort_ms=None, halfsim_ms=None, ratio=None, runs=None,
                ops=[], missing_ops=[], error=None, divergence=None)
     try:
@@ -127,6 +128,8 @@ def validate_model(e: dict[str, Any], *, precision: Any = "fp32", tol: float = T
         model = halfsim.load(path)
     except UnsupportedOpError as ex:
         rec.update(status="unsupported", error=str(ex))
+        if diverge:
+            rec["prefix"] = _prefix_check(proto, feeds, tol, precision, threads)
         return rec
     except HalfsimError as ex:
         rec.update(status="error", error=f"load: {ex}")
@@ -160,13 +163,47 @@ def validate_model(e: dict[str, Any], *, precision: Any = "fp32", tol: float = T
         worst = max(worst, d) if not np.isnan(d) else float("inf")
     rec["max_rel_l2"] = worst
     rec["status"] = "pass" if worst <= tol else "fail"
+    if oracle == "nodewise":
+        rec["end_to_end_rel_l2"] = worst
+        rec["nodewise"] = _nodewise(proto, feeds, tol, precision, threads)
+        rec["status"] = "pass" if rec["nodewise"].get("ok") else "fail"
     if timing:
         t, n_runs = time_runs(lambda: model.run(feeds, precision=precision), runs)
         rec["halfsim_ms"], rec["runs"] = 1e3 * t, n_runs
         rec["ratio"] = rec["halfsim_ms"] / rec["ort_ms"] if rec["ort_ms"] else None
-    if rec["status"] == "fail" and diverge:
+    if rec["status"] == "fail" and diverge and oracle == "outputs":
         rec["divergence"] = _divergence(proto, feeds, tol, precision, threads)
     return rec
+
+
+def _nodewise(proto, feeds, tol, precision, threads) -> dict:
+    """Teacher-forced check: each node fed ORT's exact inputs must reproduce ORT's output."""
+    from .diverge import layer_drift
+    try:
+        rows = layer_drift(proto, feeds, precision, threads, forced=True)
+    except Exception as ex:
+        return {"ok": False, "error": f"{type(ex).__name__}: {ex}"}
+    bad = [r for r in rows if not r["rel_l2"] <= tol]
+    worst = max(rows, key=lambda r: r["rel_l2"]) if rows else None
+    return {"ok": not bad and bool(rows), "nodes": len({r["index"] for r in rows}), "max_rel_l2": worst["rel_l2"] if worst else None,
+            "worst_node": f"{worst['node']} ({worst['op_type']})" if worst else None,
+            "first_bad": bad[0] if bad else None}
+
+
+def _prefix_check(proto, feeds, tol, precision, threads) -> dict | None:
+    """For a model with missing ops: how the part before them agrees (free-running and
+    teacher-forced first divergence)."""
+    from .diverge import first_divergence, supported_prefix
+    try:
+        pre = supported_prefix(proto)
+        if pre is None:
+            return None
+        sub, cut = pre
+        return {"nodes": len(sub.graph.node), "of": len(proto.graph.node), "cut_at": cut,
+                "first_divergence": first_divergence(sub, feeds, tol, precision, threads),
+                "first_wrong_op": first_divergence(sub, feeds, tol, precision, threads, forced=True)}
+    except Exception as ex:
+        return {"error": f"{type(ex).__name__}: {ex}"}
 
 
 def _max_abs(a, b) -> float | None:
@@ -244,6 +281,27 @@ def details(records: list[dict]) -> str:
             lines.append("  missing: " + ", ".join(f"{m['domain']}:{m['op_type']} (opset {m['opset']})" for m in r["missing_ops"]))
         if r["error"]:
             lines.append(f"  error: {r['error']}")
+        nw = r.get("nodewise")
+        if nw:
+            if "error" in nw:
+                lines.append(f"  node-wise check failed to run: {nw['error']}")
+            else:
+                lines.append(f"  node-wise (teacher-forced) check over {nw['nodes']} nodes: max rel L2 {_f(nw['max_rel_l2'], '.2e')} "
+                             f"at {nw['worst_node']}; end to end rel L2 {_f(r.get('end_to_end_rel_l2'), '.2e')} (informational)")
+                if nw.get("first_bad"):
+                    fb = nw["first_bad"]
+                    lines.append(f"  first wrong op: {fb['node']} ({fb['op_type']}) rel L2 {_f(fb['rel_l2'], '.2e')} {fb.get('note', '')}")
+        p = r.get("prefix")
+        if p:
+            if "error" in p:
+                lines.append(f"  prefix check failed: {p['error']}")
+            else:
+                fd, fw = p.get("first_divergence"), p.get("first_wrong_op")
+                lines.append(f"  the {p['nodes']} of {p['of']} nodes not downstream of {', '.join(p['cut_at'][:3])}: "
+                             + ("agree with ORT" if fd is None else
+                                f"first divergence at {fd['node']} ({fd['op_type']}) rel L2 {_f(fd['rel_l2'], '.2e')}")
+                             + ("" if fd is None else ("; every op agrees on ORT's inputs" if fw is None else
+                                f"; first wrong op on ORT's inputs: {fw['node']} ({fw['op_type']})")))
         d = r.get("divergence")
         if d:
             if "node" in d:
