@@ -8,6 +8,9 @@ ORT's numerics, reproduced bit for bit (on an AVX2/FMA x86 CPU):
 - H·R: per step, the previous step's hidden rows of the whole batch get their own scale and
   zero point. A finished row contributes 0 when Y is an output (its Y row was zeroed) and its
   last h when it is not (ORT then steps in the Y_h buffer).
+- uint8 × uint8 products are exact. uint8 × int8 ones are exact on VNNI/AMX/ARM hosts; on
+  AVX2 hosts without VNNI each adjacent pair of products saturates to int16 (vpmaddubsw),
+  and we do the same (see U8S8_SATURATES).
 - The int32 accumulators are scaled by float32(a_scale * w_scale) (per tensor or per column)
   and the H·R product is added to the X·W one; the gates then run in float32 with MLAS's
   rational sigmoid and tanh (fused multiply-adds emulated exactly).
@@ -16,6 +19,7 @@ hidden_size <= 256); each part then gets its own H scale. We model one thread.""
 from __future__ import annotations
 
 import math
+import platform
 
 import numpy as np
 from numba import njit
@@ -163,16 +167,32 @@ def _u8s8_pairs(a, b):
     return out
 
 
+def _u8s8_saturates() -> bool:
+    """Whether this host's MLAS multiplies u8·s8 with vpmaddubsw (AVX2 or AVX512BW without
+    VNNI/AMX), which saturates each adjacent product pair to int16. VNNI, AMX and ARM kernels
+    are exact. ORT's results for int8 weights differ between the two kinds of CPU."""
+    if platform.machine().lower() not in ("x86_64", "amd64", "i686", "x86"):
+        return False
+    try:
+        with open("/proc/cpuinfo") as fh:
+            flags = next((ln.split(":", 1)[1].split() for ln in fh if ln.startswith("flags")), [])
+    except OSError:
+        return True  # no way to tell: AVX2 without VNNI is the common case
+    return "avx2" in flags and not {"avx512_vnni", "avx_vnni", "amx_int8"} & set(flags)
+
+
+U8S8_SATURATES = _u8s8_saturates()
+
+
 class _QWeight:
     """One direction's 8-bit weight [K, N] with its zero point."""
 
     def __init__(self, w, zp):
         self.w, self.zp = np.ascontiguousarray(w), zp
-        self.signed = w.dtype == np.int8
         self.colsum = w.astype(np.int64).sum(0)
-        # uint8 weights go through MLAS's exact u8·u8 kernel: (A - za)(W - zw) in float64
-        # BLAS is exact (|sum| < 2**53).
-        self.centered = None if self.signed else w.astype(np.float64) - zp
+        # Exact kernels (u8·u8 always): (A - za)(W - zw) in float64 BLAS is exact (|sum| < 2**53).
+        exact = w.dtype == np.uint8 or not U8S8_SATURATES
+        self.centered = w.astype(np.float64) - zp if exact else None
 
     def acc(self, qa, za):
         """int32 accumulator of MLAS's (A - za)·(W - zw), as float32 (ORT's int -> float)."""

@@ -1,0 +1,178 @@
+"""com.microsoft DynamicQuantizeLSTM against ONNX Runtime. Its per-step uint8 quantization of
+the hidden state turns any float difference into flipped roundings (errors ~1e-3), so the
+default tolerances of check_op demand ORT's numerics bit for bit in practice."""
+from fractions import Fraction
+
+import numpy as np
+import pytest
+
+import halfsim
+from halfsim.errors import HalfsimError
+from halfsim.ops import contrib_recurrent as cr
+from opcheck import check_op, feeds_of, make_model, run_ort
+
+MS = "com.microsoft"
+
+
+def _inputs(rng, T=6, B=3, I=5, H=8, nd=1, *, wdt=np.int8, per_col=False, bias=True, lens=None, init=True,
+            peep=False, x_scale=1.0):
+    def q(shape):
+        if wdt == np.int8:
+            return rng.integers(-128, 128, shape).astype(np.int8)
+        return rng.integers(0, 256, shape).astype(np.uint8)
+
+    sshape = (nd, 4 * H) if per_col else (nd,)
+
+    def zp():
+        if wdt == np.int8:
+            return np.zeros(sshape, np.int8)
+        return np.full(sshape, rng.integers(100, 156), np.uint8)  # per-column zero points are one value
+
+    def scales():
+        return (rng.uniform(0.5, 1.5, sshape) * 0.1 / 127).astype(np.float32)
+
+    f = lambda *s, k=0.5: (rng.standard_normal(s) * k).astype(np.float32)  # noqa: E731
+    return [f(T, B, I, k=x_scale), q((nd, I, 4 * H)), q((nd, H, 4 * H)),
+            f(nd, 8 * H, k=0.3) if bias else None,
+            None if lens is None else np.asarray(lens, np.int32),
+            f(nd, B, H) if init else None, f(nd, B, H) if init else None,
+            f(nd, 3 * H, k=0.3) if peep else None,
+            scales(), zp(), scales(), zp()]
+
+
+def _check(ins, **attrs):
+    H = ins[2].shape[1]
+    return check_op("DynamicQuantizeLSTM", ins, dict(hidden_size=H, **attrs), n_outputs=3, domain=MS,
+                    initializers=(1, 2))
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("wdt", [np.int8, np.uint8])
+@pytest.mark.parametrize("per_col", [False, True])
+def test_directions_dtypes_scales(direction, wdt, per_col):
+    rng = np.random.default_rng(hash((direction, wdt.__name__, per_col)) % 2**32)
+    nd = 2 if direction == "bidirectional" else 1
+    _check(_inputs(rng, nd=nd, wdt=wdt, per_col=per_col), direction=direction)
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+def test_sequence_lens(direction):
+    rng = np.random.default_rng(7)
+    nd = 2 if direction == "bidirectional" else 1
+    # max length < T: only X[:5] sets the input scale; a zero length row too.
+    _check(_inputs(rng, T=7, B=4, nd=nd, lens=[5, 2, 0, 3]), direction=direction)
+    _check(_inputs(rng, T=7, B=3, nd=nd, lens=[7, 1, 4], wdt=np.uint8), direction=direction)
+
+
+def test_peepholes_coupled_gate_clip_no_state():
+    rng = np.random.default_rng(11)
+    _check(_inputs(rng, nd=2, peep=True), direction="bidirectional")
+    _check(_inputs(rng, peep=True, init=False, bias=False), input_forget=1)
+    _check(_inputs(rng, x_scale=3.0), clip=0.7)
+
+
+def test_other_activations():
+    rng = np.random.default_rng(12)
+    _check(_inputs(rng), activations=["HardSigmoid", "Tanh", "Relu"], activation_alpha=[0.3],
+           activation_beta=[0.4])
+
+
+def test_saturating_products():
+    """Inputs at the ends of the ranges: every u8·s8 pair of products can exceed int16 (where
+    this host's ORT saturates them) and larger hidden sizes cross float32's exact range."""
+    rng = np.random.default_rng(13)
+    ins = _inputs(rng, T=12, B=2, I=64, H=96, nd=2, x_scale=4.0)
+    ins[1] = np.where(rng.random(ins[1].shape) < 0.5, -128, 127).astype(np.int8)
+    _check(ins, direction="bidirectional")
+
+
+def test_without_Y_output_steps_in_Y_h():
+    """With Y not an output ORT keeps a finished row's last h (not 0) in the buffer whose range
+    sets the next step's scale, so Y_h differs from the model with Y; both must match."""
+    rng = np.random.default_rng(14)
+    ins = _inputs(rng, T=8, B=3, H=6, lens=[8, 2, 5], init=False)
+    ins[0][:, 1] *= 8  # the row that finishes first has the widest h; the others stay small
+    ins[0][:, [0, 2]] *= 0.1
+    m_all = make_model("DynamicQuantizeLSTM", ins, dict(hidden_size=6), n_outputs=3, domain=MS)
+    m_noy = make_model("DynamicQuantizeLSTM", ins, dict(hidden_size=6), n_outputs=3, domain=MS)
+    m_noy.graph.node[0].output[0] = ""
+    del m_noy.graph.output[0]
+    feeds = feeds_of(m_all, ins)
+    want_all, want_noy = run_ort(m_all, feeds), run_ort(m_noy, feeds)
+    assert not np.array_equal(want_all[1], want_noy[0])  # the case tells the two apart
+    got_all, got_noy = halfsim.load(m_all).run(feeds), halfsim.load(m_noy).run(feeds)
+    for got, want, names in ((got_all, want_all, ["out0", "out1", "out2"]), (got_noy, want_noy, ["out1", "out2"])):
+        for n, w in zip(names, want):
+            np.testing.assert_allclose(got[n], w, rtol=1e-5, atol=1e-6, err_msg=n)
+
+
+def test_bad_per_column_zero_point():
+    rng = np.random.default_rng(15)
+    ins = _inputs(rng, per_col=True)
+    ins[9] = ins[9].copy()
+    ins[9][0, 3] = 1  # int8 weights need zero points of 0
+    m = make_model("DynamicQuantizeLSTM", ins, dict(hidden_size=8), n_outputs=3, domain=MS, initializers=(1, 2))
+    feeds = feeds_of(m, ins)
+    with pytest.raises(Exception):
+        run_ort(m, feeds)
+    with pytest.raises(HalfsimError):
+        halfsim.load(m).run(feeds)
+
+
+# ---------------------------------------------------------------- kernels, no ORT -----------
+
+
+def test_fma32_correctly_rounded():
+    rng = np.random.default_rng(16)
+    a = rng.standard_normal(3000).astype(np.float32)
+    b = rng.standard_normal(3000).astype(np.float32)
+    c = rng.standard_normal(3000).astype(np.float32)
+    for x, y, z in zip(a, b, c):
+        exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        got = Fraction(cr._fma32(float(x), float(y), float(z)))
+        lo, hi = np.nextafter(np.float32(got), np.float32(-np.inf)), np.nextafter(np.float32(got), np.float32(np.inf))
+        # nearest float32: closer than both neighbours (ties to even)
+        assert abs(got - exact) <= abs(Fraction(float(lo)) - exact)
+        assert abs(got - exact) <= abs(Fraction(float(hi)) - exact)
+        assert np.float32(got) == float(got)
+
+
+def test_fma32_double_rounding_case():
+    # float32 a, b, c with a*b + c = 1 + 2**-23 + 2**-24 - 2**-60: just below the tie between
+    # 1 + 2**-23 and 1 + 2**-22, but float64 rounds it onto the tie, and a second rounding
+    # (to even) would go up. A correctly rounded fma goes down.
+    a, b, c = 2.0 ** -24 * (1 + 2.0 ** -18), 1 - 2.0 ** -18, 1 + 2.0 ** -23
+    assert all(float(np.float32(v)) == v for v in (a, b, c))
+    assert float(np.float32(a * b + c)) == 1 + 2.0 ** -22  # naive double rounding
+    assert cr._fma32(a, b, c) == 1 + 2.0 ** -23
+
+
+def test_u8s8_pairs_saturate():
+    a = np.array([[255, 255, 1]], np.uint8)
+    b = np.array([[127], [127], [-128]], np.int8)
+    # 255*127 + 255*127 = 64770 -> 32767; then 1 * -128 alone.
+    assert cr._u8s8_pairs(a, b)[0, 0] == 32767 - 128
+
+
+def test_mlas_activations_match_ort():
+    """Sigmoid/Tanh ops in ORT run the same MLAS kernels as its LSTM gates: bit for bit."""
+    rng = np.random.default_rng(17)
+    x = np.concatenate([rng.standard_normal(4000) * 4, rng.uniform(-30, 30, 1000),
+                        rng.standard_normal(500) * 1e-4]).astype(np.float32)
+    for name, key in (("Sigmoid", "sigmoid"), ("Tanh", "tanh")):
+        want = run_ort(make_model(name, [x]), {"in0": x})[0]
+        got = cr._EXACT[key](x, 0, 0)
+        np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32), err_msg=name)
+
+
+def test_bit_exact_at_model_scale():
+    """ddddocr-like layer (bidirectional, int8, per-tensor scales): ORT's output bit for bit.
+    Thousands of per-step uint8 roundings make this sensitive to any 1-ulp difference in the
+    gates (MLAS's sigmoid/tanh, fma, the order of float32 operations)."""
+    rng = np.random.default_rng(18)
+    ins = _inputs(rng, T=24, B=1, I=96, H=128, nd=2, x_scale=2.0)
+    got = _check(ins, direction="bidirectional")
+    m = make_model("DynamicQuantizeLSTM", ins, dict(hidden_size=128, direction="bidirectional"), n_outputs=3,
+                   domain=MS, initializers=(1, 2))
+    for g, w in zip(got, run_ort(m, feeds_of(m, ins))):
+        np.testing.assert_array_equal(g, w)
