@@ -387,7 +387,37 @@ def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
             g[j] = _c_scale(acc[j], c_emin)
         for k0 in range(0, K, blk):
             k1 = min(k0 + blk, K)
-            for k in range(k0, k1):
+            # k unrolled by 8 and 4: one load/store of g and s per column for several products
+            k8 = k0 + (k1 - k0) // 8 * 8
+            k4 = k8 + (k1 - k8) // 4 * 4
+            for k in range(k0, k8, 8):
+                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+                x4 = arg[k + 4]; x5 = arg[k + 5]; x6 = arg[k + 6]; x7 = arg[k + 7]
+                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
+                b4 = bg[bi, k + 4]; b5 = bg[bi, k + 5]; b6 = bg[bi, k + 6]; b7 = bg[bi, k + 7]
+                for j in range(N):
+                    y0 = x0 * b0[j]; y1 = x1 * b1[j]; y2 = x2 * b2[j]; y3 = x3 * b3[j]
+                    y4 = x4 * b4[j]; y5 = x5 * b5[j]; y6 = x6 * b6[j]; y7 = x7 * b7[j]
+                    y0 = y0 if y0 < y1 else y1
+                    y2 = y2 if y2 < y3 else y3
+                    y4 = y4 if y4 < y5 else y5
+                    y6 = y6 if y6 < y7 else y7
+                    y0 = y0 if y0 < y2 else y2
+                    y4 = y4 if y4 < y6 else y6
+                    y0 = y0 if y0 < y4 else y4
+                    x = g[j]
+                    g[j] = x if x < y0 else y0
+            for k in range(k8, k4, 4):
+                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
+                for j in range(N):
+                    y0 = x0 * b0[j]; y1 = x1 * b1[j]; y2 = x2 * b2[j]; y3 = x3 * b3[j]
+                    y0 = y0 if y0 < y1 else y1
+                    y2 = y2 if y2 < y3 else y3
+                    y0 = y0 if y0 < y2 else y2
+                    x = g[j]
+                    g[j] = x if x < y0 else y0
+            for k in range(k4, k1):
                 xa = arg[k]
                 brg = bg[bi, k]
                 for j in range(N):
@@ -398,7 +428,25 @@ def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
                 G = g[j] * tw
                 g[j] = G
                 s[j] = np.trunc(np.float64(acc[j]) * G)
-            for k in range(k0, k1):
+            for k in range(k0, k8, 8):
+                x0 = arv[k]; x1 = arv[k + 1]; x2 = arv[k + 2]; x3 = arv[k + 3]
+                x4 = arv[k + 4]; x5 = arv[k + 5]; x6 = arv[k + 6]; x7 = arv[k + 7]
+                b0 = bv[bi, k]; b1 = bv[bi, k + 1]; b2 = bv[bi, k + 2]; b3 = bv[bi, k + 3]
+                b4 = bv[bi, k + 4]; b5 = bv[bi, k + 5]; b6 = bv[bi, k + 6]; b7 = bv[bi, k + 7]
+                for j in range(N):
+                    G = g[j]
+                    s[j] += ((np.trunc(x0 * b0[j] * G) + np.trunc(x1 * b1[j] * G)) +
+                             (np.trunc(x2 * b2[j] * G) + np.trunc(x3 * b3[j] * G))) + \
+                            ((np.trunc(x4 * b4[j] * G) + np.trunc(x5 * b5[j] * G)) +
+                             (np.trunc(x6 * b6[j] * G) + np.trunc(x7 * b7[j] * G)))
+            for k in range(k8, k4, 4):
+                x0 = arv[k]; x1 = arv[k + 1]; x2 = arv[k + 2]; x3 = arv[k + 3]
+                b0 = bv[bi, k]; b1 = bv[bi, k + 1]; b2 = bv[bi, k + 2]; b3 = bv[bi, k + 3]
+                for j in range(N):
+                    G = g[j]
+                    s[j] += (np.trunc(x0 * b0[j] * G) + np.trunc(x1 * b1[j] * G)) + \
+                            (np.trunc(x2 * b2[j] * G) + np.trunc(x3 * b3[j] * G))
+            for k in range(k4, k1):
                 xa = arv[k]
                 brv = bv[bi, k]
                 for j in range(N):
