@@ -144,6 +144,36 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_inject(args) -> int:
+    from .faults import check_options, inject, split_batch
+    for path in (args.json, args.html):
+        if path:
+            _check_writable(path)
+    bit = None
+    if args.bit:
+        try:
+            bit = [int(b) for b in args.bit.split(",")]
+        except ValueError:
+            raise HalfsimError(f"--bit {args.bit!r}: expected integers such as 0 or 0,1,2") from None
+    check_options(fault=args.fault, field=args.field, target=args.target, nodes=args.nodes, trials=args.trials,
+                  seed=args.seed or 0, metric=args.metric, tol=args.tol, bits=args.bits, bit=bit, count=args.count,
+                  fraction=args.fraction)
+    model, feeds = _load(args)
+    inputs = split_batch(feeds) if args.per_sample else [feeds]
+    res = inject(model, inputs, fault=args.fault, field=args.field, target=args.target, nodes=args.nodes,
+                 trials=args.trials, seed=args.seed or 0, precision=_precision(args, "fp32"), metric=args.metric,
+                 tol=args.tol, scheduler=args.scheduler, bits=args.bits,
+                 bit=bit, count=args.count,
+                 fraction=args.fraction, op_types=args.op_type, permanent=args.permanent, sample=args.sample,
+                 workers=args.workers)
+    print(res.summary())
+    if args.json:
+        _write_json(args.json, res.to_json())
+    if args.html:
+        res.write_html(args.html)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     p = argparse.ArgumentParser(prog="halfsim", description="Predict FP16/bf16/TF32/FP8 behaviour of ONNX models on any CPU.")
@@ -177,6 +207,37 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", metavar="F")
     b.add_argument("--html", metavar="F")
     b.set_defaults(fn=cmd_bisect)
+
+    i = sub.add_parser("inject", help="fault-injection campaign (bit flips, NaN/inf, precision faults)",
+                       conflict_handler="resolve")
+    _add_input_opts(i)
+    # --seed seeds the campaign (and random inputs when no --inputs is given).
+    i.add_argument("--seed", type=int, default=0, help="campaign seed (also seeds random inputs; default 0)")
+    _add_precision_opts(i, "fp32")
+    i.add_argument("--fault", required=True, metavar="KIND",
+                   help="bitflip, stuck-at-0, stuck-at-1, nan, inf, -inf, zero, max, random, force-fp16, force-bf16, "
+                        "force-fp8-e4m3, force-fp8-e5m2, ftz")
+    i.add_argument("--field", default="exponent", help="bits to hit: sign, exponent, mantissa, any (default exponent)")
+    i.add_argument("--bit", metavar="B[,B..]", help="bit positions to choose from (0 = lowest mantissa bit)")
+    i.add_argument("--bits", type=int, default=1, help="distinct bits hit per element (default 1)")
+    i.add_argument("--target", default="activations", help="weights or activations (default activations)")
+    i.add_argument("--nodes", default="*", metavar="GLOB", help="node name glob (default *)")
+    i.add_argument("--op-type", action="append", metavar="OP", help="only nodes of this op type (repeatable)")
+    g = i.add_mutually_exclusive_group()
+    g.add_argument("--count", type=int, default=1, help="elements hit per trial (default 1)")
+    g.add_argument("--fraction", type=float, help="fraction of the tensor's elements hit per trial")
+    i.add_argument("--permanent", action="store_true", help="the fault hits every input (default: one inference)")
+    i.add_argument("--per-sample", action="store_true", help="split the inputs along their first axis: one inference per sample")
+    i.add_argument("--sample", default="node", choices=["node", "element"],
+                   help="draw the faulty tensor uniformly per node (default) or by size")
+    i.add_argument("--trials", type=int, default=1000)
+    i.add_argument("--metric", default="top1", help="top1 (default), rel_l2, max_abs, max_rel, cosine, max_ulp")
+    i.add_argument("--tol", type=float, default=0.0, help="metric above this is silent data corruption (default 0)")
+    i.add_argument("--scheduler", metavar="ADDR", help="dask.distributed scheduler, tcp://HOST:PORT")
+    i.add_argument("--workers", type=int, default=None, help="local worker processes (default: CPU count; 1 = serial)")
+    i.add_argument("--json", metavar="F")
+    i.add_argument("--html", metavar="F")
+    i.set_defaults(fn=cmd_inject)
 
     d = sub.add_parser("demo", help="run the bundled example (no network)")
     d.add_argument("--html", default="halfsim-demo.html", metavar="F", help="where to write the report")

@@ -30,6 +30,7 @@ import numpy as np
 from . import metrics as M
 from .errors import HalfsimError
 from .formats import Format, decode, encode, format as get_format, round as round_fmt
+from .interpreter import Trace
 
 __all__ = ["inject", "InjectResult", "wilson", "split_batch", "FAULTS", "FIELDS"]
 
@@ -525,6 +526,8 @@ class _Campaign:
         pinned: dict = {}
         sample = None
         orig = base.trace[site.tensor]
+        trace = base.trace
+        box = []
         precision = self._precision_for(site)
         if site.kind == "weight":
             faulty = self._apply(orig, site, draw)
@@ -538,35 +541,47 @@ class _Campaign:
         elif cfg.fault in PRECISION_FAULTS:
             dirty = [site.node]
         else:
-            dirty = [site.node]
-            slot = site.slot
-            box: list = []
-
-            def apply(outs, _slot=slot, _box=box):
-                outs = list(outs)
-                new = self._apply(outs[_slot], site, draw)
-                _box.append(self._sample(outs[_slot], new, draw))
-                outs[_slot] = new
-                return outs
             if site.kind == "constant":
                 pinned[site.tensor] = site.layout.fmt or get_format("fp32")
+            if self.naive:
+                dirty = [site.node]
+                slot = site.slot
+                box: list = []
+
+                def apply(outs, _slot=slot, _box=box):
+                    outs = list(outs)
+                    new = self._apply(outs[_slot], site, draw)
+                    _box.append(self._sample(outs[_slot], new, draw))
+                    outs[_slot] = new
+                    return outs
+            else:
+                # The faulty tensor goes into a copy of the trace: only its readers re-run.
+                faulty = self._apply(orig, site, draw)
+                sample = self._sample(orig, faulty, draw)
+                if _same(faulty, orig):
+                    return "masked", 0.0, None, sample
+                trace = Trace(base.trace)
+                trace[site.tensor] = faulty
+                dirty = sorted(set(self.model.graph.consumers.get(site.tensor, ())))
+                live = {site.tensor}
         if precision is None:
             precision = self._fp32 if self.identity else _fault_plan_class()(self.policy, model, pinned, getattr(self.plan0, "tags", {}))
-        fnode = dirty[0] if dirty else -1
+        fnode = site.node if (dirty or self.naive) else -1
         if self.naive:  # the reference way: the whole model from scratch, the fault applied by a hook
             hook, reuse, dirty_arg = _NaiveHook(self, fnode, apply), None, None
         else:
-            hook, reuse, dirty_arg = _Tracker(self, base.trace, fnode, apply, live), base.trace, dirty
+            hook, reuse, dirty_arg = _Tracker(self, base.trace, -1, None, live), trace, dirty
         try:
-            out = model.run(feeds, precision=precision, hook=hook, reuse=reuse, dirty=dirty_arg)
+            with np.errstate(all="ignore"):  # faulty values overflow and go NaN: that is the point
+                out = model.run(feeds, precision=precision, hook=hook, reuse=reuse, dirty=dirty_arg)
         except _Masked:
-            return "masked", 0.0, None, sample or (box[0] if apply is not None and box else None)
+            return "masked", 0.0, None, sample or (box[0] if box else None)
         except MemoryError:
             return "detected", math.inf, "out of memory", sample
         except Exception as e:  # a faulty value broke the run (e.g. a shape): a detected error
             from .graph import _one_line
             return "detected", math.inf, f"{type(e).__name__}: {_one_line(e)}", sample
-        if apply is not None and box:
+        if box:
             sample = box[0]
         o, m = self._judge(out, base.outputs)
         return o, m, None, sample
@@ -576,11 +591,14 @@ class _Campaign:
         if draw is None:
             return None
         idx = (draw["idx"][:8] % before.size).tolist()
-        b = before.reshape(-1)[idx].astype(np.float64)
-        a = after.reshape(-1)[idx].astype(np.float64)
+        with np.errstate(all="ignore"):
+            b = before.reshape(-1)[idx].astype(np.float64)
+            a = after.reshape(-1)[idx].astype(np.float64)
         return idx, [_num(x) for x in b], [_num(x) for x in a]
 
     def _judge(self, out: Mapping, ref: Mapping) -> tuple[str, float]:
+        if all(_same(out[k], r) for k, r in ref.items()):
+            return "masked", 0.0
         fn = M.get(self.cfg.metric)
         worst = 0.0
         for name, r in ref.items():
@@ -668,7 +686,7 @@ def _dask_client(address: str, timeout: float):
         from distributed import Client
     except ImportError:
         raise HalfsimError("--scheduler needs dask.distributed (pip install 'dask[distributed]')") from None
-    if not isinstance(address, str) or "://" not in address and ":" not in address:
+    if not isinstance(address, str) or ("://" not in address and ":" not in address):
         raise HalfsimError(f"invalid scheduler address {address!r} (expected tcp://HOST:PORT)")
     import logging
     quiet = [logging.getLogger(n) for n in ("distributed", "distributed.comm", "distributed.client")]
@@ -685,8 +703,7 @@ def _dask_client(address: str, timeout: float):
             lg.setLevel(lv)
 
 
-def _iter_dask(spec, seed, ids, address, timeout) -> Iterator[dict]:
-    client = _dask_client(address, timeout)
+def _iter_dask(spec, seed, ids, client) -> Iterator[dict]:
     try:
         from distributed import as_completed
         nworkers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
@@ -695,7 +712,8 @@ def _iter_dask(spec, seed, ids, address, timeout) -> Iterator[dict]:
         for f in as_completed(futs):
             yield from f.result()
     finally:
-        client.close()
+        for f in futs if "futs" in locals() else ():
+            f.cancel()
 
 
 # ---------------------------------------------------------------- results
@@ -797,7 +815,8 @@ def _bar_svg(labels: list[str], rates: list[float], cis: list, title: str, xlabe
     lo = np.asarray([c[0] for c in cis], dtype=float)
     hi = np.asarray([c[1] for c in cis], dtype=float)
     fig, ax = plt.subplots(figsize=(max(6.0, 0.32 * len(labels) + 2), 3.8))
-    ax.bar(x, r, color=colors or "#4c72b0", yerr=np.vstack([r - lo, hi - r]), capsize=2, ecolor="#333")
+    err = np.maximum(np.vstack([r - lo, hi - r]), 0.0)  # rounding can put a bound a hair past the rate
+    ax.bar(x, r, color=colors or "#4c72b0", yerr=err, capsize=2, ecolor="#333")
     step = max(1, len(labels) // 60)
     ax.set_xticks(x[::step])
     ax.set_xticklabels(labels[::step], rotation=75, fontsize=7)
@@ -846,12 +865,23 @@ def _html_report(res: InjectResult) -> str:
 
 # ---------------------------------------------------------------- entry point
 
+def check_options(fault: str = "bitflip", field: str = "exponent", target: str = "activations", nodes: str = "*",
+                  trials: int = 1000, seed: int = 0, metric: str = "top1", tol: float = 0.0, bits: int = 1,
+                  bit: Any = None, count: int = 1, fraction: float | None = None, sample: str = "node") -> None:
+    """Validate campaign options before any work (one-line HalfsimError on the first bad one)."""
+    _check_config(fault, field, bits, bit, count, fraction, False, target, nodes, None, "fp32", metric, tol, sample)
+    if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials <= 0:
+        raise HalfsimError(f"trials must be a positive integer, not {trials!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise HalfsimError(f"seed must be a non-negative integer, not {seed!r}")
+
+
 def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, np.ndarray]], fault: str = "bitflip",
            field: str = "exponent", target: str = "activations", nodes: str = "*", trials: int = 1000, seed: int = 0,
            precision: Any = "fp32", metric: str = "top1", tol: float = 0.0, scheduler: str | None = None, *,
            bits: int = 1, bit: int | Sequence[int] | None = None, count: int = 1, fraction: float | None = None,
            op_types: str | Sequence[str] | None = None, permanent: bool = False, sample: str = "node",
-           workers: int | None = None, connect_timeout: float = 5.0, show_progress: bool = True,
+           workers: int | None = None, connect_timeout: float = 3.0, show_progress: bool = True,
            naive: bool = False) -> InjectResult:
     """Run a fault-injection campaign.
 
@@ -868,12 +898,11 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
       "element" proportionally to its size (a uniform upset over all stored values).
     Outcome per trial: detected (NaN/inf at an output, or the run failed), sdc (metric beyond
     tol; for top1 any changed argmax), masked. scheduler: tcp://HOST:PORT of a dask cluster;
-    otherwise a local process pool when worthwhile (workers: its size; 1 = serial).
+    otherwise a local process pool when worthwhile (workers=None: CPU count, used when the
+    trials would take more than a few seconds; workers=N > 1: always N processes; 1: serial).
     naive: re-run the whole model for every trial (no trace reuse, no early stop), serially:
       the slow reference way, for benchmarks and cross-checks; outcomes are the same.
     """
-    from .interpreter import Model, load
-    from .progress import progress
     cfg = _check_config(fault, field, bits, bit, count, fraction, permanent, target, nodes, op_types,
                         precision, metric, tol, sample)
     if isinstance(trials, bool) or not isinstance(trials, (int, np.integer)) or trials <= 0:
@@ -882,8 +911,21 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
         raise HalfsimError(f"seed must be a non-negative integer, not {seed!r}")
     if workers is not None and (not isinstance(workers, int) or workers < 1):
         raise HalfsimError(f"workers must be a positive integer, not {workers!r}")
-    if scheduler is not None and not (isinstance(scheduler, str) and scheduler.strip()):
-        raise HalfsimError(f"invalid scheduler address {scheduler!r} (expected tcp://HOST:PORT)")
+    client = None
+    if scheduler is not None:  # connect first: an unreachable cluster fails before any work
+        client = scheduler if hasattr(scheduler, "submit") else _dask_client(scheduler, connect_timeout)
+    own_client = client is not None and client is not scheduler
+    try:
+        return _inject(model, inputs, cfg, trials, seed, client, workers, show_progress, naive)
+    finally:
+        if own_client:
+            client.close()
+
+
+def _inject(model, inputs, cfg: _Config, trials: int, seed: int, client, workers, show_progress: bool,
+            naive: bool) -> InjectResult:
+    from .interpreter import Model, load
+    from .progress import progress
     m = model if isinstance(model, Model) else load(model)
     if isinstance(inputs, Mapping):
         inputs = [inputs]
@@ -893,7 +935,7 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
     t0 = time.perf_counter()
     camp = _Campaign(m, inputs, cfg)
     if naive:
-        camp.naive, workers, scheduler = True, 1, None
+        camp.naive, workers, client = True, 1, None
     t_base = time.perf_counter() - t0
     n = int(trials)
     ids = list(range(n))
@@ -906,10 +948,9 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
         return {"token": h.hexdigest(), "model": model_bytes, "inputs": inputs, "cfg": cfg}
 
     def stream() -> Iterator[dict]:
-        if scheduler is not None:
-            mode = "dask"
-            info["execution"] = mode
-            yield from _iter_dask(spec(), seed, ids, scheduler, connect_timeout)
+        if client is not None:
+            info["execution"] = "dask"
+            yield from _iter_dask(spec(), seed, ids, client)
             return
         nw = workers or min(os.cpu_count() or 1, 8)
         # A few trials serially: if the rest is quick, stay serial (process start-up is ~2 s).
@@ -919,7 +960,8 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
             yield camp.trial(seed, i)
         per = (time.perf_counter() - ts) / max(1, len(head))
         rest = ids[len(head):]
-        if rest and nw > 1 and per * len(rest) > 6.0 + 2.0 * t_base:
+        forced = workers is not None and workers > 1
+        if rest and nw > 1 and (forced or per * len(rest) > 6.0 + 2.0 * t_base):
             info["execution"], info["workers"] = "processes", nw
             try:
                 yield from _iter_processes(spec(), seed, rest, nw)
