@@ -38,7 +38,8 @@ def main() -> None:
     rng = np.random.default_rng(0)
     a = rng.standard_normal((n, n)).astype(np.float32)
     b = rng.standard_normal((n, n)).astype(np.float32)
-    print(f"{n}x{n}x{n} GEMM, median of {args.runs} runs, {os.cpu_count()} CPUs")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"{n}x{n}x{n} GEMM, median of {args.runs} runs, {os.cpu_count()} CPUs, load average {load:.1f}")
     for name in args.models.split(","):
         t_np = median_ms(lambda: a @ b, args.runs)
         t_tc = median_ms(lambda: gemm(a, b, name), args.runs)

@@ -11,8 +11,14 @@ One block computes D = C + sum_{i<K} a_i*b_i:
 Fitted against the GPU measurements in tests/data/tensorcore: the alignment exponent of a
 product is ea+eb, not the exponent of the exact product (the latter misses hundreds of cases).
 Subnormal inputs take the format's minimum exponent (what the hardware sees in the exponent
-field). Inputs are decomposed into (signed integer significand, exponent) once, the sums are
-done in int64; float64 is only used to normalize the exact block sum (|S| < 2^40, exact).
+field).
+
+Two implementations of the same arithmetic, checked against each other and against the GPU data:
+  * dot_scalar: the reference, integer significands and exponents, window sums in int64; it
+    also handles inf/NaN. block_fma_batch runs it row-wise.
+  * _gemm_kernel: the GEMM, vectorized over output columns and parallel over rows; it holds the
+    window's integers in float64, where they are exact (argument at the fast-path section), and
+    hands elements with non-finite values to dot_scalar.
 
 Formats are given by code: see FORMATS. Values handed to the kernels must be representable in
 their format, except that a raw fp32 for tf32 is truncated to 10 fraction bits, as the
@@ -34,7 +40,6 @@ FORMATS = {
 
 ZERO_EXP = -(1 << 20)  # exponent given to zeros: below every real one, so they never set the max
 _F32_MAX = float(np.finfo(np.float32).max)
-_TILE = 64  # output columns handled together: the inner loops run over them and vectorize
 
 
 @njit(cache=True, inline="always")
@@ -487,14 +492,21 @@ def block_fma_batch(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
 
 
 def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int,
-            extra_bits: int, rounding: str = "rz", out_format: str = "fp32",
+            extra_bits: int, rounding: str = "toward-zero", out_format: str = "fp32",
             in_a: str = "fp16", in_b: str | None = None) -> np.ndarray:
     """D = A @ B + C with chained tensor-core blocks of k products, batched over a leading dim.
 
     a: float32 [M, K] or [nb, M, K], b: [K, N] or [nb, K, N] (values representable in in_a /
     in_b; tf32 is truncated), c: broadcastable to [.., M, N] or None (zero). C is first rounded
-    to the output format (nearest-even; the fp16 accumulator holds fp16). Returns float32."""
+    to the output format (nearest-even; the fp16 accumulator holds fp16). rounding of each
+    block's result: "toward-zero" or "nearest-even". Returns float32."""
+    from halfsim.errors import HalfsimError
     in_b = in_a if in_b is None else in_b
+    for f in (in_a, in_b):
+        if f not in FORMATS:
+            raise HalfsimError(f"tc_gemm: unknown input format {f!r} (known: {', '.join(FORMATS)})")
+    if rounding not in ("toward-zero", "nearest-even") or out_format not in ("fp32", "fp16"):
+        raise HalfsimError(f"tc_gemm: rounding {rounding!r} / out_format {out_format!r} not supported")
     ma, emin_a = FORMATS[in_a][:2]
     mb, emin_b = FORMATS[in_b][:2]
     a = np.asarray(a, np.float32)
@@ -502,6 +514,8 @@ def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int
     two_d = a.ndim == 2
     if two_d:
         a, b = a[None], b[None]
+    if a.ndim != 3 or b.ndim != 3 or a.shape[0] != b.shape[0] or a.shape[2] != b.shape[1]:
+        raise HalfsimError(f"tc_gemm: shapes {a.shape} and {b.shape} do not multiply")
     nb, M, K = a.shape
     N = b.shape[2]
     out16 = out_format == "fp16"
@@ -512,5 +526,5 @@ def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int
         if out16:
             c3 = round_to_format(c3, 10, -14, 65504.0, False, False)
     d = _gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c3, int(k),
-                     23 + int(extra_bits), ma, emin_a, mb, emin_b, out16, rounding == "rne")
+                     23 + int(extra_bits), ma, emin_a, mb, emin_b, out16, rounding == "nearest-even")
     return d[0] if two_d else d

@@ -202,6 +202,24 @@ def test_gemm_matches_exact_fraction_model(name, fmts, erange, crange, out):
     assert _same_bits(acc, want).all()
 
 
+def test_kernel_level_tc_gemm():
+    from halfsim.kernels.tensorcore import tc_gemm
+    rng = np.random.default_rng(11)
+    a = random_format_values(rng, (6, 21), "bf16", -20, 20)
+    b = random_format_values(rng, (21, 7), "bf16", -20, 20)
+    c = random_fp32(rng, (6, 7), -10, 10)
+    m = get_model("tc-h100-bf16")
+    want = oracle_gemm(a, b, c, m, "bf16", "bf16")
+    got = tc_gemm(a, b, c, k=16, extra_bits=2, in_a="bf16")
+    assert got.dtype == np.float32 and _same_bits(got, want).all()
+    got3 = tc_gemm(np.stack([a, a]), np.stack([b, b]), c, k=16, extra_bits=2, in_a="bf16")
+    assert _same_bits(got3, np.stack([want, want])).all()
+    with pytest.raises(HalfsimError):
+        tc_gemm(a, b.T, k=16, extra_bits=2, in_a="bf16")
+    with pytest.raises(HalfsimError):
+        tc_gemm(a, b, k=16, extra_bits=2, in_a="int4")
+
+
 def test_chained_blocks_equal_long_gemm():
     rng = np.random.default_rng(7)
     for name in ("tc-v100-fp16", "tc-a100-bf16", "tc-h100-fp16"):
