@@ -705,11 +705,10 @@ def _dask_client(address: str, timeout: float):
 
 def _iter_dask(spec, seed, ids, client) -> Iterator[dict]:
     try:
-        from distributed import as_completed
         nworkers = max(1, sum(w.get("nthreads", 1) for w in client.scheduler_info()["workers"].values()))
         sf = client.scatter(spec, broadcast=True, hash=False)
         futs = [client.submit(_run_chunk, sf, seed, ch, pure=False) for ch in _chunks(ids, nworkers * 4)]
-        for f in as_completed(futs):
+        for f in futs:  # in submission order (as_completed would need a default client)
             yield from f.result()
     finally:
         for f in futs if "futs" in locals() else ():
