@@ -1,0 +1,404 @@
+"""Accumulation kernels against independent oracles: numpy float16 scalar arithmetic,
+ml_dtypes bfloat16 scalars, and exact rational arithmetic (fractions) with a reference
+nearest-even rounding written here from the definition."""
+from __future__ import annotations
+
+from fractions import Fraction
+
+import ml_dtypes
+import numpy as np
+import pytest
+
+from halfsim.kernels import accumulate as acc_mod
+from halfsim.kernels.accumulate import matmul_acc, sum_acc
+
+F16 = (5, 10)
+BF16 = (8, 7)
+
+
+# ---------------------------------------------------------------- oracles
+
+def round_exact(q: Fraction, ebits: int, mbits: int) -> float:
+    """Nearest-even rounding of the exact rational q to the IEEE-like (ebits, mbits) format,
+    subnormals kept, overflow to inf (zero results carry q's sign; q == 0 gives +0)."""
+    if q == 0:
+        return 0.0
+    neg = q < 0
+    a = -q if neg else q
+    emax = (1 << (ebits - 1)) - 1
+    emin = 1 - emax
+    e = a.numerator.bit_length() - a.denominator.bit_length()
+    if Fraction(2) ** e > a:
+        e -= 1
+    assert Fraction(2) ** e <= a < Fraction(2) ** (e + 1)
+    quantum = Fraction(2) ** (max(e, emin) - mbits)
+    n = a / quantum
+    fl = n.numerator // n.denominator
+    rem = n - fl
+    if rem > Fraction(1, 2) or (rem == Fraction(1, 2) and fl % 2 == 1):
+        fl += 1
+    r = fl * quantum
+    maxfinite = (2 - Fraction(2) ** -mbits) * Fraction(2) ** emax
+    v = float("inf") if r > maxfinite else float(r)
+    return -v if neg else v
+
+
+def seq_exact(a_row, b_col, ebits, mbits, fma):
+    acc = Fraction(0)
+    for x, y in zip(a_row, b_col):
+        p = Fraction(float(x)) * Fraction(float(y))
+        if not fma:
+            p = Fraction(round_exact(p, ebits, mbits))
+        v = round_exact(acc + p, ebits, mbits)
+        if np.isinf(v):
+            return v  # only finite continuations are exercised with this oracle
+        acc = Fraction(v)
+    return float(acc)
+
+
+def mm_oracle(a, b, step):
+    out = np.empty((a.shape[0], b.shape[1]), np.float64)
+    for i in range(a.shape[0]):
+        for j in range(b.shape[1]):
+            out[i, j] = step(a[i], b[:, j])
+    return out
+
+
+def f16_seq(a_row, b_col):
+    acc = np.float16(0)
+    for x, y in zip(a_row, b_col):
+        acc = np.float16(acc + np.float16(np.float32(x) * np.float32(y)))
+    return acc
+
+
+def f16_seq_fma(a_row, b_col):
+    acc = np.float16(0)
+    for x, y in zip(a_row, b_col):
+        # numpy converts float64 -> float16 directly (one correct rounding); the float64 sum of
+        # an fp16 value and an exact fp16 product is exact or lands far from fp16 midpoints.
+        acc = np.float16(float(acc) + float(x) * float(y))
+    return acc
+
+
+def bf16_seq(a_row, b_col):
+    bf = ml_dtypes.bfloat16
+    acc = bf(0)
+    for x, y in zip(a_row, b_col):
+        # bf16 + bf16 in ml_dtypes: float32 sum (24 >= 2*8+2 bits: innocuous) rounded to bf16.
+        acc = bf(np.float32(acc) + np.float32(bf(np.float32(x) * np.float32(y))))
+    return acc
+
+
+def f16_pairwise(leaves):
+    vals = list(leaves)
+    while len(vals) > 1:
+        nxt = [np.float16(vals[t] + vals[t + 1]) for t in range(0, len(vals) - 1, 2)]
+        if len(vals) % 2:
+            nxt.append(vals[-1])
+        vals = nxt
+    return vals[0] if vals else np.float16(0)
+
+
+def f16_blocked(terms, block):
+    acc = np.float16(0)
+    for lo in range(0, len(terms), block):
+        exact = sum((Fraction(float(t)) for t in terms[lo:lo + block]), Fraction(0))
+        acc = np.float16(acc + np.float16(round_exact(exact, 5, 10)))
+    return acc
+
+
+def rand_fmt_values(rng, shape, ebits, mbits, lo=-12, hi=3):
+    """Random values of the format with magnitudes 2**lo .. 2**hi, random signs, some zeros."""
+    mag = np.exp2(rng.uniform(lo, hi, size=shape))
+    v = np.where(rng.random(shape) < 0.5, -mag, mag)
+    v[rng.random(shape) < 0.05] = 0.0
+    return np.array([round_exact(Fraction(float(x)), ebits, mbits) for x in v.ravel()],
+                    np.float32).reshape(shape)
+
+
+def same_bits(x, y):
+    x = np.asarray(x, np.float32)
+    y = np.asarray(y, np.float32)
+    return x.shape == y.shape and np.array_equal(x.view(np.uint32), y.view(np.uint32))
+
+
+@pytest.fixture(params=["fast", "general"])
+def path(request, monkeypatch):
+    """Run each test through the float32 fast path and through the general float64 path."""
+    if request.param == "general":
+        monkeypatch.setattr(acc_mod, "_fast_rows", lambda a, b, fmt: np.zeros(a.shape[0], np.bool_))
+    return request.param
+
+
+def test_round_exact_oracle_matches_numpy_and_ml_dtypes():
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(2000) * np.exp2(rng.integers(-30, 20, 2000))).astype(np.float32)
+    x = np.concatenate([x, np.float32([65504, 65519.99, 65520, 2.0 ** -25, 3 * 2.0 ** -26])])
+    for v in x:
+        with np.errstate(over="ignore"):
+            assert same_bits(round_exact(Fraction(float(v)), 5, 10), np.float16(v))
+        assert same_bits(round_exact(Fraction(float(v)), 8, 7), ml_dtypes.bfloat16(v))
+
+
+# ---------------------------------------------------------------- sequential, fp16 / bf16
+
+def test_fp16_sequential_no_fma_matches_numpy_float16(path):
+    rng = np.random.default_rng(1)
+    a = rand_fmt_values(rng, (6, 37), *F16, lo=-14)
+    b = rand_fmt_values(rng, (37, 5), *F16, lo=-14)
+    if path == "fast":
+        assert acc_mod._fast_rows(a, b, acc_mod._Fmt(*F16)).all()
+    got = matmul_acc(a, b, *F16, fma=False)
+    assert same_bits(got, mm_oracle(a, b, f16_seq))
+
+
+def test_fp16_sequential_fma_matches_exact_and_numpy(path):
+    rng = np.random.default_rng(2)
+    a = rand_fmt_values(rng, (6, 41), *F16, lo=-14)
+    b = rand_fmt_values(rng, (41, 5), *F16, lo=-14)
+    got = matmul_acc(a, b, *F16, fma=True)
+    assert same_bits(got, mm_oracle(a, b, f16_seq_fma))
+    exact = mm_oracle(a, b, lambda r, c: seq_exact(r, c, *F16, True))
+    assert np.array_equal(got, exact)
+    # fma and no-fma differ somewhere on such data, so the flag is really honoured
+    assert not np.array_equal(got, matmul_acc(a, b, *F16, fma=False))
+
+
+def test_fp16_fma_midpoint_case(path):
+    # 4096 + 1.9619140625 * 1.01953125 = 4098.000244...: a float32 sum lands on the fp16
+    # midpoint 4098, which ties to 4096; the exact value is above it, so fma gives 4100.
+    a = np.float32([[4096.0, 1.9619140625]])
+    b = np.float32([[1.0], [1.01953125]])
+    naive = np.float16(np.float32(4096.0) + a[0, 1] * b[1, 0])
+    assert naive == 4096.0  # the trap is real
+    assert matmul_acc(a, b, *F16, fma=True)[0, 0] == 4100.0
+    assert same_bits(matmul_acc(a, b, *F16, fma=False), mm_oracle(a, b, f16_seq))
+
+
+def test_bf16_sequential(path):
+    rng = np.random.default_rng(3)
+    a = rand_fmt_values(rng, (5, 40), *BF16, lo=-20, hi=10)
+    b = rand_fmt_values(rng, (40, 4), *BF16, lo=-20, hi=10)
+    got = matmul_acc(a, b, *BF16, fma=False)
+    assert same_bits(got, mm_oracle(a, b, bf16_seq))
+    got = matmul_acc(a, b, *BF16, fma=True)
+    assert np.array_equal(got, mm_oracle(a, b, lambda r, c: seq_exact(r, c, *BF16, True)))
+
+
+@pytest.mark.parametrize("fmt", [(4, 3), (5, 2), (8, 10), (6, 14), (8, 22), (3, 20), (8, 23)])
+@pytest.mark.parametrize("fma", [False, True])
+def test_other_formats_against_exact_arithmetic(fmt, fma, path):
+    rng = np.random.default_rng(4 + fmt[0] * 31 + fmt[1])
+    a = rand_fmt_values(rng, (4, 23), *F16, lo=-6, hi=1)
+    b = rand_fmt_values(rng, (23, 3), *F16, lo=-6, hi=1)
+    got = matmul_acc(a, b, *fmt, fma=fma)
+    assert np.array_equal(got, mm_oracle(a, b, lambda r, c: seq_exact(r, c, *fmt, fma)))
+
+
+def test_fp32_accumulation_equals_float32_loop(path):
+    rng = np.random.default_rng(5)
+    for a, b in [(rng.standard_normal((5, 64)).astype(np.float32), rng.standard_normal((64, 4)).astype(np.float32)),
+                 (rand_fmt_values(rng, (5, 64), *F16), rand_fmt_values(rng, (64, 4), *F16))]:
+        want = np.empty((5, 4), np.float32)
+        for i in range(5):
+            for j in range(4):
+                s = np.float32(0)
+                for k in range(64):
+                    s = np.float32(s + np.float32(a[i, k] * b[k, j]))
+                want[i, j] = s
+        assert same_bits(matmul_acc(a, b, 8, 23, fma=False), want)
+
+
+def test_generic_float32_inputs_fp16_accumulate():
+    # full 24-bit float32 inputs: products are not exact in float32, the general path must run
+    rng = np.random.default_rng(6)
+    a = rng.standard_normal((3, 30)).astype(np.float32)
+    b = rng.standard_normal((30, 3)).astype(np.float32)
+    assert not acc_mod._fast_rows(a, b, acc_mod._Fmt(*F16)).any()
+    for fma in (False, True):
+        assert np.array_equal(matmul_acc(a, b, *F16, fma=fma),
+                              mm_oracle(a, b, lambda r, c: seq_exact(r, c, *F16, fma)))
+
+
+# ---------------------------------------------------------------- stagnation
+
+@pytest.mark.parametrize("fma", [False, True])
+def test_fp16_dot_of_ones_stagnates_at_2048(fma):
+    # from 2048 on the fp16 spacing is 2, and 2048 + 1 ties back to 2048 (even)
+    ones = np.ones(4096, np.float32)
+    got = matmul_acc(ones, ones, *F16, fma=fma)
+    assert got.shape == () and got == 2048.0
+    assert matmul_acc(ones, ones, 8, 23, fma=fma) == 4096.0
+    assert matmul_acc(ones, ones, *F16, order="pairwise", fma=fma) == 4096.0
+    assert matmul_acc(ones, ones, *F16, order="blocked", block=32, fma=fma) == 4096.0
+
+
+def test_sum_of_ones_stagnates():
+    assert sum_acc(np.ones(8192, np.float32)) == 2048.0
+    assert sum_acc(np.ones(8192, np.float32), ebits=8, mbits=7) == 256.0  # bf16: spacing 2 at 256
+    assert sum_acc(np.ones(8192, np.float32), order="pairwise") == 8192.0
+    assert sum_acc(np.ones(8192, np.float32), order="blocked", block=64) == 8192.0
+
+
+def test_dot_product_drift_matches_float16_oracle():
+    # a 4096-long dot product of fp16 values near 1: above 2048 every product (about 1) is
+    # added at a spacing of 2 and its deviation from 1 is lost, above 4096 at a spacing of 4.
+    rng = np.random.default_rng(7)
+    x = np.float16(1 + rng.uniform(-0.01, 0.01, 4096)).astype(np.float32)
+    y = np.float16(1 + rng.uniform(-0.01, 0.01, 4096)).astype(np.float32)
+    got = matmul_acc(x, y, *F16, fma=False)
+    want = f16_seq(x, y)
+    assert same_bits(got, want)
+    exact = float(np.dot(x.astype(np.float64), y.astype(np.float64)))
+    assert abs(exact - 4096) < 20 and abs(float(got) - exact) > 30
+
+
+# ---------------------------------------------------------------- pairwise and blocked
+
+@pytest.mark.parametrize("k", [1, 2, 7, 16, 33])
+def test_pairwise_matches_float16_tree(k):
+    rng = np.random.default_rng(8 + k)
+    a = rand_fmt_values(rng, (3, k), *F16, lo=-8, hi=4)
+    b = rand_fmt_values(rng, (k, 4), *F16, lo=-8, hi=4)
+    got = matmul_acc(a, b, *F16, order="pairwise", fma=False)
+    want = mm_oracle(a, b, lambda r, c: f16_pairwise([np.float16(np.float32(x) * np.float32(y))
+                                                     for x, y in zip(r, c)]))
+    assert same_bits(got, want)
+    x = rand_fmt_values(rng, (5, k), *F16, lo=-8, hi=10)
+    want = [f16_pairwise([np.float16(v) for v in row]) for row in x]
+    assert same_bits(sum_acc(x, axis=1, order="pairwise"), want)
+
+
+@pytest.mark.parametrize("k,block", [(1, 4), (37, 8), (64, 32), (50, 1), (20, 64)])
+def test_blocked_matches_exact_blocks(k, block):
+    rng = np.random.default_rng(9 + k)
+    a = rand_fmt_values(rng, (3, k), *F16, lo=-14, hi=5)
+    b = rand_fmt_values(rng, (k, 4), *F16, lo=-14, hi=5)
+    got = matmul_acc(a, b, *F16, order="blocked", block=block)
+    want = mm_oracle(a, b, lambda r, c: f16_blocked([np.float32(x) * np.float32(y) for x, y in zip(r, c)], block))
+    assert same_bits(got, want)
+    x = rand_fmt_values(rng, (4, k), *F16, lo=-14, hi=12)
+    assert same_bits(sum_acc(x, axis=-1, order="blocked", block=block), [f16_blocked(row, block) for row in x])
+
+
+def test_blocked_exact_sum_with_far_apart_terms():
+    # 2**20 + 1 - 2**20 + 2**-30: a float64 running sum is exact here, but 2**60 + 1 - 2**60 is not;
+    # the block sum must be exact (1 + 2**-30 rounds to 1 in fp16, 3 + tiny to 3 in bf16)
+    x = np.float32([[2.0 ** 60, 1.0, -(2.0 ** 60), 3.0, 2.0 ** -30]])
+    assert sum_acc(x, axis=1, ebits=8, mbits=7, order="blocked", block=8)[0] == 4.0
+    y = np.float32([[2.0 ** 100, 2.0 ** -100, -(2.0 ** 100), 1.0 + 2.0 ** -8]])
+    # exact block sum 1 + 2**-8 + 2**-100 is just above the bf16 midpoint between 1 and 1+2**-7
+    assert sum_acc(y, axis=1, ebits=8, mbits=7, order="blocked", block=4)[0] == np.float32(1 + 2.0 ** -7)
+
+
+# ---------------------------------------------------------------- specials
+
+def test_overflow_to_inf_and_stays(path):
+    a = np.float32([[40000.0, 40000.0, -40000.0], [-40000.0, -40000.0, 1.0], [300.0, 0.0, 0.0]])
+    b = np.float32([[1.0], [1.0], [1.0]])
+    b2 = np.float32([[300.0], [1.0], [1.0]])
+    for fma in (False, True):
+        got = matmul_acc(a, b, *F16, fma=fma)[:, 0]
+        assert got[0] == np.inf and got[1] == -np.inf  # 80000 -> inf, never back to finite
+        assert matmul_acc(a[2:], b2, *F16, fma=fma)[0, 0] == np.inf  # 90000 product
+    assert sum_acc(np.float32([65504, 16])) == 65504.0  # below the rounding threshold
+    assert sum_acc(np.float32([65504, 16, 16])) == 65504.0
+    assert sum_acc(np.float32([65504, 32])) == np.inf  # 65536 is the tie: rounds to inf
+    assert sum_acc(np.float32([-65504, -32])) == -np.inf
+
+
+def test_nan_and_inf_propagate():
+    a = np.float32([[1.0, np.nan, 2.0], [1.0, 2.0, 3.0], [np.inf, 1.0, 1.0], [np.inf, 1.0, 0.0]])
+    b = np.float32([[1.0, 1.0], [1.0, 1.0], [1.0, -np.inf]])
+    for order in ("sequential", "pairwise", "blocked"):
+        got = matmul_acc(a, b, *F16, order=order, block=2)
+        assert np.isnan(got[0]).all()
+        assert got[1, 0] == 6.0 and got[1, 1] == -np.inf
+        assert got[2, 0] == np.inf and np.isnan(got[2, 1])  # inf + (-inf)
+        assert got[3, 0] == np.inf and np.isnan(got[3, 1])  # 0 * -inf
+        assert np.isnan(sum_acc(np.float32([1, np.nan, 2]), order=order, block=2))
+
+
+def test_negative_zero_results():
+    # fma: 0 + (-2**-30) rounds to -0 in fp16, as numpy float16 does
+    a = np.float32([[-(2.0 ** -15), 0.0]])
+    b = np.float32([[2.0 ** -15], [1.0]])
+    got = matmul_acc(a, b, *F16, fma=True)
+    assert same_bits(got[0, 0], f16_seq_fma(a[0], b[:, 0]))
+    assert same_bits(matmul_acc(a, b, *F16, fma=False)[0, 0], f16_seq(a[0], b[:, 0]))
+    assert same_bits(sum_acc(np.float32([-0.0, -0.0])), np.float16(np.float16(-0.0) + np.float16(-0.0)))
+
+
+# ---------------------------------------------------------------- shapes
+
+@pytest.mark.parametrize("sa,sb", [((3, 4), (4, 5)), ((2, 1, 3, 4), (5, 4, 6)), ((4,), (4, 6)),
+                                   ((3, 4), (4,)), ((4,), (4,)), ((2, 3, 4), (4,)), ((4,), (2, 4, 3)),
+                                   ((1, 3, 0), (2, 0, 2)), ((0, 4), (4, 3))])
+def test_matmul_shapes_follow_numpy(sa, sb):
+    rng = np.random.default_rng(10)
+    a = np.float16(rng.integers(-4, 5, sa)).astype(np.float32)
+    b = np.float16(rng.integers(-4, 5, sb)).astype(np.float32)
+    got = matmul_acc(a, b, *F16)
+    want = np.matmul(a, b)  # small integers: every order is exact
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.array_equal(got, want)
+
+
+def test_matmul_errors():
+    with pytest.raises(ValueError):
+        matmul_acc(np.ones((2, 3), np.float32), np.ones((4, 2), np.float32), *F16)
+    with pytest.raises(ValueError):
+        matmul_acc(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), 9, 10)
+    with pytest.raises(ValueError):
+        matmul_acc(np.ones((2, 2), np.float32), np.ones((2, 2), np.float32), *F16, order="random")
+
+
+def test_empty_k_gives_zeros():
+    got = matmul_acc(np.ones((3, 0), np.float32), np.ones((0, 2), np.float32), *F16)
+    assert got.shape == (3, 2) and not got.any()
+
+
+@pytest.mark.parametrize("axis", [None, 0, 1, -1, 2, (0, 2), (-1, 0), (1, 2), ()])
+@pytest.mark.parametrize("keepdims", [False, True])
+def test_sum_axes_follow_numpy(axis, keepdims):
+    rng = np.random.default_rng(11)
+    x = rng.integers(-8, 9, (3, 4, 5)).astype(np.float32)
+    got = sum_acc(x, axis=axis, keepdims=keepdims)
+    want = np.sum(x, axis=axis, keepdims=keepdims)  # small integers: exact in fp16
+    assert np.shape(got) == np.shape(want) and np.array_equal(got, want)
+
+
+def test_sum_multi_axis_order_is_c_order():
+    # values chosen so that the order matters in fp16: flattened C order of axes (0, 2)
+    rng = np.random.default_rng(12)
+    x = rand_fmt_values(rng, (3, 2, 6), *F16, lo=-6, hi=8)
+    got = sum_acc(x, axis=(0, 2))
+    for j in range(2):
+        acc = np.float16(0)
+        for i in range(3):
+            for k in range(6):
+                acc = np.float16(acc + np.float16(x[i, j, k]))
+        assert same_bits(got[j], acc)
+
+
+def test_sum_fp32_equals_float32_loop_and_generic_inputs():
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((4, 300)).astype(np.float32)
+    for r in range(4):
+        s = np.float32(0)
+        for v in x[r]:
+            s = np.float32(s + v)
+        assert same_bits(sum_acc(x, axis=1, ebits=8, mbits=23)[r], s)
+    # float32 inputs summed in fp16: one rounding per step of the exact acc + x
+    got = sum_acc(x, axis=1)
+    for r in range(4):
+        acc = Fraction(0)
+        for v in x[r]:
+            acc = Fraction(round_exact(acc + Fraction(float(v)), *F16))
+        assert got[r] == float(acc)
+
+
+def test_sum_empty():
+    assert sum_acc(np.zeros((0,), np.float32)) == 0.0
+    assert sum_acc(np.zeros((3, 0), np.float32), axis=1).shape == (3,)
+    assert sum_acc(np.zeros((0, 3), np.float32), axis=0).tolist() == [0.0, 0.0, 0.0]
