@@ -437,7 +437,7 @@ class _Campaign:
             if _RANK[o] > _RANK[outcome]:
                 outcome, err = o, e
             metric = max(metric, m) if not math.isnan(m) else m
-            if outcome == "detected" and not cfg.permanent:
+            if outcome == "detected":  # the worst outcome: later inputs cannot change it
                 break
         rec.update(outcome=outcome, metric=metric)
         if sample is not None:
@@ -752,6 +752,8 @@ class InjectResult:
 
     @property
     def by_bit(self) -> list[dict]:
+        """Rates per (storage format, bit position). A trial hitting several bits counts
+        toward each of them."""
         groups: dict[tuple, list] = {}
         for r in self.table:
             for b in r.get("bits", []):
