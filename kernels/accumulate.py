@@ -13,7 +13,8 @@ Orders (`order=`):
               unchanged.
   blocked     products of `block` consecutive k are summed exactly and rounded once, then the
               block results are accumulated sequentially with rounding (fma does not apply).
-sum_acc uses the same orders with the input values in place of products (not rounded first).
+sum_acc uses the same orders with the input values in place of products (not rounded first);
+its sequential sum starts from the first value, as numpy's reduce does (-0 + -0 = -0).
 
 How exactness is obtained (no float16 arithmetic exists in numba):
 * A product of two float32 values is exact in float64 (48 significant bits, exponent range
@@ -306,11 +307,17 @@ def _block_sum(parts, vals, lo, hi, m, emin, maxbits):
 
 
 @njit(cache=True, inline="always")
-def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits):
-    """Accumulate vals[:n] (exact float64 terms) in the given order; buf, parts: scratch."""
+def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits, from_first):
+    """Accumulate vals[:n] (exact float64 terms) in the given order; buf, parts: scratch.
+    from_first: the sequential sum starts from the first term rather than from +0 (the same
+    value except for the sign of a zero result: numpy's reduce gives -0 + -0 = -0)."""
     if order == SEQUENTIAL:
         acc = 0.0
-        for t in range(n):
+        t0 = 0
+        if from_first and n > 0:
+            acc = round_to(np.float64(vals[0]), m, emin, maxbits)
+            t0 = 1
+        for t in range(t0, n):
             v = np.float64(vals[t])
             if not fma:
                 v = round_to(v, m, emin, maxbits)
@@ -346,7 +353,7 @@ def _mm_general(a, b, out, rowdone, order, block, fma, m, emin, maxbits):
         for j in range(N):
             for k in range(K):
                 vals[k] = np.float64(a[i, k]) * np.float64(b[k, j])
-            out[i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits))
+            out[i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits, False))
 
 
 @njit(cache=True, parallel=True)
@@ -356,7 +363,7 @@ def _sum_rows(x, out, order, block, m, emin, maxbits):
     for r in prange(R):
         buf = np.empty(n if order == PAIRWISE else 1, np.float64)
         parts = np.empty(_EXP_LIMIT, np.float64)
-        out[r] = np.float32(_reduce_vec(x[r], n, buf, parts, order, block, True, m, emin, maxbits))
+        out[r] = np.float32(_reduce_vec(x[r], n, buf, parts, order, block, True, m, emin, maxbits, True))
 
 
 # ---------------------------------------------------------------- public API
@@ -440,8 +447,9 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, ebits: int, mbits: int, order: str 
         raise ValueError(f"matmul_acc: shapes {a.shape} and {b.shape} do not align")
     batch = np.broadcast_shapes(a2.shape[:-2], b2.shape[:-2])
     M, K, N = a2.shape[-2], a2.shape[-1], b2.shape[-1]
-    ab = np.broadcast_to(a2, batch + (M, K)).reshape(-1, M, K)
-    bb = np.broadcast_to(b2, batch + (K, N)).reshape(-1, K, N)
+    nbatch = int(np.prod(batch, dtype=np.int64))
+    ab = np.broadcast_to(a2, batch + (M, K)).reshape(nbatch, M, K)
+    bb = np.broadcast_to(b2, batch + (K, N)).reshape(nbatch, K, N)
     out = np.empty((ab.shape[0], M, N), np.float32)
     for t in range(ab.shape[0]):
         out[t] = _matmul2d(np.ascontiguousarray(ab[t]), np.ascontiguousarray(bb[t]), fmt, o, block, fma)
@@ -476,7 +484,8 @@ def sum_acc(x: np.ndarray, axis: int | tuple[int, ...] | None = None, keepdims: 
     keep = [d for d in range(nd) if d not in axes]
     kept_shape = tuple(x.shape[d] for d in keep)
     n = int(np.prod([x.shape[d] for d in axes], dtype=np.int64))
-    rows = np.ascontiguousarray(np.transpose(x, keep + list(axes))).reshape(-1, n)
+    nrows = int(np.prod(kept_shape, dtype=np.int64))
+    rows = np.ascontiguousarray(np.transpose(x, keep + list(axes))).reshape(nrows, n)
     res = np.zeros(rows.shape[0], np.float32)
     if n > 0 and rows.shape[0] > 0:
         _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)

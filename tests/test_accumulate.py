@@ -301,10 +301,12 @@ def test_overflow_to_inf_and_stays(path):
         got = matmul_acc(a, b, *F16, fma=fma)[:, 0]
         assert got[0] == np.inf and got[1] == -np.inf  # 80000 -> inf, never back to finite
         assert matmul_acc(a[2:], b2, *F16, fma=fma)[0, 0] == np.inf  # 90000 product
-    assert sum_acc(np.float32([65504, 16])) == 65504.0  # below the rounding threshold
-    assert sum_acc(np.float32([65504, 16, 16])) == 65504.0
-    assert sum_acc(np.float32([65504, 32])) == np.inf  # 65536 is the tie: rounds to inf
-    assert sum_acc(np.float32([-65504, -32])) == -np.inf
+    assert sum_acc(np.float32([65504, 15])) == 65504.0  # below the threshold 65520
+    assert sum_acc(np.float32([65504, 8, 8, 8])) == 65504.0
+    assert sum_acc(np.float32([65504, 16])) == np.inf  # 65520 is the tie: rounds to inf
+    assert sum_acc(np.float32([-65504, -16])) == -np.inf
+    with np.errstate(over="ignore"):
+        assert np.float16(np.float16(65504) + np.float16(16)) == np.inf  # numpy agrees
 
 
 def test_nan_and_inf_propagate():
