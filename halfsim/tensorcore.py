@@ -143,6 +143,12 @@ def _float_array(x: Any, what: str) -> np.ndarray:
     return arr.astype(np.float64) if arr.dtype.kind in "iub" else arr  # integers: exact in float64
 
 
+def _kernel_array(x: np.ndarray) -> np.ndarray:
+    # C-contiguous, writable float32: one numba signature for all calls (broadcast views are
+    # read-only, which numba types apart and would compile again)
+    return np.require(x, np.float32, ["C", "W"])
+
+
 def _params(model: TensorCoreModel, pair: tuple[str, str]) -> tuple:
     from .kernels.tensorcore import FORMATS
     ma, emin_a = FORMATS[pair[0]][:2]
@@ -160,7 +166,7 @@ def _prep_c(c: Any, shape: tuple[int, ...], model: TensorCoreModel) -> np.ndarra
     except ValueError:
         raise HalfsimError(f"c of shape {carr.shape} does not broadcast to the result shape {shape}") from None
     # C enters the accumulator, which holds the output format (fp32: exact for float32 input)
-    return np.ascontiguousarray(_formats.round(carr, model.out_format))
+    return _kernel_array(_formats.round(carr, model.out_format))
 
 
 def block_fma(a: Any, b: Any, c: Any = None, model: Union[str, TensorCoreModel] = "tc-a100-fp16", *,
@@ -189,8 +195,8 @@ def block_fma(a: Any, b: Any, c: Any = None, model: Union[str, TensorCoreModel] 
         raise HalfsimError(f"block_fma: shapes a {a.shape}, b {b.shape}, c {np.shape(c)} do not broadcast") from None
     kk = a.shape[-1]
     n = int(np.prod(lead, dtype=np.int64))
-    a2 = np.ascontiguousarray(np.broadcast_to(_to_format(a, pair[0]), lead + (kk,))).reshape(n, kk)
-    b2 = np.ascontiguousarray(np.broadcast_to(_to_format(b, pair[1]), lead + (kk,))).reshape(n, kk)
+    a2 = _kernel_array(np.broadcast_to(_to_format(a, pair[0]), lead + (kk,))).reshape(n, kk)
+    b2 = _kernel_array(np.broadcast_to(_to_format(b, pair[1]), lead + (kk,))).reshape(n, kk)
     c1 = _prep_c(c, lead, m).reshape(n)
     return block_fma_batch(a2, b2, c1, *_params(m, pair)).reshape(lead)
 
@@ -230,8 +236,8 @@ def gemm(a: Any, b: Any, model: Union[str, TensorCoreModel], c: Any = None, *, o
     res_shape = batch + (M, N)
     shape = batch + ((M,) if not va else ()) + ((N,) if not vb else ())
     nbat = int(np.prod(batch, dtype=np.int64))
-    a3 = np.ascontiguousarray(np.broadcast_to(_to_format(a2, pair[0]), batch + (M, K))).reshape(nbat, M, K)
-    b3 = np.ascontiguousarray(np.broadcast_to(_to_format(b2, pair[1]), batch + (K, N))).reshape(nbat, K, N)
+    a3 = _kernel_array(np.broadcast_to(_to_format(a2, pair[0]), batch + (M, K))).reshape(nbat, M, K)
+    b3 = _kernel_array(np.broadcast_to(_to_format(b2, pair[1]), batch + (K, N))).reshape(nbat, K, N)
     if c is None:
         c3 = np.zeros((nbat, M, N), np.float32)
     else:

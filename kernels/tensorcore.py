@@ -522,9 +522,10 @@ def tc_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None, *, k: int
     if c is None:
         c3 = np.zeros((nb, M, N), np.float32)
     else:
-        c3 = np.ascontiguousarray(np.broadcast_to(np.asarray(c, np.float32), (nb, M, N)))
+        c3 = np.require(np.broadcast_to(np.asarray(c, np.float32), (nb, M, N)), np.float32, ["C", "W"])
         if out16:
             c3 = round_to_format(c3, 10, -14, 65504.0, False, False)
-    d = _gemm_kernel(np.ascontiguousarray(a), np.ascontiguousarray(b), c3, int(k),
+    # writable C-contiguous arrays: the same numba signature as halfsim.tensorcore.gemm's calls
+    d = _gemm_kernel(np.require(a, np.float32, ["C", "W"]), np.require(b, np.float32, ["C", "W"]), c3, int(k),
                      23 + int(extra_bits), ma, emin_a, mb, emin_b, out16, rounding == "nearest-even")
     return d[0] if two_d else d
