@@ -300,7 +300,7 @@ def _any_nonfinite_cols(x):
 _NO_EXP = 2.0 ** 900  # scale of zeros: larger than any real one, so they never set the maximum
 
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _prepare(x, mbits, emin):
     """(value, 2^-exponent) of each input, truncated to the format (a no-op for representable
     values, the hardware's tf32 truncation of raw fp32); zeros and non-finite: (0, _NO_EXP)."""
@@ -309,7 +309,7 @@ def _prepare(x, mbits, emin):
     xf = x.ravel()
     vf = v.reshape(-1)
     gf = g.reshape(-1)
-    for i in range(xf.size):
+    for i in prange(xf.size):
         bits = np.float32(xf[i]).view(np.int32)
         be = (bits >> 23) & 0xFF
         ex = be - 127 if be > 0 else -126
@@ -367,12 +367,19 @@ def _fin_rne(v, mbits, emin, big):
     return np.float32(r)
 
 
-@njit(cache=True, parallel=True)
-def _gemm_kernel(a, b, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
-    nb, M, K = a.shape
-    N = b.shape[2]
+def _gemm_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma: int, emin_a: int,
+                 mb: int, emin_b: int, out16: bool, rne: bool) -> np.ndarray:
+    """a [nb, M, K], b [nb, K, N], c [nb, M, N] (float32, C-contiguous, writable; c already in
+    the output format) -> D [nb, M, N] float32."""
     av, ag = _prepare(a, ma, emin_a)
     bv, bg = _prepare(b, mb, emin_b)
+    return _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne)
+
+
+@njit(cache=True, parallel=True)
+def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    nb, M, K = a.shape
+    N = b.shape[2]
     rowbad = _any_nonfinite_rows(a)
     colbad = _any_nonfinite_cols(b)
     c_emin = -14 if out16 else -126
