@@ -211,6 +211,20 @@ def test_gemm_matches_exact_fraction_model(name, fmts, erange, crange, out):
     assert _same_bits(acc, want).all()
 
 
+@pytest.mark.parametrize("rounding,out", [("toward-zero", "fp16"), ("nearest-even", "fp32")])
+def test_custom_model_rounding_matches_oracle(rounding, out):
+    rng = np.random.default_rng(13)
+    m = TensorCoreModel("custom", 6, 3, rounding, out, ("fp16",))
+    a = random_format_values(rng, (4, 20), "fp16", -12, 2)
+    b = random_format_values(rng, (20, 5), "fp16", -12, 2)
+    c = random_fp32(rng, (4, 5), -16, 4).astype(np.float16).astype(np.float32)
+    want = oracle_gemm(a, b, c, m, "fp16", "fp16")
+    assert _same_bits(gemm(a, b, m, c=c), want).all()
+    one_block = np.array([[oracle_block(a[i, :6], b[:6, j], c[i, j], m, "fp16", "fp16") for j in range(5)]
+                          for i in range(4)], np.float32)
+    assert _same_bits(block_fma(a[:, None, :6], b[:6].T[None], c, m), one_block).all()
+
+
 def test_kernel_level_tc_gemm():
     from halfsim.kernels.tensorcore import tc_gemm
     rng = np.random.default_rng(11)
