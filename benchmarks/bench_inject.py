@@ -77,7 +77,8 @@ def bench(label, model, inputs, trials, naive_trials, **kw) -> dict:
     # Trials per second exclude the one-off fault-free runs of the inputs (both ways need them
     # for the reference outputs; reported separately as setup seconds).
     fast = inject(model, inputs, trials=trials, seed=0, workers=1, show_progress=False, **kw)
-    slow = inject(model, inputs, trials=naive_trials, seed=0, naive=True, show_progress=False, **kw)
+    slow = inject(model, inputs, trials=naive_trials, seed=0, naive=True, show_progress=False,
+                  **{k: v for k, v in kw.items() if k != "batch_rows"})
     tps, naive_tps = fast.info["trials_per_second"], slow.info["trials_per_second"]
     bound = cone_bound(model, fast.table, node_times(model, inputs[0]))
     same = all(a["outcome"] == b["outcome"] and a["node"] == b["node"] for a, b in zip(fast.table, slow.table))
@@ -99,6 +100,8 @@ def main(argv=None) -> int:
         rows.append(bench("digits, 10x45 images, exponent flips, activations, fp32", m, inputs, a.trials, a.naive_trials))
         rows.append(bench("digits, 10x45 images, any-bit flips, activations, fp16", m, inputs, a.trials, a.naive_trials,
                           field="any", precision="fp16"))
+        rows.append(bench("digits, 10x45 images, any-bit flips, act., fp16, batch rows", m, inputs, a.trials,
+                          a.naive_trials, field="any", precision="fp16", batch_rows=True))
         rows.append(bench("digits, 10x45 images, exponent flips, weights, fp32", m, inputs, a.trials, a.naive_trials,
                           target="weights"))
     for name in names:

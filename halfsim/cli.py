@@ -165,7 +165,7 @@ def cmd_inject(args) -> int:
                  tol=args.tol, scheduler=args.scheduler, bits=args.bits,
                  bit=bit, count=args.count,
                  fraction=args.fraction, op_types=args.op_type, permanent=args.permanent, sample=args.sample,
-                 workers=args.workers)
+                 workers=args.workers, batch_rows=args.batch_rows)
     print(res.summary())
     if args.json:
         _write_json(args.json, res.to_json())
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--fraction", type=float, help="fraction of the tensor's elements hit per trial")
     i.add_argument("--permanent", action="store_true", help="the fault hits every input (default: one inference)")
     i.add_argument("--per-sample", action="store_true", help="split the inputs along their first axis: one inference per sample")
+    i.add_argument("--batch-rows", action="store_true",
+                   help="re-run only the faulty batch row where a check shows rows are independent (faster)")
     i.add_argument("--sample", default="node", choices=["node", "element"],
                    help="draw the faulty tensor uniformly per node (default) or by size")
     i.add_argument("--trials", type=int, default=1000)

@@ -340,6 +340,11 @@ class _Campaign:
         self._memo: dict = {}
         self._policies: dict = {}
         self.naive = False  # True: every trial re-runs the whole model (benchmarks, cross-checks)
+        self.row_mode = False  # batch_rows=True: re-run only the faulty batch row where checked safe
+        self._static = set(g.initializers) | {n.outputs[0] for n in self.top if n.op_type == "Constant" and n.outputs}
+        self._batches: dict = {}
+        self._rows: dict = {}
+        self._row_checked: dict = {}
 
     # -- targets ----------------------------------------------------------------------
     def _matches(self, node) -> bool:
@@ -526,7 +531,8 @@ class _Campaign:
         pinned: dict = {}
         sample = None
         orig = base.trace[site.tensor]
-        trace = base.trace
+        trace = cmp_trace = base.trace
+        row = None
         box = []
         precision = self._precision_for(site)
         if site.kind == "weight":
@@ -560,8 +566,16 @@ class _Campaign:
                 sample = self._sample(orig, faulty, draw)
                 if _same(faulty, orig):
                     return "masked", 0.0, None, sample
-                trace = Trace(base.trace)
-                trace[site.tensor] = faulty
+                b = self._fault_row(site, orig, draw, k)
+                if b is not None:  # only row b of the batch can change: re-run that row alone
+                    trace, feeds = self._row_trace(k, b)
+                    cmp_trace = trace
+                    trace = Trace(trace)
+                    trace[site.tensor] = faulty[b:b + 1]
+                    row = b
+                else:
+                    trace = Trace(base.trace)
+                    trace[site.tensor] = faulty
                 dirty = sorted(set(self.model.graph.consumers.get(site.tensor, ())))
                 live = {site.tensor}
         if precision is None:
@@ -570,7 +584,7 @@ class _Campaign:
         if self.naive:  # the reference way: the whole model from scratch, the fault applied by a hook
             hook, reuse, dirty_arg = _NaiveHook(self, fnode, apply), None, None
         else:
-            hook, reuse, dirty_arg = _Tracker(self, base.trace, -1, None, live), trace, dirty
+            hook, reuse, dirty_arg = _Tracker(self, cmp_trace, -1, None, live), trace, dirty
         try:
             with np.errstate(all="ignore"):  # faulty values overflow and go NaN: that is the point
                 out = model.run(feeds, precision=precision, hook=hook, reuse=reuse, dirty=dirty_arg)
@@ -583,8 +597,78 @@ class _Campaign:
             return "detected", math.inf, f"{type(e).__name__}: {_one_line(e)}", sample
         if box:
             sample = box[0]
+        if row is not None:
+            out = {n: self._paste(r, out[n], row) for n, r in base.outputs.items()}
         o, m = self._judge(out, base.outputs)
         return o, m, None, sample
+
+    # -- batch rows ---------------------------------------------------------------------
+    # A fault in row b of a batch-shaped activation only changes row b downstream when the
+    # model treats batch rows independently. Each site is checked once (its cone re-run on row 0
+    # of the first input alone must reproduce the batch run's row bit for bit, else the site
+    # keeps full-batch re-runs). BLAS gives different last bits for different row counts, so
+    # fp32 GEMM cones mostly fail the check; fp16/bf16 storage usually rounds the difference
+    # away, but not provably for every row: hence opt-in.
+
+    def _batch(self, k: int) -> int:
+        b = self._batches.get(k)
+        if b is None:
+            dims = {v.shape[0] if isinstance(v, np.ndarray) and v.ndim else -1
+                    for n, v in self.bases[k].feeds.items() if n not in self._static}
+            b = self._batches[k] = dims.pop() if len(dims) == 1 else 0
+        return b
+
+    def _row_trace(self, k: int, b: int):
+        key = (k, b)
+        hit = self._rows.get(key)
+        if hit is None:
+            n = self._batch(k)
+            rt = Trace()
+            for name, v in self.bases[k].trace.items():
+                big = isinstance(v, np.ndarray) and v.ndim and v.shape[0] == n and name not in self._static
+                rt[name] = v[b:b + 1] if big else v
+            hit = (rt, {f: rt[f] for f in self.bases[k].feeds})
+            if len(self._rows) > 256:
+                self._rows.clear()
+            self._rows[key] = hit
+        return hit
+
+    def _paste(self, ref, row_out, b: int):
+        if isinstance(ref, np.ndarray) and ref.ndim and isinstance(row_out, np.ndarray) and \
+                row_out.shape[:1] == (1,) and ref.shape[0] > 1 and row_out.shape[1:] == ref.shape[1:]:
+            full = ref.copy()
+            full[b:b + 1] = row_out
+            return full
+        return row_out
+
+    def _fault_row(self, site: _Site, orig: np.ndarray, draw: dict, k: int) -> int | None:
+        n = self._batch(k)
+        if n < 2 or not self.row_mode or orig.ndim == 0 or orig.shape[0] != n:
+            return None
+        rows = set(((draw["idx"] % orig.size) // (orig.size // n)).tolist())
+        if len(rows) != 1 or not self._row_ok(site):
+            return None
+        return rows.pop()
+
+    def _row_ok(self, site: _Site) -> bool:
+        ok = self._row_checked.get(site.tensor)
+        if ok is None:
+            ok = False
+            k = 0
+            n = self._batch(k)
+            if n >= 2:
+                rt, feeds = self._row_trace(k, 0)
+                prec = self._fp32 if self.identity else _fault_plan_class()(self.policy, self.model, {},
+                                                                             getattr(self.plan0, "tags", {}))
+                dirty = sorted(set(self.model.graph.consumers.get(site.tensor, ())))
+                try:
+                    with np.errstate(all="ignore"):
+                        out = self.model.run(feeds, precision=prec, reuse=rt, dirty=dirty)
+                    ok = all(_same(self._paste(r, out[name], 0), r) for name, r in self.bases[k].outputs.items())
+                except Exception:
+                    ok = False
+            self._row_checked[site.tensor] = ok
+        return ok
 
     @staticmethod
     def _sample(before: np.ndarray, after: np.ndarray, draw: dict | None):
@@ -627,6 +711,7 @@ def _spec_campaign(spec: dict) -> _Campaign:
         if c is None:
             from .interpreter import load
             c = _Campaign(load(spec["model"]), spec["inputs"], spec["cfg"])
+            c.row_mode = bool(spec.get("rows"))
             if len(_WORKER) >= 2:
                 _WORKER.clear()
             _WORKER[spec["token"]] = c
@@ -883,7 +968,7 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
            bits: int = 1, bit: int | Sequence[int] | None = None, count: int = 1, fraction: float | None = None,
            op_types: str | Sequence[str] | None = None, permanent: bool = False, sample: str = "node",
            workers: int | None = None, connect_timeout: float = 3.0, show_progress: bool = True,
-           naive: bool = False) -> InjectResult:
+           naive: bool = False, batch_rows: bool = False) -> InjectResult:
     """Run a fault-injection campaign.
 
     model: a Model or a path; inputs: a feed dict or a list of them (each one inference).
@@ -901,6 +986,9 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
     tol; for top1 any changed argmax), masked. scheduler: tcp://HOST:PORT of a dask cluster;
     otherwise a local process pool when worthwhile (workers=None: CPU count, used when the
     trials would take more than a few seconds; workers=N > 1: always N processes; 1: serial).
+    batch_rows: for a single-row activation fault in a batched input, re-run only that row where
+      a one-off check shows the site's cone treats rows independently bit for bit (faster on
+      fp16/bf16 campaigns; the check covers row 0 of the first input, not every row).
     naive: re-run the whole model for every trial (no trace reuse, no early stop), serially:
       the slow reference way, for benchmarks and cross-checks; outcomes are the same.
     """
@@ -917,14 +1005,14 @@ def inject(model: Any, inputs: Mapping[str, np.ndarray] | Sequence[Mapping[str, 
         client = scheduler if hasattr(scheduler, "submit") else _dask_client(scheduler, connect_timeout)
     own_client = client is not None and client is not scheduler
     try:
-        return _inject(model, inputs, cfg, trials, seed, client, workers, show_progress, naive)
+        return _inject(model, inputs, cfg, trials, seed, client, workers, show_progress, naive, batch_rows)
     finally:
         if own_client:
             client.close()
 
 
 def _inject(model, inputs, cfg: _Config, trials: int, seed: int, client, workers, show_progress: bool,
-            naive: bool) -> InjectResult:
+            naive: bool, batch_rows: bool = False) -> InjectResult:
     from .interpreter import Model, load
     from .progress import progress
     m = model if isinstance(model, Model) else load(model)
@@ -935,6 +1023,7 @@ def _inject(model, inputs, cfg: _Config, trials: int, seed: int, client, workers
         raise HalfsimError("inputs is empty: give at least one feed dict")
     t0 = time.perf_counter()
     camp = _Campaign(m, inputs, cfg)
+    camp.row_mode = bool(batch_rows) and not naive
     if naive:
         camp.naive, workers, client = True, 1, None
     t_base = time.perf_counter() - t0
@@ -945,8 +1034,8 @@ def _inject(model, inputs, cfg: _Config, trials: int, seed: int, client, workers
     def spec() -> dict:
         model_bytes = m.proto.SerializeToString()
         h = hashlib.sha256(model_bytes)
-        h.update(pickle.dumps((inputs, cfg), protocol=4))
-        return {"token": h.hexdigest(), "model": model_bytes, "inputs": inputs, "cfg": cfg}
+        h.update(pickle.dumps((inputs, cfg, camp.row_mode), protocol=4))
+        return {"token": h.hexdigest(), "model": model_bytes, "inputs": inputs, "cfg": cfg, "rows": camp.row_mode}
 
     def stream() -> Iterator[dict]:
         if client is not None:
@@ -978,7 +1067,8 @@ def _inject(model, inputs, cfg: _Config, trials: int, seed: int, client, workers
             if i not in results:
                 yield camp.trial(seed, i)
 
-    info: dict[str, Any] = {"execution": "serial", "model": getattr(m, "source", ""), "inputs": len(inputs)}
+    info: dict[str, Any] = {"execution": "serial", "model": getattr(m, "source", ""), "inputs": len(inputs),
+                            "batch_rows": camp.row_mode}
     t1 = time.perf_counter()
     it = stream()
     for rec in (progress(it, desc="fault trials", total=n) if show_progress else it):

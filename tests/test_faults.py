@@ -262,3 +262,35 @@ def test_cli_errors(args, msg, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert len(err) == 1 and err[0].startswith("halfsim: error:") and msg in err[0]
+
+
+# ------------------------------------------------------------------ batch-row re-runs (opt-in)
+
+def test_batch_rows_equal_full_reruns(digits):
+    m, _ = digits
+    with np.load(data_path("digits_test.npz")) as z:
+        images = z["image"][:120]
+    inputs = [{"image": images[i:i + 30]} for i in range(0, 120, 30)]
+    kw = dict(field="any", precision="fp16", trials=60, seed=8, metric="rel_l2")
+    rows = inject(m, inputs, workers=1, batch_rows=True, **kw)
+    slow = inject(m, inputs, naive=True, **kw)
+    assert rows.info["batch_rows"] and any(rows._campaign._row_checked.values())
+    assert rows.table == slow.table
+
+
+def test_batch_rows_fall_back_when_rows_mix():
+    """Y = X - mean over the batch: a fault in one row changes every row; the check must
+    refuse row re-runs and the outcomes must equal full re-runs."""
+    ax = helper.make_tensor("ax", TensorProto.INT64, [1], [0])
+    g = helper.make_graph([helper.make_node("Relu", ["X"], ["R"], name="relu"),
+                           helper.make_node("ReduceMean", ["R", "ax"], ["Mn"], name="mean", keepdims=1),
+                           helper.make_node("Sub", ["R", "Mn"], ["Y"], name="sub")], "mix",
+                          [helper.make_tensor_value_info("X", TensorProto.FLOAT, [8, 16])],
+                          [helper.make_tensor_value_info("Y", TensorProto.FLOAT, [8, 16])], [ax])
+    m = halfsim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]))
+    x = {"X": np.abs(np.random.default_rng(0).standard_normal((8, 16))).astype(np.float32) + 0.5}
+    kw = dict(nodes="relu", field="exponent", trials=20, seed=0, metric="max_abs")
+    rows = inject(m, x, workers=1, batch_rows=True, **kw)
+    assert rows._campaign._row_checked == {"R": False}
+    assert rows.table == inject(m, x, naive=True, **kw).table
+    assert rows.rates["sdc_rate"] + rows.rates["nonfinite_rate"] == 1.0
