@@ -244,12 +244,14 @@ class _Tracker:
         if n == self.fault_node and self.apply is not None:
             outs = new = self.apply(outs)
         live = self.live
+        for t in [t for t in live if c.last_reader.get(t, -1) <= n and t not in c.output_set]:
+            live.discard(t)
+        if live:  # other differing tensors live on: no stop possible now, skip the comparisons
+            live.update(t for t in node.outputs if t)
+            return new
         for name, o in zip(node.outputs, outs):
             if name and not _same(o, self.trace.get(name)):
                 live.add(name)
-        if live:
-            for t in [t for t in live if c.last_reader.get(t, -1) <= n and t not in c.output_set]:
-                live.discard(t)
         if not live:
             raise _Masked()
         return new
