@@ -117,27 +117,45 @@ def depthwise2d(x, w, bias, out, sh, sw, dh, dw, ph, pw, lo, hi):
 
 
 @njit(cache=True, nogil=True, fastmath=True)
-def maxpool2d(xp, out, kh, kw, sh, sw, dh, dw, lo, hi):
-    """2-D max pooling (planes [lo, hi) of N*C) of padded xp (pads hold the dtype's lowest value) into out (N, C, OH, OW).
-    Separable: the max over the kernel rows first (contiguous), then over the columns."""
+def maxpool2d(x, out, kh, kw, sh, sw, dh, dw, ph, pw, lowest, lo, hi):
+    """2-D max pooling of planes [lo, hi) of N*C; x: (N, C, H, W) unpadded, padding (ph, pw)
+    implicit (as `lowest`); out: (N, C, OH, OW). Separable: each output row first takes the
+    max over its kernel rows (contiguous, vectorized), the row is then split into `sw`
+    phases so that every column tap reads a contiguous slice (vectorized again)."""
     N, C, OH, OW = out.shape
-    Wp = xp.shape[3]
+    H, W = x.shape[2], x.shape[3]
+    Wp = (OW - 1) * sw + (kw - 1) * dw + 1
+    L = (Wp + sw - 1) // sw
+    rowmax = np.empty(Wp, dtype=out.dtype)
+    phases = np.empty((sw, L), dtype=out.dtype)
+    q1 = min(W, Wp - pw)
     for nc in range(lo, hi):
         n = nc // C
         c = nc - n * C
-        rowmax = np.empty(Wp, dtype=out.dtype)
         for i in range(OH):
-            rowmax[:] = xp[n, c, i * sh]
-            for a in range(1, kh):
-                ra = xp[n, c, i * sh + a * dh]
-                for q in range(Wp):
-                    rowmax[q] = max(rowmax[q], ra[q])
+            rowmax[:] = lowest
+            dst = rowmax[pw: pw + q1]
+            for a in range(kh):
+                r = i * sh + a * dh - ph
+                if r < 0 or r >= H:
+                    continue
+                src = x[n, c, r, 0:q1]
+                for q in range(q1):
+                    dst[q] = max(dst[q], src[q])
+            for p in range(sw):
+                php = phases[p]
+                sp = rowmax[p::sw]
+                for q in range(sp.shape[0]):
+                    php[q] = sp[q]
             o = out[n, c, i]
-            o[:] = rowmax[0: (OW - 1) * sw + 1: sw]
+            v0 = phases[0][0:OW]
+            for j in range(OW):
+                o[j] = v0[j]
             for bb in range(1, kw):
-                rs = rowmax[bb * dw: bb * dw + (OW - 1) * sw + 1: sw]
+                t = bb * dw
+                v = phases[t % sw][t // sw: t // sw + OW]
                 for j in range(OW):
-                    o[j] = max(o[j], rs[j])
+                    o[j] = max(o[j], v[j])
 
 
 @njit(cache=True, nogil=True)
@@ -196,10 +214,12 @@ def depthwise2d_call(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_
     return out
 
 
-def maxpool2d_call(xp: np.ndarray, kernel, out_hw, strides, dilations) -> np.ndarray:
-    out = np.empty(xp.shape[:2] + tuple(out_hw), dtype=xp.dtype)
-    args = (np.ascontiguousarray(xp), out, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1])
-    run_split(maxpool2d, args, xp.shape[0] * xp.shape[1], xp.size)
+def maxpool2d_call(x: np.ndarray, kernel, out_hw, strides, dilations, pads_begin) -> np.ndarray:
+    out = np.empty(x.shape[:2] + tuple(out_hw), dtype=x.dtype)
+    lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
+    args = (np.ascontiguousarray(x), out, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1],
+            pads_begin[0], pads_begin[1], x.dtype.type(lowest))
+    run_split(maxpool2d, args, x.shape[0] * x.shape[1], x.size)
     return out
 
 

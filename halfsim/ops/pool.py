@@ -71,12 +71,12 @@ def max_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
              storage_order=0, strides=None):
     kernel, out, pb, pe, st, dl, extra = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode,
                                                    "MaxPool")
+    want_idx = len(ctx.node.outputs) > 1 and bool(ctx.node.outputs[1])
+    if not want_idx and len(kernel) == 2 and x.dtype in (np.float32, np.float64, np.int8, np.uint8) and x.size:
+        from ..kernels.conv import maxpool2d_call  # numba, separable rows/columns, implicit padding
+        return maxpool2d_call(x, kernel, out, st, dl, pb)
     lowest = -np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min
     xp = _pool_input(x, pb, pe, extra, lowest)
-    want_idx = len(ctx.node.outputs) > 1 and bool(ctx.node.outputs[1])
-    if not want_idx and len(kernel) == 2 and x.dtype in (np.float32, np.float64, np.int8, np.uint8) and xp.size:
-        from ..kernels.conv import maxpool2d_call  # numba, separable rows/columns
-        return maxpool2d_call(xp, kernel, out, st, dl)
     y = None
     for tap in np.ndindex(*kernel):
         v = xp[_tap_slices(tap, dl, st, out)]
