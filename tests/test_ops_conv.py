@@ -205,3 +205,12 @@ def test_max_roi_pool():
     rois = np.array([[0, 1, 1, 6, 8], [1, 0, 0, 9, 11], [0, 2.4, 3.6, 4.5, 5.5], [1, 3, 2, 3, 2]], np.float32)
     check_op("MaxRoiPool", [x, rois], dict(pooled_shape=[3, 2], spatial_scale=1.0))
     check_op("MaxRoiPool", [x, rois], dict(pooled_shape=[2, 2], spatial_scale=0.5))
+
+
+def test_conv_row_tiled():
+    # Large enough for the row-tiled im2col path (K >= 64, columns over the tile budget).
+    x = r(1, 16, 70, 150)
+    check_plans("Conv", [x, r(8, 16, 3, 3), r(8)], dict(pads=[1, 2, 0, 1], strides=[1, 2]), initializers=(1, 2),
+                rtol=1e-4, atol=1e-4, expect_matmul=True)
+    check_op("Conv", [x, r(8, 16, 3, 3)], dict(pads=[1, 1, 1, 1], dilations=[2, 1], strides=[2, 1]),
+             initializers=(1,), rtol=1e-4, atol=1e-4)

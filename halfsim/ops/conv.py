@@ -17,6 +17,7 @@ from .linalg import int_matmul, is_float, requantize
 from .registry import op
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
+_TILE_BYTES = 1 << 20  # im2col block size for the tiled fp32 path
 
 
 def _ints(v, n, default, what):
@@ -108,17 +109,33 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
         cols = xs.reshape(N, group, Cg, P)
     elif nd == 2 and x.dtype in (np.float32, np.float64) and x.size and P:
         from ..kernels.conv import im2col2d_call  # numba: pads on the fly, no padded copy
+        OH, OW = out_sp
+        rows = max(1, _TILE_BYTES // (N * C * math.prod(kernel) * OW * x.itemsize))
+        if ctx.plain and K >= 64 and rows < OH:
+            # Row tiles keep each column block cache-resident between im2col and its GEMM
+            # (measured 5-35% faster on large 3x3 convs); every output is still one dot product.
+            wm = w.reshape(group, Mg, K)
+            y = np.empty((N, group, Mg, P), dtype=np.result_type(x.dtype, w.dtype))
+            for i0 in range(0, OH, rows):
+                i1 = min(OH, i0 + rows)
+                cols = im2col2d_call(x, kernel, (i1 - i0, OW), strides, dilations, (pb[0] - i0 * strides[0], pb[1]))
+                y[..., i0 * OW:i1 * OW] = ctx.matmul(wm, cols.reshape(N, group, K, (i1 - i0) * OW))
+            return _add_bias(ctx, y.reshape((N, M) + tuple(out_sp)), b)
         cols = im2col2d_call(x, kernel, out_sp, strides, dilations, pb).reshape(N, group, K, P)
     else:
         cols = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations).reshape(N, group, K, P)
     y = ctx.matmul(w.reshape(group, Mg, K), cols).reshape((N, M) + tuple(out_sp))
-    if b is not None:
-        bb = b.reshape((1, M) + (1,) * nd)
-        if ctx.plain and y.flags.writeable and y.dtype == b.dtype:
-            y += bb
-        else:
-            y = y + bb
-    return y
+    return _add_bias(ctx, y, b)
+
+
+def _add_bias(ctx, y, b):
+    if b is None:
+        return y
+    bb = b.reshape((1, -1) + (1,) * (y.ndim - 2))
+    if ctx.plain and y.flags.writeable and y.dtype == b.dtype:
+        y += bb
+        return y
+    return y + bb
 
 
 def _check_conv(x, w, group, kernel_shape, op_name):
