@@ -1,4 +1,4 @@
-"""Direct depthwise convolution, im2col and max-pooling kernels for the fp32 fast paths.
+"""Direct depthwise convolution and max-pooling kernels for the fp32 fast paths.
 Compiled lazily on first call and cached on disk.
 
 Not numba-parallel on purpose: with numba's OpenMP layer idle threads spin, and on a busy
@@ -158,50 +158,6 @@ def maxpool2d(x, out, kh, kw, sh, sw, dh, dw, ph, pw, lowest, lo, hi):
                     o[j] = max(o[j], v[j])
 
 
-@njit(cache=True, nogil=True)
-def im2col2d(x, cols, kh, kw, sh, sw, dh, dw, ph, pw, lo, hi):
-    """For planes [lo, hi) of N*C: cols[n, c, a, b, i, j] = x[n, c, i*sh + a*dh - ph, j*sw + b*dw - pw], 0 outside x.
-    Padding is handled here, so the padded input is never built."""
-    N, C, H, W = x.shape
-    OH, OW = cols.shape[4], cols.shape[5]
-    for nc in range(lo, hi):
-        n = nc // C
-        c = nc - n * C
-        for a in range(kh):
-            for b in range(kw):
-                # Output columns whose input column is inside [0, W).
-                off = b * dw - pw
-                j0 = 0
-                while j0 < OW and j0 * sw + off < 0:
-                    j0 += 1
-                j1 = OW
-                while j1 > j0 and (j1 - 1) * sw + off >= W:
-                    j1 -= 1
-                nj = j1 - j0
-                s0 = j0 * sw + off
-                for i in range(OH):
-                    r = i * sh + a * dh - ph
-                    dst = cols[n, c, a, b, i]
-                    if r < 0 or r >= H or nj <= 0:
-                        for j in range(OW):
-                            dst[j] = 0
-                        continue
-                    for j in range(j0):
-                        dst[j] = 0
-                    for j in range(j1, OW):
-                        dst[j] = 0
-                    # Views indexed by a loop counter: no wraparound checks, so it vectorizes.
-                    dv = dst[j0:j1]
-                    if sw == 1:
-                        sv = x[n, c, r, s0: s0 + nj]
-                        for k in range(nj):
-                            dv[k] = sv[k]
-                    else:
-                        ss = x[n, c, r, s0: s0 + (nj - 1) * sw + 1: sw]
-                        for k in range(nj):
-                            dv[k] = ss[k]
-
-
 def depthwise2d_call(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_hw, strides, dilations,
                      pads_begin) -> np.ndarray:
     N, C = x.shape[:2]
@@ -221,12 +177,3 @@ def maxpool2d_call(x: np.ndarray, kernel, out_hw, strides, dilations, pads_begin
             pads_begin[0], pads_begin[1], x.dtype.type(lowest))
     run_split(maxpool2d, args, x.shape[0] * x.shape[1], x.size)
     return out
-
-
-def im2col2d_call(x: np.ndarray, kernel, out_hw, strides, dilations, pads_begin) -> np.ndarray:
-    """(N, C, KH, KW, OH, OW) columns of unpadded x."""
-    cols = np.empty(x.shape[:2] + tuple(kernel) + tuple(out_hw), dtype=x.dtype)
-    args = (np.ascontiguousarray(x), cols, kernel[0], kernel[1], strides[0], strides[1], dilations[0], dilations[1],
-            pads_begin[0], pads_begin[1])
-    run_split(im2col2d, args, x.shape[0] * x.shape[1], cols.size)
-    return cols

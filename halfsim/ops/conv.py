@@ -107,23 +107,22 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
     if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
         xs = x[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out_sp, strides))]
         cols = xs.reshape(N, group, Cg, P)
-    elif nd == 2 and x.dtype in (np.float32, np.float64) and x.size and P:
-        from ..kernels.conv import im2col2d_call  # numba: pads on the fly, no padded copy
-        OH, OW = out_sp
-        rows = max(1, _TILE_BYTES // (N * C * math.prod(kernel) * OW * x.itemsize))
-        if ctx.plain and K >= 64 and rows < OH:
-            # Row tiles keep each column block cache-resident between im2col and its GEMM
+    else:
+        # A strided window view copied by reshape: measured faster than a numba im2col.
+        win = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations)
+        rows = max(1, _TILE_BYTES // max(1, N * K * group * math.prod(out_sp[1:]) * x.itemsize))
+        if ctx.plain and K >= 64 and rows < out_sp[0]:
+            # Row tiles keep each column block cache-resident between the copy and its GEMM
             # (measured 5-35% faster on large 3x3 convs); every output is still one dot product.
             wm = w.reshape(group, Mg, K)
+            inner = math.prod(out_sp[1:])
             y = np.empty((N, group, Mg, P), dtype=np.result_type(x.dtype, w.dtype))
-            for i0 in range(0, OH, rows):
-                i1 = min(OH, i0 + rows)
-                cols = im2col2d_call(x, kernel, (i1 - i0, OW), strides, dilations, (pb[0] - i0 * strides[0], pb[1]))
-                y[..., i0 * OW:i1 * OW] = ctx.matmul(wm, cols.reshape(N, group, K, (i1 - i0) * OW))
+            for i0 in range(0, out_sp[0], rows):
+                i1 = min(out_sp[0], i0 + rows)
+                cols = win[(Ellipsis, slice(i0, i1)) + (slice(None),) * (nd - 1)].reshape(N, group, K, (i1 - i0) * inner)
+                y[..., i0 * inner:i1 * inner] = ctx.matmul(wm, cols)
             return _add_bias(ctx, y.reshape((N, M) + tuple(out_sp)), b)
-        cols = im2col2d_call(x, kernel, out_sp, strides, dilations, pb).reshape(N, group, K, P)
-    else:
-        cols = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations).reshape(N, group, K, P)
+        cols = win.reshape(N, group, K, P)
     y = ctx.matmul(w.reshape(group, Mg, K), cols).reshape((N, M) + tuple(out_sp))
     return _add_bias(ctx, y, b)
 
