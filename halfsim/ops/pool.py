@@ -36,10 +36,16 @@ def _tap_slices(tap, dl, st, out):
 def _window_sum(ctx, xp, kernel, out, st, dl):
     """Sum over each window of padded xp: (N, C, *out)."""
     if ctx.plain:
-        acc = None
-        for tap in np.ndindex(*kernel):
-            v = xp[_tap_slices(tap, dl, st, out)]
-            acc = v.copy() if acc is None else np.add(acc, v, out=acc)
+        # Separable: reduce one spatial axis at a time (sum(k) passes instead of prod(k)).
+        acc = xp
+        for ax, (k, d, s, o) in enumerate(zip(kernel, dl, st, out)):
+            red = None
+            for t in range(k):
+                sl = [slice(None)] * acc.ndim
+                sl[2 + ax] = slice(t * d, t * d + (o - 1) * s + 1, s) if o > 0 else slice(0, 0)
+                v = acc[tuple(sl)]
+                red = v.copy() if red is None else np.add(red, v, out=red)
+            acc = red
         return acc
     nd = len(kernel)
     w = windows(xp, kernel, out, st, dl)  # (N, C, *k, *o)
