@@ -128,19 +128,22 @@ def format(fmt: Union[str, Format]) -> Format:
 
 class _Params:
     """Integers the kernels need for a format, computed once per format."""
-    __slots__ = ("m", "emin", "maxbits", "maxbits64", "has_inf", "s", "half_m1", "be_min",
-                 "up_scale", "down_scale", "identity")
+    __slots__ = ("m", "emin", "maxbits", "maxbits64", "has_inf", "s", "be_min", "minnorm",
+                 "down_scale", "up_scale", "half_m1", "identity")
 
     def __init__(self, f: Format):
         self.m, self.emin, self.has_inf = f.mbits, f.emin, int(f.has_inf)
         self.maxbits = int(np.array(f.max, np.float32).view(np.uint32))
         self.maxbits64 = int(np.array(f.max, np.float64).view(np.int64))
         self.s = 23 - f.mbits
+        self.minnorm = (f.emin + 127) << 23
+        # E=8 formats share float32's subnormal quantum: the integer path covers them whole
+        # (be_min 0), and the subnormal path must not multiply by float32 subnormals.
+        e8 = f.emin == -126
+        self.be_min = 0 if e8 else f.emin + 127
+        self.down_scale = np.float32(1 if e8 else math.ldexp(1.0, f.emin - f.mbits))
+        self.up_scale = np.float32(1 if e8 else math.ldexp(1.0, f.mbits - f.emin))
         self.half_m1 = (1 << self.s >> 1) - 1 if self.s > 0 else 0
-        # E=8 formats share float32's subnormal quantum: the integer path covers them whole.
-        self.be_min = f.emin + 127 if f.emin > -126 else 0
-        self.up_scale = np.float32(math.ldexp(1.0, f.mbits - f.emin)) if f.emin > -126 else np.float32(1)
-        self.down_scale = np.float32(math.ldexp(1.0, f.emin - f.mbits)) if f.emin > -126 else np.float32(1)
         self.identity = f.ebits == 8 and f.mbits == 23 and f.bias == 127 and f.has_inf
 
 
@@ -165,6 +168,16 @@ def _kernels():
     # Imported on first use: importing halfsim must not load numba's compiled kernels.
     from .kernels import rounding
     return rounding
+
+
+_NOKEY = np.uint64(0)
+
+
+def _run32(src: np.ndarray, dst: np.ndarray, p: _Params, mode: int, daz: int, ftz: int, ov: int,
+           key: np.uint64) -> None:
+    k = _kernels()
+    fn = k.round32_parallel if src.size >= _PARALLEL_MIN else k.round32_serial
+    fn(src, dst, p.m, p.s, p.be_min, p.minnorm, p.down_scale, p.maxbits, p.has_inf, mode, daz, ftz, ov, key)
 
 
 def _as_float(x: Any, what: str = "x") -> np.ndarray:
@@ -210,7 +223,7 @@ def round_into(x: np.ndarray, fmt: Format, out: Optional[np.ndarray] = None) -> 
         dst = tmp.view(np.uint32)
     k = _kernels()
     fn = k.rne32_parallel if src.size >= _PARALLEL_MIN else k.rne32_serial
-    fn(src, dst, p.s, p.half_m1, p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf)
+    fn(src, dst, p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf)
     if tmp is not None:
         out[...] = tmp.reshape(x.shape)
     return out
@@ -245,17 +258,14 @@ def round_array(x: Any, fmt: Union[str, Format], rounding: str = "nearest-even",
         key = k.seed_key(int(seed))
     p = _params(f)
     if a.dtype == np.float32:
-        if mode == 0 and daz == 0 and ftz == 0 and ov == 0:
+        if mode == 0 and daz == 0 and ftz == 0 and ov != 2:
             return round_into(a, f) if not p.identity else a.copy()
-        src = np.ascontiguousarray(a).reshape(-1).view(np.uint32)
         out = np.empty(a.shape, np.float32)
-        fn = k.round32_parallel if src.size >= _PARALLEL_MIN else k.round32_serial
-        fn(src, out.reshape(-1).view(np.uint32), p.m, p.emin, p.maxbits, p.has_inf, mode, daz, ftz, ov, key)
+        _run32(np.ascontiguousarray(a).reshape(-1), out.reshape(-1).view(np.uint32), p, mode, daz, ftz, ov, key)
         return out
     src = np.ascontiguousarray(a).reshape(-1).view(np.int64)
     res = np.empty(src.size, np.int64)
-    fn = k.round64_parallel if src.size >= _PARALLEL_MIN else k.round64_serial
-    fn(src, res, p.m, p.emin, p.maxbits64, p.has_inf, mode, daz, ftz, ov, key)
+    k.round64_serial(src, res, p.m, p.emin, p.maxbits64, p.has_inf, mode, daz, ftz, ov, key)
     return res.view(np.float64).astype(np.float32).reshape(a.shape)  # exact: results fit float32
 
 

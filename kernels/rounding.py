@@ -95,66 +95,6 @@ def _overflow(neg, mode, ov, has_inf, maxbits, inf_bits):
 
 
 @njit(cache=True, inline="always")
-def round_bits32(u, m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd):
-    """Round the float32 whose bit pattern is u (int64 holding 0..2**32-1); returns the result's
-    float32 bit pattern."""
-    neg = (u >> 31) & 1
-    sign = neg << 31
-    a = u & 0x7FFFFFFF
-    if a >= _INF32:
-        if a > _INF32:  # NaN: quiet, sign kept; fp32 itself keeps the payload
-            if m == 23:
-                return u | 0x400000
-            return sign | _QNAN32
-        if ov == OV_SAT:
-            return sign | maxbits
-        if has_inf:
-            return u
-        return sign | _QNAN32
-    be_min = emin + 127
-    minnorm = np.int64(be_min) << 23
-    if daz != 0 and a < minnorm:
-        return sign
-    be = a >> 23
-    if be < 1:
-        be = 1
-    if be >= be_min:
-        # Target-normal range: one quantum of 2**(23-m) float32 ulps, carries run into the exponent.
-        s = 23 - m
-        sig = a
-    else:
-        # Target-subnormal range: the quantum is fixed at 2**(emin-m); work on the significand.
-        sig = a & 0x7FFFFF
-        if a >= 0x800000:
-            sig |= 0x800000
-        s = 23 - m + be_min - be
-        if s > 62:
-            s = 62
-    rem = sig & ((np.int64(1) << s) - 1)
-    t = sig - rem
-    r = t + (_round_up(rem, t, s, neg, mode, rnd) << s)
-    if be < be_min:
-        k = r >> s
-        if k == 0:
-            r = 0
-        else:
-            # k * 2**(emin-m) as float32 bits: normalise through the exact float32 of k.
-            qe = emin - m
-            fb = np.int64(np.float32(k).view(np.uint32))
-            if qe + (fb >> 23) - 127 >= -126:
-                r = fb + (np.int64(qe) << 23)
-            else:
-                r = k << (qe + 149)
-    if r > maxbits:
-        r = _overflow(neg, mode, ov, has_inf, maxbits, _INF32)
-        if r < 0:
-            return sign | _QNAN32
-    if ftz != 0 and r < minnorm:
-        r = 0
-    return sign | r
-
-
-@njit(cache=True, inline="always")
 def round_bits64(u, m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd):
     """Round the float64 whose bit pattern is u (int64) once, to the target format; returns the
     float64 bit pattern of the result (exactly representable in float32)."""
@@ -205,21 +145,6 @@ def round_bits64(u, m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd):
 
 
 @njit(cache=True)
-def round32_serial(src, dst, m, emin, maxbits, has_inf, mode, daz, ftz, ov, key):
-    """src, dst: 1-D uint32 views of float32 arrays (dst may be src)."""
-    for i in range(src.size):
-        rnd = _hash63(key, i) if mode == STOCH else np.int64(0)
-        dst[i] = round_bits32(np.int64(src[i]), m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd)
-
-
-@njit(cache=True, parallel=True)
-def round32_parallel(src, dst, m, emin, maxbits, has_inf, mode, daz, ftz, ov, key):
-    for i in prange(src.size):
-        rnd = _hash63(key, i) if mode == STOCH else np.int64(0)
-        dst[i] = round_bits32(np.int64(src[i]), m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd)
-
-
-@njit(cache=True)
 def round64_serial(src, dst, m, emin, maxbits, has_inf, mode, daz, ftz, ov, key):
     """src: 1-D int64 view of float64 values; dst: int64 array of float64 result patterns."""
     for i in range(src.size):
@@ -227,25 +152,85 @@ def round64_serial(src, dst, m, emin, maxbits, has_inf, mode, daz, ftz, ov, key)
         dst[i] = round_bits64(src[i], m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd)
 
 
+# ---- float32 input, every mode: the fast path --------------------------------------------
+
+@njit(cache=True, inline="always")
+def _bias(mode, v, s, neg, rnd):
+    """What to add to v before dropping its low s bits so that the truncation rounds per mode."""
+    mask = (np.int64(1) << s) - 1
+    if mode == RNE:  # half - 1 + the kept lsb: ties go to even
+        return (mask >> 1) + (((v >> s) & 1) if s > 0 else 0)
+    if mode == RUP:
+        return mask * (1 - neg)
+    if mode == RDOWN:
+        return mask * neg
+    if mode == STOCH:  # carries iff rem > t, t uniform on [0, 2**s): P = rem / 2**s, as in _round_up
+        return mask - (rnd >> (63 - s))
+    return np.int64(0)
+
+
+@njit(cache=True, inline="always")
+def _fast_bits32(x, i, m, s, be_min, minnorm, down_scale, maxbits, has_inf, mode, daz, ftz, ov, key):
+    """Round the float32 x (element i) to the target; returns the result's float32 bits.
+
+    Both the target-normal and the target-subnormal results are computed and one is selected,
+    with no data-dependent branch, so that LLVM vectorises the loop."""
+    u = np.int64(np.float32(x).view(np.uint32))
+    a = u & 0x7FFFFFFF
+    sign = u - a
+    neg = u >> 31
+    rnd = _hash63(key, i) if mode == STOCH else np.int64(0)
+    be = a >> 23
+    # Target-normal: the quantum is 2**s float32 ulps; carries run into the exponent field.
+    rn = (a + _bias(mode, a, s, neg, rnd)) & ~((np.int64(1) << s) - 1)
+    # Target-subnormal: round the 24-bit significand to a multiple of 2**(emin-m), k quanta,
+    # then k * 2**(emin-m) is exact in float32 (k <= 2**m fits int32).
+    sig = (a & 0x7FFFFF) | (np.int64(0x800000) if be > 0 else np.int64(0))
+    s2 = s + be_min - (be if be > 1 else np.int64(1))
+    s2 = min(max(s2, np.int64(0)), np.int64(62))
+    k = (sig + _bias(mode, sig, s2, neg, rnd)) >> s2
+    rs = np.int64(np.float32(np.float32(np.int32(k)) * down_scale).view(np.uint32))
+    r = rn if be >= be_min else rs
+    if r > maxbits:
+        gives_max = ov == OV_SAT or (ov == OV_NATURAL and (mode == RTZ or (mode == RUP and neg == 1)
+                                                          or (mode == RDOWN and neg == 0)))
+        r = maxbits if gives_max else (_INF32 if has_inf else _QNAN32)
+    if ftz and r < minnorm:
+        r = 0
+    if daz and a < minnorm:
+        r = 0
+    if a == _INF32:
+        r = maxbits if ov == OV_SAT else (_INF32 if has_inf else _QNAN32)
+    if a > _INF32:  # NaN: quiet, sign kept; fp32 itself keeps the payload
+        r = (a | 0x400000) if m == 23 else _QNAN32
+    return sign | r
+
+
+@njit(cache=True)
+def round32_serial(src, dst, m, s, be_min, minnorm, down_scale, maxbits, has_inf, mode, daz, ftz, ov, key):
+    """src: 1-D float32; dst: 1-D uint32 (may view the same memory)."""
+    for i in range(src.size):
+        dst[i] = _fast_bits32(src[i], i, m, s, be_min, minnorm, down_scale, maxbits, has_inf,
+                              mode, daz, ftz, ov, key)
+
+
 @njit(cache=True, parallel=True)
-def round64_parallel(src, dst, m, emin, maxbits, has_inf, mode, daz, ftz, ov, key):
+def round32_parallel(src, dst, m, s, be_min, minnorm, down_scale, maxbits, has_inf, mode, daz, ftz, ov, key):
     for i in prange(src.size):
-        rnd = _hash63(key, i) if mode == STOCH else np.int64(0)
-        dst[i] = round_bits64(src[i], m, emin, maxbits, has_inf, mode, daz, ftz, ov, rnd)
-
-
+        dst[i] = _fast_bits32(src[i], i, m, s, be_min, minnorm, down_scale, maxbits, has_inf,
+                              mode, daz, ftz, ov, key)
 # ---- nearest-even fast path (keep subnormals, IEEE overflow): the interpreter's hot loop ----
 
 @njit(cache=True, inline="always")
-def _rne_bits32(x, s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf):
-    """Branch-free nearest-even rounding of the float32 x; s = 23 - m. Both paths are computed
+def _rne_bits32(x, s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf):
+    """Branch-free nearest-even rounding of the float32 x; s = 23 - m, lsb1 = (s > 0). Both paths are computed
     and one is selected, so that LLVM vectorises the loop."""
     u = np.int64(np.float32(x).view(np.uint32))
     a = u & 0x7FFFFFFF
     sign = u - a
     # Target-normal path: add half-ulp minus one plus the kept lsb, then truncate; carries run
     # into the exponent and on to the infinity pattern.
-    rn = (a + half_m1 + ((a >> s) & 1)) & ~((np.int64(1) << s) - 1)
+    rn = (a + half_m1 + ((a >> s) & lsb1)) & ~((np.int64(1) << s) - 1)
     # Target-subnormal path: |x| * 2**(m-emin) < 2**m <= 2**23, so adding and removing 2**23
     # rounds it to an integer k, nearest-even, exactly; k * 2**(emin-m) is then exact too.
     f = np.abs(x) * up_scale
@@ -260,13 +245,13 @@ def _rne_bits32(x, s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf):
 
 
 @njit(cache=True)
-def rne32_serial(src, dst, s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf):
+def rne32_serial(src, dst, s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf):
     """src: 1-D float32, dst: 1-D uint32 (may view the same memory)."""
     for i in range(src.size):
-        dst[i] = _rne_bits32(src[i], s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf)
+        dst[i] = _rne_bits32(src[i], s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf)
 
 
 @njit(cache=True, parallel=True)
-def rne32_parallel(src, dst, s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf):
+def rne32_parallel(src, dst, s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf):
     for i in prange(src.size):
-        dst[i] = _rne_bits32(src[i], s, half_m1, be_min, up_scale, down_scale, maxbits, has_inf)
+        dst[i] = _rne_bits32(src[i], s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf)
