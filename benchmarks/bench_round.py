@@ -55,6 +55,8 @@ def main() -> None:
         t_i = median_ms(lambda: F.round_into(x, f, out), args.runs)
         flag = "" if ok else "  MISMATCH"
         print(f"{name:<10}{t_h:>12.1f} ms{t_i:>9.1f} ms{t_ref:>9.1f} ms  {t_ref / t_h:>6.1f}x  {label}{flag}")
+    t_copy = median_ms(lambda: x.copy(), args.runs)
+    print(f"memory floor: x.copy() {t_copy:.1f} ms (a fresh float32 result costs at least this)")
     print("general kernel (options set), halfsim.round:")
     for name in ("fp16", "bf16"):
         for kw in ({"rounding": "toward-zero"}, {"rounding": "stochastic", "seed": 1},
