@@ -106,6 +106,11 @@ def main(argv=None) -> int:
     ap.add_argument("--models", default="dtln_model_2,magika,rapidocr_det")
     ap.add_argument("--tol", type=float, default=1e-2)
     args = ap.parse_args(argv)
+    import warnings
+
+    import onnxruntime
+    warnings.filterwarnings("ignore")  # onnxconverter-common warns once per truncated constant
+    onnxruntime.set_default_logger_severity(3)
     rows = []
     tmp = tempfile.mkdtemp()
     for name in args.models.split(","):
