@@ -275,6 +275,8 @@ def test_cli(tmp_path, capsys):
 
 
 def _validation(name):
+    import sys
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from validation.fetch import entry, fetch
     from validation.recipes import build_inputs
     try:
