@@ -85,18 +85,19 @@ def depthwise2d(x, w, bias, out, sh, sw, dh, dw, ph, pw, lo, hi):
     q0, q1 = max(0, -pw), min(W, Wp - pw)
     acc = np.empty(OW, dtype=out.dtype)
     span = (OW - 1) * sw + 1
-    last_c = -1
+    last_plane = -1
     for nm in range(lo, hi):
         n = nm // M
         m = nm - n * M
         c = m // mult
-        if c != last_c or mult == 1:
+        # The padded copy is reused across the multiplier's outputs of one (image, channel).
+        if n * C + c != last_plane:
             for r in range(r0, r1):
                 dst = xp[r + ph, q0 + pw: q1 + pw]
                 src = x[n, c, r, q0:q1]
                 for q in range(q1 - q0):
                     dst[q] = src[q]
-            last_c = c
+            last_plane = n * C + c
         for i in range(OH):
             acc[:] = bias[m]
             for a in range(KH):

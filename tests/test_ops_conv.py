@@ -24,6 +24,8 @@ CONV_CASES = [
     ((1, 4, 10, 10), (6, 2, 3, 3), dict(group=2, dilations=[2, 2], pads=[2, 2, 2, 2])),
     ((1, 4, 7, 7), (4, 1, 3, 3), dict(group=4, pads=[1, 1, 1, 1])),                 # depthwise
     ((2, 4, 9, 8), (8, 1, 3, 3), dict(group=4, strides=[2, 1], dilations=[1, 2])),  # depthwise x2
+    ((3, 1, 8, 8), (16, 1, 3, 3), dict(pads=[1, 1, 1, 1])),                         # 1 channel, batch 3
+    ((2, 2, 6, 6), (6, 1, 3, 3), dict(group=2)),                                    # multiplier 3, batch 2
     ((1, 4, 8, 8), (4, 1, 5, 5), dict(group=4, strides=[2, 2], auto_pad="SAME_UPPER")),
     ((1, 3, 7, 8), (5, 3, 3, 2), dict(auto_pad="SAME_UPPER", strides=[2, 3])),
     ((1, 3, 7, 8), (5, 3, 4, 2), dict(auto_pad="SAME_LOWER", strides=[2, 2])),
