@@ -148,6 +148,13 @@ class PrecisionPlan:
 
     def on_outputs(self, node, outs: list, state) -> list:
         prec, storage, typed, follow = state
+        if node.op_type == "Constant":
+            # Constants are weights: they are rounded where consumed, with the weights'
+            # overflow behaviour (saturating by default), exactly like initializers.
+            for t, o in zip(node.outputs, outs):
+                if t and isinstance(o, np.ndarray) and o.dtype.kind == "f":
+                    self._widen(t, o)
+            return outs
         if node.impl.data_movement:
             tag = self._input_tag(node)
             for t, o in zip(node.outputs, outs):

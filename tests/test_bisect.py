@@ -108,7 +108,7 @@ def _ort_drift(m, proto, feeds_list):
     return worst
 
 
-def _check_placement(m, feeds_list, keep, tol, constants=()):
+def _check_placement(m, feeds_list, keep, tol, constants=(), base=None):
     """Independent checks of a keep-set: it meets tol (halfsim fp16 with Policy.keep_fp32, against
     ORT fp32), and dropping any single node (with the kept Constant nodes that feed only it)
     breaks it (1-minimality)."""
@@ -118,7 +118,7 @@ def _check_placement(m, feeds_list, keep, tol, constants=()):
                 for c in constants}
 
     def drift(names):
-        pol = preset("fp16").keep_fp32(names)
+        pol = (base or preset("fp16")).keep_fp32(names)
         return _ort_drift(m, lambda f: hm.run(f, precision=pol), feeds_list)
     assert drift(list(keep) + list(constants)) <= tol
     for n in keep:
@@ -170,14 +170,25 @@ def test_decomposed_layernorm_overflow(tmp_path):
 def test_attention_mask_float32_min(tmp_path):
     m, make = attention_model()
     clean, masked = make(False), make(True)
-    # The Constant overflows to -inf and 0 * -inf gives NaN: the Mul that scales the mask must
-    # stay fp32, and its Constant travels with it.
-    res = halfsim.bisect(m, [clean, masked], tol=1e-2, export=str(tmp_path / "att16.onnx"))
+    # With constants overflowing to inf (a converter that casts instead of clamping, as the
+    # presets' default does), float32.min becomes -inf and 0 * -inf gives NaN: the Mul that
+    # scales the mask must stay fp32, and its Constant travels with it.
+    from halfsim.policy import Policy
+    casting = Policy.from_dict({"base": "fp16", "weights_overflow": "inf"})
+    res = halfsim.bisect(m, [clean, masked], precision=casting, tol=1e-2, export=str(tmp_path / "att16.onnx"))
     assert math.isinf(res.baseline)
     assert res.keep_fp32 == ["mask_scale"] and res.keep_fp32_derived == ["neg_inf_const"]
     assert res.attribution[0]["node"] == "mask_scale" and math.isinf(res.attribution[0]["drift_recovered"])
-    _check_placement(m, [clean, masked], res.keep_fp32, 1e-2, constants=res.keep_fp32_derived)
+    _check_placement(m, [clean, masked], res.keep_fp32, 1e-2, constants=res.keep_fp32_derived, base=casting)
     _check_export(m, res, str(tmp_path / "att16.onnx"), [clean, masked], 1e-2)
+
+
+def test_attention_mask_saturating_constants_stay_finite():
+    # The presets' default clamps the float32.min constant to -65504 (as fp16 converters do):
+    # the masked logits stay finite and there is no NaN to bisect.
+    m, make = attention_model()
+    out = halfsim.load(m).run(make(True), precision="fp16")
+    assert all(np.isfinite(v).all() for v in out.values())
 
 
 def test_inputs_list_and_nothing_to_keep():
