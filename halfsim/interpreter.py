@@ -181,6 +181,8 @@ class Model:
         self.graph = G.build_graph(proto.graph, self.opsets)
         if not self.graph.outputs:
             raise HalfsimError("model has no outputs")
+        self._const_nodes = _constant_nodes(self.graph)
+        self._folded: dict[int, list] = {}
 
     # -- introspection -------------------------------------------------------------
     @property
@@ -290,10 +292,24 @@ class Model:
             for k, v in changed.items():
                 env[k] = plan.on_graph_input(k, v) if not plan.identity else v
         free = not keep_trace and cone is None
+        # Constant folding (fp32 only, no hook, weights as in the model): nodes that read only
+        # weights are computed once per model and their outputs reused, as ORT folds them.
+        fold = plan.identity and hook is None and cone is None and not any(k in g.initializers for k in feeds)
         for node in g.nodes:
             if cone is not None and node.index not in cone:
                 continue
-            runner.exec_node(node, env)
+            if fold and node.index in self._const_nodes:
+                cached = self._folded.get(node.index)
+                if cached is None:
+                    runner.exec_node(node, env)
+                    cached = self._folded[node.index] = [_frozen(env.get(o)) if o else None for o in node.outputs]
+                for o, v in zip(node.outputs, cached):
+                    if o:
+                        env[o] = v
+                        if obs is not None and (obs is True or o in obs):
+                            runner.observed[o] = v
+            else:
+                runner.exec_node(node, env)
             if free:
                 for t in node.inputs:
                     if t and g.last_use.get(t) == node.index and t not in outputs and t in env:
@@ -317,6 +333,30 @@ class Model:
             t = Trace(env.flatten() if isinstance(env, _Overlay) else env)
             result.trace = t
         return result
+
+
+_NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",
+                     "Bernoulli"}
+
+
+def _constant_nodes(g: G.Graph) -> set[int]:
+    """Indices of main-graph nodes whose every input is a weight or another such node's output."""
+    known = set(g.initializers)
+    out = set()
+    for n in g.nodes:
+        if n.subgraphs or n.op_type in _NONDETERMINISTIC or n.domain not in ("", "com.microsoft"):
+            continue
+        if all((not t) or t in known for t in n.inputs):
+            out.add(n.index)
+            known.update(o for o in n.outputs if o)
+    return out
+
+
+def _frozen(v):
+    """Folded values are shared between runs: make accidental in-place writes fail loudly."""
+    if isinstance(v, np.ndarray):
+        v.flags.writeable = False
+    return v
 
 
 class _Overlay(dict):
