@@ -138,6 +138,69 @@ def cmd_bisect(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """The real-model suite: fetch each manifest model (cached), compare halfsim with ORT in fp32,
+    and for each preset the prediction's drift from fp32, written as markdown and JSON tables."""
+    from .validation import runner
+    names = args.models.split(",") if args.models else None
+    args.precision = args.precision or ["fp16", "bf16", "tf32", "fp8-e4m3"]
+    known = {e["name"] for e in runner.fetch.load_manifest()}
+    for n in names or ():
+        if n not in known:
+            raise HalfsimError(f"unknown validation model {n!r} (have: {', '.join(sorted(known))})")
+    for p in args.precision:
+        from .policy import preset
+        preset(p)
+    for path in (args.json, args.md):
+        if path:
+            _check_writable(path)
+    records = runner.validate_models(names)
+    print(runner.table(records))
+    presets = _validate_presets(records, args.precision)
+    if presets:
+        print(presets["text"])
+    if args.json:
+        _write_json(args.json, {"version": 1, "fp32": records, "presets": presets.get("rows", [])})
+    if args.md:
+        try:
+            with open(args.md, "w") as f:
+                f.write(runner.markdown(records) + "\n" + presets.get("markdown", ""))
+        except OSError as e:
+            raise HalfsimError(f"cannot write {args.md}: {e.strerror}") from None
+    failed = [r["name"] for r in records if r["status"] not in ("pass", "fetch-error")]
+    if failed:
+        raise CheckFailed(f"models not matching ORT in fp32: {', '.join(failed)}")
+    return 0
+
+
+def _validate_presets(records, precisions) -> dict:
+    """Drift of each preset's prediction from halfsim fp32 on every model that ran."""
+    from . import load, metrics
+    from .progress import progress
+    from .validation import fetch, recipes
+    import onnx
+    rows = []
+    manifest = {e["name"]: e for e in fetch.load_manifest()}
+    todo = [r for r in records if r["status"] == "pass"]
+    for r in progress(todo, desc="presets"):
+        path = str(fetch.fetch(r["name"]))
+        feeds = recipes.build_inputs(manifest[r["name"]]["recipe"], onnx.load(path, load_external_data=False))
+        model = load(path)
+        base = model.run(feeds)
+        row = {"model": r["name"]}
+        for p in precisions:
+            out = model.run(feeds, precision=p)
+            row[p] = max(metrics.rel_l2(out[k], base[k]) for k in model.outputs
+                         if isinstance(base[k], np.ndarray) and base[k].dtype.kind == "f")
+        rows.append(row)
+    if not rows:
+        return {}
+    head = "| model | " + " | ".join(precisions) + " |\n|---|" + "---|" * len(precisions) + "\n"
+    body = "".join(f"| {row['model']} | " + " | ".join(f"{row[p]:.3g}" for p in precisions) + " |\n" for row in rows)
+    text = "rel L2 of each preset's prediction against halfsim fp32\n" + head + body
+    return {"rows": rows, "markdown": "\n## Predicted drift by preset (rel L2 vs fp32)\n\n" + head + body, "text": text}
+
+
 def cmd_demo(args) -> int:
     from .demo import run_demo
     run_demo(args.html)
@@ -240,6 +303,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", metavar="F")
     i.add_argument("--html", metavar="F")
     i.set_defaults(fn=cmd_inject)
+
+    v = sub.add_parser("validate", help="real-model suite: halfsim against ORT, and the presets' predicted drift")
+    v.add_argument("--models", metavar="A,B", help="subset of the manifest")
+    v.add_argument("--precision", action="append", metavar="SPEC",
+                   help="presets to tabulate (default fp16, bf16, tf32, fp8-e4m3)")
+    v.add_argument("--json", metavar="F")
+    v.add_argument("--md", metavar="F")
+    v.set_defaults(fn=cmd_validate)
 
     d = sub.add_parser("demo", help="run the bundled example (no network)")
     d.add_argument("--html", default="halfsim-demo.html", metavar="F", help="where to write the report")

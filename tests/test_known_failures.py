@@ -1,0 +1,61 @@
+"""Real fp16 failures are predicted: rapidocr PP-OCRv4 det (a BatchNormalization whose variance
+exceeds the fp16 maximum) and magika (a LayerNorm written as primitive ops that loses its variance
+in fp16) break under the `fp16` preset, and not under `fp32`; `halfsim validate` tabulates it."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import halfsim  # noqa: E402
+from halfsim import metrics  # noqa: E402
+from validation import fetch, recipes  # noqa: E402
+
+ENTRIES = {e["name"]: e for e in fetch.load_manifest()}
+
+
+def _load(name):
+    try:
+        path = str(fetch.fetch(name))
+    except fetch.FetchError as e:
+        if e.network:
+            pytest.skip(f"package index unreachable, cannot fetch {name}: {e}")
+        raise
+    feeds = recipes.build_inputs(ENTRIES[name]["recipe"], onnx.load(path))
+    return path, halfsim.load(path), feeds
+
+
+@pytest.mark.parametrize("name", ["rapidocr_det", "magika"])
+def test_fp16_breaks_where_it_breaks_on_hardware(name):
+    from halfsim.backends import ort
+    path, model, feeds = _load(name)
+    ref = ort.run(onnx.load(path), feeds)
+    fp32 = model.run(feeds)
+    fp16 = model.run(feeds, precision="fp16")
+    for k in model.outputs:
+        assert metrics.rel_l2(fp32[k], ref[k]) < 1e-5
+    assert max(metrics.rel_l2(fp16[k], ref[k]) for k in model.outputs) > 0.3
+    if name == "rapidocr_det":
+        # The saturated statistics are reported as events on the BatchNormalization.
+        assert any(e.op_type == "BatchNormalization" and e.kind == "saturated" and e.constant for e in fp16.events)
+    # bf16 has fp32's range: no such failure.
+    bf16 = model.run(feeds, precision="bf16")
+    assert max(metrics.rel_l2(bf16[k], ref[k]) for k in model.outputs) < 0.1
+
+
+def test_validate_command(tmp_path):
+    _load("dtln_model_2")
+    j = tmp_path / "v.json"
+    r = subprocess.run([sys.executable, "-m", "halfsim", "validate", "--models", "dtln_model_2", "--precision", "fp16",
+                        "--json", str(j), "--md", str(tmp_path / "v.md")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(j.read_text())
+    assert rep["version"] == 1 and rep["fp32"][0]["status"] == "pass"
+    assert 0 < rep["presets"][0]["fp16"] < 0.01
+    bad = subprocess.run([sys.executable, "-m", "halfsim", "validate", "--models", "nope"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown validation model 'nope'" in bad.stderr
