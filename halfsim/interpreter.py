@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 
 from . import graph as G
+from .decompose import run_decomposed
 from .errors import ExecutionError, HalfsimError, InputError
 
 Hook = Callable[["G.Node", list], "list | None"]
@@ -120,6 +121,11 @@ class _Runner:
             state = None
             ctx = OpContext(node, None, self)
         else:
+            # Decomposed precision (fused=False): an op with an ONNX function body runs through it.
+            outs = run_decomposed(self, node, args)
+            if outs is not None:
+                self._store(node, outs, env)
+                return
             args, state = plan.on_inputs(node, args)
             ctx = OpContext(node, state[0], self)
         if node.subgraphs:
@@ -142,6 +148,9 @@ class _Runner:
                 for o in outs[:len(node.outputs)]]
         if not plan.identity:
             outs = plan.on_outputs(node, outs, state)
+        self._store(node, outs, env)
+
+    def _store(self, node: G.Node, outs: list, env: dict) -> None:
         if self.hook is not None:
             new = self.hook(node, outs)
             if new is not None:

@@ -103,6 +103,11 @@ class PrecisionPlan:
             p = self._precs[id(node)] = self.policy.resolve(node)
         return p
 
+    def set_node_precision(self, node, prec: OpPrecision) -> None:
+        """Give `node` this precision instead of the policy's (the steps of a decomposed
+        function body run with the precision of the node they expand)."""
+        self._precs[id(node)] = prec
+
     def on_initializer(self, name: str, x: np.ndarray) -> np.ndarray:
         x = self._widen(name, x)
         if self.weights_fmt is not None and _is_float32(x):
