@@ -80,11 +80,10 @@ def cmd_run(args) -> int:
 def cmd_compare(args) -> int:
     from .compare import check_backend, compare, format_table
     check_backend(args.against)
+    for path in (args.html, args.json):  # fail before any work is done
+        if path:
+            _check_writable(path)
     model, feeds = _load(args)
-    if args.html:
-        _check_writable(args.html)
-    if args.json:
-        _check_writable(args.json)
     report = compare(model, feeds, precision=_precision(args, "fp32"), against=args.against,
                      per_layer=args.per_layer or bool(args.html))
     format_table(report)

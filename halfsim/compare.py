@@ -82,6 +82,9 @@ def compare(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", aga
                 rec.update(metrics.all_metrics(a, b))
                 layers.append(rec)
         report["layers"] = layers
+        from .report import first_jump
+        j = first_jump(layers)
+        report["first_jump"] = None if j is None else {k: layers[j][k] for k in ("node", "op_type", "output", "rel_l2")}
     return report
 
 

@@ -37,15 +37,15 @@ def versions() -> dict[str, str]:
             "onnxruntime": onnxruntime.__version__, "python": platform.python_version()}
 
 
-def first_jump(layers: list[dict], key: str = "rel_l2", factor: float = 10.0) -> int | None:
-    """Index of the first layer whose drift exceeds `factor` times the largest drift before it
-    (and is itself above fp32 noise): where the trouble starts."""
+def first_jump(layers: list[dict], key: str = "rel_l2", factor: float = 10.0, min_drift: float = 1e-2) -> int | None:
+    """Index of the first layer whose drift is large (above `min_drift`) and at least `factor`
+    times the largest drift before it: where rounding noise turns into a failure."""
     best = 0.0
     for i, layer in enumerate(layers):
         v = layer.get(key, 0.0)
         if not math.isfinite(v):
             return i
-        if v > 1e-6 and v > factor * max(best, 1e-7):
+        if v > max(factor * best, min_drift):
             return i
         best = max(best, v)
     return None

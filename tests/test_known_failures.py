@@ -59,3 +59,26 @@ def test_validate_command(tmp_path):
     assert 0 < rep["presets"][0]["fp16"] < 0.01
     bad = subprocess.run([sys.executable, "-m", "halfsim", "validate", "--models", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown validation model 'nope'" in bad.stderr
+
+
+@pytest.mark.parametrize("name, culprit", [("rapidocr_det", "p2o.BatchNormalization.1"),
+                                           ("magika", "jax2tf_get_logits_/pjit_get_logits_/MagikaV2/LayerNorm_1/Sum_1")])
+def test_per_layer_report_first_jump_is_the_known_culprit(name, culprit, tmp_path):
+    _, _, feeds = _load(name)
+    npz = tmp_path / "in.npz"
+    np.savez(npz, **feeds)
+    j, html = tmp_path / "r.json", tmp_path / "r.html"
+    r = subprocess.run([sys.executable, "-m", "halfsim", "compare", str(fetch.fetch(name)), "--inputs", str(npz),
+                        "--precision", "fp16", "--against", "ort", "--per-layer", "--json", str(j), "--html", str(html)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(j.read_text())
+    assert rep["first_jump"]["node"] == culprit
+    assert culprit in html.read_text()
+
+
+def test_unwritable_html_path(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "halfsim", "compare", os.path.join(os.path.dirname(halfsim.__file__), "data",
+                        "digits.onnx"), "--html", str(tmp_path / "no" / "such" / "dir" / "r.html")],
+                       capture_output=True, text=True)
+    assert r.returncode == 2 and "cannot write" in r.stderr and len(r.stderr.strip().splitlines()) == 1
