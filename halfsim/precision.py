@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .errors import HalfsimError
-from .formats import Format, format as get_format, round as round_fmt
+from .formats import Format, _params as _format_params, format as get_format, round as round_fmt
 from .interpreter import FP32_PLAN
 from .policy import OpPrecision, Policy, preset
 
@@ -60,7 +60,6 @@ class PrecisionPlan:
         self.tags: dict[str, Format] = {}
         self._fmts: dict[str, Format] = {}
         self._precs: dict[int, OpPrecision] = {}
-        self._const_cache: dict[tuple, np.ndarray] = {}
         self.constants = set(model.graph.initializers) | _constant_outputs(model.graph)
         self.weights_fmt = self.fmt(policy.weights) if policy.weights else None
         self.io_fmt = self.fmt(policy.io) if policy.io else None
@@ -149,10 +148,11 @@ class PrecisionPlan:
         if prec.storage != storage.name:
             prec = replace(prec, storage=storage.name)
         follow = _follows_input_type(node, tuple(typed_idx)) if typed else None
-        return new, (prec, storage, typed, follow)
+        return new, (prec, storage, typed, follow, new)
 
     def on_outputs(self, node, outs: list, state) -> list:
-        prec, storage, typed, follow = state
+        prec, storage, typed, follow, args = state
+        in_ids = {id(a) for a in args if isinstance(a, np.ndarray)}
         if node.op_type == "Constant":
             # Constants are weights: they are rounded where consumed, with the weights'
             # overflow behaviour (saturating by default), exactly like initializers.
@@ -186,8 +186,9 @@ class PrecisionPlan:
             if lowout:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
             if fmt is not FP32:
+                fresh = o.flags.owndata and o.flags.writeable and id(o) not in in_ids
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
-                                inputs=node.inputs)
+                                inputs=args, inplace=fresh)
             if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
                 o = self._round(o, self.io_fmt, "inf", "keep", t, node.label, node.op_type, False)
                 fmt = self.io_fmt
@@ -272,45 +273,54 @@ class PrecisionPlan:
 
     def _round_input(self, t: str, a: np.ndarray, fmt: Format, node) -> np.ndarray:
         if t in self.constants:
-            key = (t, fmt.name, id(a))
-            r = self._const_cache.get(key)
-            if r is None:
-                r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
-                if self.policy.coreml_constants and a.size < 400:
-                    # coremltools replaces small constants that would flush to zero by the
-                    # smallest subnormal of the same sign.
-                    lost = (r == 0) & (a != 0)
-                    if lost.any():
-                        r = np.where(lost, np.copysign(np.float32(fmt.min_subnormal), a), r).astype(np.float32)
-                self._const_cache[key] = r
+            # Rounded weights are kept on the model across runs (keyed by the very array, so an
+            # initializer overridden through feeds is rounded afresh); their events are replayed.
+            cache = self.model.__dict__.setdefault("_rounded_constants", {})
+            key = (t, fmt.name, self.policy.weights_overflow, self.policy.coreml_constants, node.label)
+            hit = cache.get(key)
+            if hit is not None and hit[0] is a:
+                self.events.extend(hit[2])
+                return hit[1]
+            n_events = len(self.events)
+            r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
+            if self.policy.coreml_constants and a.size < 400:
+                # coremltools replaces small constants that would flush to zero by the
+                # smallest subnormal of the same sign.
+                lost = (r == 0) & (a != 0)
+                if lost.any():
+                    r = np.where(lost, np.copysign(np.float32(fmt.min_subnormal), a), r).astype(np.float32)
+            r.flags.writeable = False
+            cache[key] = (a, r, self.events[n_events:])
             return r
         return self._round(a, fmt, "inf", "keep", t, node.label, node.op_type, False)
 
     def _round(self, x: np.ndarray, fmt: Format, overflow: str, subnormals: str, tensor: str, node: str,
-               op_type: str, constant: bool, inputs=None) -> np.ndarray:
-        y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
-        self._events(x, y, fmt, tensor, node, op_type, constant, overflow)
-        return y
-
-    def _events(self, x, y, fmt, tensor, node, op_type, constant, overflow) -> None:
+               op_type: str, constant: bool, inputs=None, inplace: bool = False) -> np.ndarray:
+        """Round x to fmt and record events. With inplace, x (a fresh op output nobody else
+        holds) is overwritten when the fast kernel applies, saving an allocation per node."""
+        from .kernels.events import round_count, stats
         if x.size == 0:
-            return
-        ax = np.abs(x)
-        big = ax > fmt.max
-        if big.any():
-            finite_big = int(np.count_nonzero(big & np.isfinite(x)))
-            if finite_big:
-                kind = "saturated" if overflow == "saturate" or not fmt.has_inf else "overflow"
-                self.events.append(Event(node, op_type, tensor, kind, finite_big, constant))
-        under = (y == 0) & (x != 0)
-        n = int(np.count_nonzero(under))
-        if n:
-            self.events.append(Event(node, op_type, tensor, "underflow", n, constant))
-        nan = np.isnan(y)
-        if nan.any():
-            created = int(np.count_nonzero(nan & ~np.isnan(x)))
-            if created:
-                self.events.append(Event(node, op_type, tensor, "nan", created, constant))
+            return round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
+        flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
+        th, strict = _overflow_threshold(fmt)
+        if subnormals == "keep" and overflow == "inf" and fmt.has_inf and x.dtype == np.float32:
+            # The hot path: round and count in one pass, in place when allowed.
+            y = x if (inplace and x.flags.c_contiguous and x.flags.writeable) else np.empty(x.shape, np.float32)
+            nan_x, big, under = round_count(flat, y.reshape(-1).view(np.uint32), _format_params(fmt), th, strict)
+        else:
+            nan_x, big, nz_x = stats(flat, th, strict)
+            y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
+            under = nz_x - int(np.count_nonzero(y))
+        if big:
+            kind = "saturated" if overflow == "saturate" or not fmt.has_inf else "overflow"
+            self.events.append(Event(node, op_type, tensor, kind, int(big), constant))
+        if under > 0:
+            self.events.append(Event(node, op_type, tensor, "underflow", under, constant))
+        if nan_x and inputs is not None and not any(
+                isinstance(a, np.ndarray) and a.dtype.kind == "f" and a.size and np.isnan(np.min(a)) for a in inputs):
+            # NaN that the op itself created (0 * inf, inf - inf, 0 / 0) from NaN-free inputs.
+            self.events.append(Event(node, op_type, tensor, "nan", int(nan_x), constant))
+        return y
 
     def _count_cast_events(self, node, t, o) -> None:
         # A Cast to a narrow type overflowing to inf is an event like any other rounding.
@@ -350,6 +360,15 @@ def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
             mask = [tstr(schema.outputs, j) in ins for j in range(len(node.outputs))]
         _FOLLOW_CACHE[key] = mask
     return mask
+
+
+def _overflow_threshold(fmt: Format) -> tuple[float, bool]:
+    """Magnitude from which nearest-even rounding leaves the finite range: the midpoint above
+    the largest value. IEEE formats' largest value has an odd significand, so the tie rounds
+    up (>=); fn formats' has an even one, so the tie rounds down (strictly >)."""
+    import math
+    half = math.ldexp(1.0, fmt.emax - fmt.mbits - 1)
+    return fmt.max + half, not fmt.has_inf
 
 
 def _is_float32(x) -> bool:

@@ -167,3 +167,27 @@ def test_fp16_model_runs_with_true_fp16_semantics_like_the_fp16_preset():
     preset = halfsim.load(proto).run({"image": x}, precision="fp16")["probs"]
     assert typed.dtype == np.float32
     np.testing.assert_allclose(typed, preset, rtol=0, atol=2e-6)
+
+
+def test_events_underflow_and_nan_created_by_an_op():
+    x = np.array([1e-9, 3e-8, 1.0, 2e-8], np.float32)       # 1e-9 and 2e-8 flush to zero in fp16
+    m = halfsim.load(make_model("Abs", [x]))
+    r = m.run({"in0": x}, precision="fp16")
+    assert [(e.kind, e.count) for e in r.events] == [("underflow", 2)]
+    a = np.array([0.0, 1.0, np.inf], np.float32)
+    b = np.array([np.inf, 2.0, 0.0], np.float32)
+    m2 = halfsim.load(make_model("Mul", [a, b]))
+    r2 = m2.run({"in0": a, "in1": b}, precision="fp16")
+    assert ("nan", 2) in [(e.kind, e.count) for e in r2.events]
+    # NaN that arrives with the inputs is not reported as created.
+    a2 = np.array([np.nan, 1.0], np.float32)
+    r3 = halfsim.load(make_model("Neg", [a2])).run({"in0": a2}, precision="fp16")
+    assert not [e for e in r3.events if e.kind == "nan"]
+
+
+def test_rounding_in_place_never_touches_the_callers_arrays():
+    x = np.array([1 + 2 ** -12, 3.0], np.float32)
+    keep = x.copy()
+    m = halfsim.load(make_model("Relu", [x]))
+    m.run({"in0": x}, precision="fp16")
+    np.testing.assert_array_equal(x, keep)
