@@ -78,20 +78,24 @@ def cmd_run(args) -> int:
 
 
 def cmd_compare(args) -> int:
-    from .compare import check_backend, compare, format_table
+    from .compare import check_backend, compare_run, format_table
     check_backend(args.against)
     for path in (args.html, args.json):  # fail before any work is done
         if path:
             _check_writable(path)
     model, feeds = _load(args)
-    report = compare(model, feeds, precision=_precision(args, "fp32"), against=args.against,
-                     per_layer=args.per_layer or bool(args.html))
+    report, cand, ref, events = compare_run(model, feeds, precision=_precision(args, "fp32"), against=args.against,
+                                            per_layer=args.per_layer or bool(args.html))
     format_table(report)
     if args.json:
-        _write_json(args.json, report)
+        # Per-layer records go into the JSON only when asked for (--html computes them anyway).
+        drop = () if args.per_layer else ("layers", "first_jump")
+        _write_json(args.json, {k: v for k, v in report.items() if k not in drop})
     if args.html:
         from .report import write_compare_html
-        write_compare_html(report, args.html)
+        samples = {k: (cand[k], ref[k]) for k in model.outputs
+                   if isinstance(cand.get(k), np.ndarray) and cand[k].dtype.kind == "f"}
+        write_compare_html(report, args.html, samples=samples, events=events)
     return 0
 
 

@@ -35,11 +35,7 @@ def check_backend(backend: str) -> None:
 def run_backend(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer: bool = False) -> dict[str, np.ndarray]:
     """Outputs (and with per_layer, every intermediate it can expose) of `backend`."""
     if backend.startswith("halfsim:") or backend == "halfsim":
-        spec = backend.partition(":")[2] or "fp32"
-        res = model.run(feeds, precision=spec, observe="all" if per_layer else None)
-        out = dict(res.observed) if per_layer else {}
-        out.update(res)
-        return out
+        return _run_halfsim(model, feeds, backend.partition(":")[2] or "fp32", per_layer)[0]
     if backend == "ort":
         from .backends import ort
         return ort.run(model.proto, feeds, intermediates=per_layer)
@@ -55,12 +51,18 @@ def run_backend(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer:
 def compare(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", against: str = "halfsim:fp32",
             per_layer: bool = False) -> dict:
     """JSON-ready report of halfsim at `precision` against `against` (the contract's keys)."""
+    return compare_run(model, feeds, precision, against, per_layer)[0]
+
+
+def compare_run(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", against: str = "halfsim:fp32",
+                per_layer: bool = False) -> tuple[dict, dict, dict, list]:
+    """The report, plus the candidate's and the reference's tensors and the candidate's
+    numerical events (for plots)."""
     check_backend(against)
-    cand = run_backend(model, feeds, precision if not isinstance(precision, str) else f"halfsim:{precision}",
-                       per_layer) if isinstance(precision, str) else _run_policy(model, feeds, precision, per_layer)
+    cand, events = _run_halfsim(model, feeds, precision, per_layer)
     ref = run_backend(model, feeds, against, per_layer)
     report: dict = {"version": 1, "model": str(model.source), "precision": _spec_name(precision),
-                    "against": against, "outputs": {}}
+                    "against": against, "outputs": {}, "events": [e.to_dict() for e in events]}
     for name in model.outputs:
         if name not in ref:
             raise HalfsimError(f"backend {against} did not produce output {name!r}")
@@ -85,14 +87,14 @@ def compare(model, feeds: Mapping[str, np.ndarray], precision: Any = "fp32", aga
         from .report import first_jump
         j = first_jump(layers)
         report["first_jump"] = None if j is None else {k: layers[j][k] for k in ("node", "op_type", "output", "rel_l2")}
-    return report
+    return report, cand, ref, events
 
 
-def _run_policy(model, feeds, policy, per_layer):
-    res = model.run(feeds, precision=policy, observe="all" if per_layer else None)
+def _run_halfsim(model, feeds, precision, per_layer):
+    res = model.run(feeds, precision=precision, observe="all" if per_layer else None)
     out = dict(res.observed) if per_layer else {}
     out.update(res)
-    return out
+    return out, list(res.events)
 
 
 def _spec_name(p: Any) -> str:

@@ -82,3 +82,27 @@ def test_unwritable_html_path(tmp_path):
                         "digits.onnx"), "--html", str(tmp_path / "no" / "such" / "dir" / "r.html")],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "cannot write" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("name", ["silero_vad", "magika", "nudenet", "minilm_int8"])
+def test_ort_fp16_backend_converts_models_the_stock_converter_breaks(name):
+    """onnxconverter-common's output does not load in ORT for these; the ort-fp16 backend falls
+    back to halfsim's converter, and the converted model loads and runs."""
+    import warnings
+
+    from onnxconverter_common import float16
+
+    from halfsim.backends import ort
+    path, _, feeds = _load(name)
+    proto = onnx.load(path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        stock = float16.convert_float_to_float16(proto, keep_io_types=True)
+    with pytest.raises(halfsim.HalfsimError):
+        ort.session(stock)
+    out = ort.run_variant(proto, feeds, "ort-fp16")
+    ref = ort.run(proto, feeds)
+    for k, v in ref.items():
+        if v.dtype.kind == "f":
+            assert out[k].shape == v.shape and np.isfinite(out[k]).all()
+            assert metrics.rel_l2(out[k], v) < 0.05
