@@ -1,12 +1,11 @@
-"""One-pass statistics of a tensor about to be rounded, for numerical events: NaN count, finite
-values beyond the format's overflow threshold, and nonzero count (underflow is the drop in
-nonzeros after rounding). Reductions only: no temporary arrays."""
+"""Numerical events of a rounding in one pass: NaNs, finite values beyond the format's overflow
+threshold, and values flushed to zero. Serial on purpose: right after a BLAS call OpenBLAS's
+threads still spin, and parallel numba kernels competing with them ran a whole fp16 model
+1.5-1.8x slower (measured on 2 cores)."""
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 from .rounding import _rne_bits32
-
-_PARALLEL_MIN = 1 << 16
 
 
 @njit(cache=True, nogil=True)
@@ -27,28 +26,9 @@ def _stats_serial(x, th, strict):
     return nan, big, nz
 
 
-@njit(cache=True, nogil=True, parallel=True)
-def _stats_parallel(x, th, strict):
-    nan = 0
-    big = 0
-    nz = 0
-    for i in prange(x.size):
-        v = x[i]
-        if v != v:
-            nan += 1
-            nz += 1
-        elif v != 0:
-            nz += 1
-            a = abs(v)
-            if a != np.inf and (a > th or (a == th and not strict)):
-                big += 1
-    return nan, big, nz
-
-
 def stats(x: np.ndarray, th: float, strict: bool) -> tuple[int, int, int]:
     """(NaNs, finite values with |v| beyond th (>= th unless strict), nonzeros) of a 1-D float array."""
-    fn = _stats_parallel if x.size >= _PARALLEL_MIN else _stats_serial
-    return fn(x, np.float32(th) if x.dtype == np.float32 else np.float64(th), strict)
+    return _stats_serial(x, np.float32(th) if x.dtype == np.float32 else np.float64(th), strict)
 
 
 @njit(cache=True, nogil=True, inline="always")
@@ -80,7 +60,5 @@ def round_count(src: np.ndarray, dst: np.ndarray, p, th: float, strict: bool) ->
     """Round float32 `src` to nearest-even into `dst` (uint32 view, may alias src) in one pass,
     returning (NaNs in src, finite values beyond th, nonzeros rounded to zero). `p` holds the
     format's kernel parameters (halfsim.formats._params)."""
-    # Serial on purpose: right after a BLAS call OpenBLAS's threads still spin, and a parallel
-    # numba kernel competing with them ran a whole fp16 model 1.5-1.8x slower (measured on 2 cores).
     return _round_count_serial(src, dst, p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf,
               np.float32(th), strict)
