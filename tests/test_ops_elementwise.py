@@ -5,16 +5,8 @@ from onnx import TensorProto as TP
 
 import halfsim
 from halfsim.errors import HalfsimError
-from onnxruntime.capi.onnxruntime_pybind11_state import NotImplemented as OrtNotImplemented
-from opcheck import check_op as _check_op, make_model, run_ort, feeds_of
+from opcheck import check_op_or_skip as check_op, make_model, run_ort, feeds_of
 
-
-def check_op(*args, **kw):
-    """check_op, skipping the few dtype/op pairs ORT's CPU EP has no kernel for (no oracle)."""
-    try:
-        return _check_op(*args, **kw)
-    except OrtNotImplemented as e:
-        pytest.skip(f"ORT has no kernel: {str(e)[:80]}")
 
 rng = np.random.default_rng(0)
 
