@@ -86,7 +86,8 @@ _DEBUG = bool(os.environ.get("HALFSIM_DEBUG"))
 
 
 class RunResult(dict):
-    """Graph outputs by name (a plain dict), plus what was observed during the run."""
+    """Graph outputs by name (a plain dict), plus what was observed during the run and the
+    numerical events in execution order (so the first event of a kind is where it starts)."""
     observed: dict[str, np.ndarray]
     events: list
     trace: "Trace | None"

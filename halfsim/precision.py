@@ -152,7 +152,6 @@ class PrecisionPlan:
 
     def on_outputs(self, node, outs: list, state) -> list:
         prec, storage, typed, follow, args = state
-        in_ids = {id(a) for a in args if isinstance(a, np.ndarray)}
         if node.op_type == "Constant":
             # Constants are weights: they are rounded where consumed, with the weights'
             # overflow behaviour (saturating by default), exactly like initializers.
@@ -186,7 +185,8 @@ class PrecisionPlan:
             if lowout:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
             if fmt is not FP32:
-                fresh = o.flags.owndata and o.flags.writeable and id(o) not in in_ids
+                # Round in place only an array the op made fresh (not one of its inputs).
+                fresh = o.flags.owndata and o.flags.writeable and not any(o is a for a in args)
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
                                 inputs=args, inplace=fresh)
             if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
@@ -381,14 +381,6 @@ def _constant_outputs(graph) -> set[str]:
         if n.op_type == "Constant":
             out.update(o for o in n.outputs if o)
     return out
-
-
-def first_events(events: list[Event]) -> dict[str, Event]:
-    """The first node (in execution order) where each kind of event appears."""
-    first: dict[str, Event] = {}
-    for e in events:
-        first.setdefault(e.kind, e)
-    return first
 
 
 def has_low_precision_types(model) -> bool:
