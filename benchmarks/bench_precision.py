@@ -42,13 +42,15 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", default="dtln_model_2,magika,rapidocr_det,rapidocr_rec,minilm_int8")
+    ap.add_argument("--presets", default=",".join(PRESETS[1:]), help="compared with fp32 (always run)")
     args = ap.parse_args()
     names = set(args.models.split(",")) if args.models else None
-    print(f"{'model':<16}" + "".join(f"{p:>14}" for p in PRESETS) + "   (ms; x = ratio to fp32)")
+    presets = ("fp32",) + tuple(p for p in args.presets.split(",") if p and p != "fp32")
+    print(f"{'model':<16}" + "".join(f"{p:>14}" for p in presets) + "   (ms; x = ratio to fp32)")
     for name, model, feeds in cases(names):
         t = {p: median_ms(lambda p=p: model.run(feeds, precision=p), args.runs if p != "fp16-acc16" else max(1, args.runs // 2))
-             for p in PRESETS}
-        cells = [f"{t['fp32']:>14.1f}"] + [f"{t[p]:>8.1f} {t[p] / t['fp32']:>4.1f}x" for p in PRESETS[1:]]
+             for p in presets}
+        cells = [f"{t['fp32']:>14.1f}"] + [f"{t[p]:>8.1f} {t[p] / t['fp32']:>4.1f}x" for p in presets[1:]]
         print(f"{name:<16}" + "".join(cells), flush=True)
 
 
