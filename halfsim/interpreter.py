@@ -394,6 +394,11 @@ class _Overlay(dict):
 
 
 def load(src: Any) -> Model:
-    """Load an ONNX model from a path, bytes or a ModelProto."""
+    """Load an ONNX model from a path, bytes or a ModelProto, or a CoreML ML program from a
+    .mlpackage/.mlmodel path (translated to ONNX by halfsim.mil)."""
+    from .mil.loader import is_coreml_path
+    if is_coreml_path(src):
+        from .mil import load as load_ml_program
+        return load_ml_program(src)
     proto = G.read_model(src)
     return Model(proto, source=src if isinstance(src, (str, os.PathLike)) else "<memory>")
