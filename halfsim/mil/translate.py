@@ -493,7 +493,8 @@ def _reshape_like(b: Builder) -> None:
 
 @mil_op("transpose")
 def _transpose(b: Builder) -> None:
-    b.node("Transpose", [b.t("x")], b.out(), perm=[int(p) for p in b.val("perm")])
+    r = b.rank()  # MIL allows negative axes in perm; ONNX does not
+    b.node("Transpose", [b.t("x")], b.out(), perm=[int(p) % r for p in b.val("perm")])
 
 
 @mil_op("expand_dims")
