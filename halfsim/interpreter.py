@@ -104,6 +104,8 @@ class _Runner:
         self.observed: dict[str, np.ndarray] = {}
         self.scopes: list[Mapping[str, np.ndarray]] = []
         self._sub_inits: dict[int, dict[str, np.ndarray]] = {}
+        # Plain fp32 with nothing to hook or observe: precompiled schedules (_FastGraph).
+        self.fast = False
 
     def _lookup(self, name: str, env: dict):
         v = env.get(name, _MISSING)
@@ -142,11 +144,7 @@ class _Runner:
         finally:
             if node.subgraphs:
                 self.scopes.pop()
-        outs = list(res) if isinstance(res, (tuple, list)) else [res]
-        if len(outs) < len(node.outputs):
-            outs += [None] * (len(node.outputs) - len(outs))
-        outs = [o if o is None or isinstance(o, np.ndarray) or isinstance(o, list) else np.asarray(o)
-                for o in outs[:len(node.outputs)]]
+        outs = _normalize(res, len(node.outputs))
         if not plan.identity:
             outs = plan.on_outputs(node, outs, state)
         self._store(node, outs, env)
@@ -162,7 +160,59 @@ class _Runner:
                 if self.observe is not None and (self.observe is True or name in self.observe):
                     self.observed[name] = val
 
+    def run_fast(self, fg: "_FastGraph", env: dict, free: bool = True) -> None:
+        """The fp32 loop: no plan, hook or observer calls, arguments and the tensors to free
+        after each node precomputed. Same results and errors as exec_node."""
+        scopes = self.scopes
+        node = ins = None
+        try:
+            for node, fn, ins, attrs, outs, dead, sub in fg.steps:
+                args = [env[t] if t else None for t in ins]
+                ctx = OpContext(node, None, self)
+                if sub:
+                    scopes.append(env)
+                    try:
+                        res = fn(ctx, *args, **attrs)
+                    finally:
+                        scopes.pop()
+                else:
+                    res = fn(ctx, *args, **attrs)
+                if type(res) is np.ndarray and len(outs) == 1:
+                    if outs[0]:
+                        env[outs[0]] = res
+                else:
+                    for name, val in zip(outs, _normalize(res, len(outs))):
+                        if name:
+                            env[name] = val
+                if free:
+                    for t in dead:
+                        env.pop(t, None)
+        except HalfsimError:
+            raise
+        except Exception as e:
+            if isinstance(e, KeyError) and ins is not None and e.args and e.args[0] in ins and e.args[0] not in env:
+                raise ExecutionError(f"tensor {e.args[0]!r} is not available") from None
+            if _DEBUG:
+                raise
+            raise ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}") from None
+
     def run_subgraph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        if self.fast:
+            fg = self.model._fast_graph(graph)
+            env = dict(fg.env0)
+            # Outer-scope names (transitively, for nested bodies) become local: one lookup per
+            # call instead of a scope walk per read.
+            for t in fg.outer:
+                for scope in reversed(self.scopes):
+                    v = scope.get(t, _MISSING)
+                    if v is not _MISSING:
+                        env[t] = v
+                        break
+            for vi in graph.inputs:
+                if vi.name in feeds:
+                    env[vi.name] = feeds[vi.name]
+            self.run_fast(fg, env)
+            return [self._lookup(o, env) for o in fg.outputs]
         env: dict[str, Any] = {}
         key = id(graph)
         inits = self._sub_inits.get(key)
@@ -181,6 +231,42 @@ class _Runner:
 _MISSING = object()
 
 
+def _normalize(res: Any, n: int) -> list:
+    """An op's return value as exactly n outputs (None for missing ones, arrays for scalars)."""
+    outs = list(res) if isinstance(res, (tuple, list)) else [res]
+    if len(outs) < n:
+        outs += [None] * (n - len(outs))
+    return [o if o is None or isinstance(o, np.ndarray) or isinstance(o, list) else np.asarray(o)
+            for o in outs[:n]]
+
+
+class _FastGraph:
+    """The fp32 schedule of one graph (main graph or body), built on its first fp32 run:
+    nodes that read only weights run once and their outputs are shared between runs
+    (read-only), as ORT folds them; every other node is a precomputed step
+    (node, fn, inputs, attrs, outputs, tensors dead after it, has subgraphs)."""
+    __slots__ = ("folded", "env0", "steps", "outputs", "outer")
+
+    def __init__(self, graph: G.Graph, runner: "_Runner"):
+        const = _constant_nodes(graph)
+        env: dict[str, Any] = dict(graph.initializers)
+        for n in graph.nodes:
+            if n.index in const:
+                runner.exec_node(n, env)
+        self.folded = {o: _frozen(env[o]) for n in graph.nodes if n.index in const for o in n.outputs if o}
+        self.env0 = env
+        self.outputs = graph.output_names
+        self.outer = tuple(sorted(graph.outer_names))
+        keep = set(self.outputs) | set(env)
+        self.steps = []
+        for n in graph.nodes:
+            if n.index in const:
+                continue
+            reads = [t for t in n.inputs if t] + [t for sg in n.subgraphs for t in sg.outer_names]
+            dead = tuple(dict.fromkeys(t for t in reads if graph.last_use.get(t) == n.index and t not in keep))
+            self.steps.append((n, n.impl.fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
+
+
 class Model:
     """An ONNX model ready to run. Create with halfsim.load()."""
 
@@ -192,7 +278,13 @@ class Model:
         if not self.graph.outputs:
             raise HalfsimError("model has no outputs")
         self._const_nodes = _constant_nodes(self.graph)
-        self._folded: dict[int, list] = {}
+        self._fast: dict[int, _FastGraph] = {}
+
+    def _fast_graph(self, graph: G.Graph) -> "_FastGraph":
+        fg = self._fast.get(id(graph))
+        if fg is None:
+            fg = self._fast[id(graph)] = _FastGraph(graph, _Runner(self, FP32_PLAN, None, None))
+        return fg
 
     # -- introspection -------------------------------------------------------------
     @property
@@ -269,6 +361,34 @@ class Model:
             obs = set([observe] if isinstance(observe, str) else observe)
         runner = _Runner(self, plan, hook, obs)
         g = self.graph
+        overrides = any(k in g.initializers for k in feeds)
+        if plan.identity and hook is None and obs is None and reuse is None and not overrides:
+            runner.fast = True
+            fg = self._fast_graph(g)
+            env = dict(fg.env0)
+            env.update(feeds)
+            runner.run_fast(fg, env, free=not keep_trace)
+        else:
+            env = self._run_general(runner, feeds, reuse, dirty, keep_trace, overrides)
+        result = RunResult()
+        for name in g.output_names:
+            try:
+                result[name] = env[name]
+            except KeyError:
+                raise ExecutionError(f"graph output {name!r} was not produced") from None
+        result.observed = runner.observed
+        result.events = getattr(plan, "events", [])
+        result.trace = None
+        if keep_trace:
+            t = Trace(env.flatten() if isinstance(env, _Overlay) else env)
+            result.trace = t
+        return result
+
+    def _run_general(self, runner: "_Runner", feeds: dict, reuse: "Trace | None", dirty, keep_trace: bool,
+                     overrides: bool) -> dict:
+        """Node by node through exec_node: precision plans, hooks, observers, cone re-runs."""
+        plan, hook, obs = runner.plan, runner.hook, runner.observe
+        g = self.graph
         outputs = set(g.output_names)
         env: dict[str, Any] = {}
         cone = None
@@ -304,18 +424,15 @@ class Model:
         free = not keep_trace and cone is None
         # Constant folding (fp32 only, no hook, weights as in the model): nodes that read only
         # weights are computed once per model and their outputs reused, as ORT folds them.
-        fold = plan.identity and hook is None and cone is None and not any(k in g.initializers for k in feeds)
+        fold = plan.identity and hook is None and cone is None and not overrides
+        folded = self._fast_graph(g).folded if fold else {}
         for node in g.nodes:
             if cone is not None and node.index not in cone:
                 continue
             if fold and node.index in self._const_nodes:
-                cached = self._folded.get(node.index)
-                if cached is None:
-                    runner.exec_node(node, env)
-                    cached = self._folded[node.index] = [_frozen(env.get(o)) if o else None for o in node.outputs]
-                for o, v in zip(node.outputs, cached):
+                for o in node.outputs:
                     if o:
-                        env[o] = v
+                        env[o] = v = folded[o]
                         if obs is not None and (obs is True or o in obs):
                             runner.observed[o] = v
             else:
@@ -330,19 +447,7 @@ class Model:
                         if g.last_use.get(t) == node.index and t not in outputs and t in env:
                             if obs is None or (obs is not True and t not in obs):
                                 del env[t]
-        result = RunResult()
-        for name in g.output_names:
-            try:
-                result[name] = env[name]
-            except KeyError:
-                raise ExecutionError(f"graph output {name!r} was not produced") from None
-        result.observed = runner.observed
-        result.events = getattr(plan, "events", [])
-        result.trace = None
-        if keep_trace:
-            t = Trace(env.flatten() if isinstance(env, _Overlay) else env)
-            result.trace = t
-        return result
+        return env
 
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial",

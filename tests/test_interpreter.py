@@ -145,3 +145,77 @@ def test_cli_run_and_compare_against_ort(tmp_path):
     rep = json.loads(j.read_text())
     assert rep["version"] == 1 and rep["outputs"]["y"]["rel_l2"] <= 1e-6
     assert [layer["node"] for layer in rep["layers"]] == ["n_a", "n_b", "n_c", "n_y", "n_s", "n_z"]
+
+
+def _control_model():
+    """y = If(sum(x) > 0, x * c1 + outer, x - c2) with Constant nodes inside both branches,
+    then a Loop adding x to an accumulator 3 times (the body reads x from the outer scope)."""
+    f = TensorProto.FLOAT
+    then_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["c1"], value=numpy_helper.from_array(np.float32(3), "c1")),
+         helper.make_node("Mul", ["x", "c1"], ["t0"]),
+         helper.make_node("Add", ["t0", "outer"], ["t"])],
+        "then", [], [helper.make_tensor_value_info("t", f, None)])
+    else_g = helper.make_graph(
+        [helper.make_node("Constant", [], ["c2"], value=numpy_helper.from_array(np.float32(0.5), "c2")),
+         helper.make_node("Sub", ["x", "c2"], ["e"])],
+        "else", [], [helper.make_tensor_value_info("e", f, None)])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+         helper.make_node("Add", ["acc_in", "x"], ["acc_out"])],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("acc_in", f, None)],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("acc_out", f, None)])
+    nodes = [helper.make_node("Relu", ["x"], ["outer"]),
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g),
+             helper.make_node("Loop", ["trip", "", "y"], ["z"], body=body)]
+    inits = [numpy_helper.from_array(np.float32(0), "zero"), numpy_helper.from_array(np.int64(3), "trip")]
+    g = helper.make_graph(nodes, "ctl", [helper.make_tensor_value_info("x", f, [2, 3])],
+                          [helper.make_tensor_value_info("y", f, None), helper.make_tensor_value_info("z", f, None)],
+                          inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_fast_fp32_path_matches_ort_and_the_general_path_with_subgraphs(sign):
+    import onnxruntime as ort
+    proto = _control_model()
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    m = halfsim.load(proto)
+    rng = np.random.default_rng(5)
+    for _ in range(2):  # the second run reuses the folded branch constants
+        x = (sign * np.abs(rng.standard_normal((2, 3)))).astype(np.float32)
+        want = sess.run(None, {"x": x})
+        fast = m.run({"x": x})
+        general = m.run({"x": x}, observe="all")  # observers take the node-by-node path
+        for i, name in enumerate(["y", "z"]):
+            np.testing.assert_allclose(fast[name], want[i], rtol=1e-6, atol=1e-6)
+            np.testing.assert_array_equal(fast[name], general[name])
+
+
+def test_fast_path_errors_name_the_node_like_the_general_path():
+    f = TensorProto.FLOAT
+    g = helper.make_graph([helper.make_node("Relu", ["x"], ["r"], name="first"),
+                           helper.make_node("Concat", ["r", "w"], ["y"], name="bad_cat", axis=0)],
+                          "g", [helper.make_tensor_value_info("x", f, None), helper.make_tensor_value_info("w", f, None)],
+                          [helper.make_tensor_value_info("y", f, None)])
+    m = halfsim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    feeds = {"x": np.ones((2, 3), np.float32), "w": np.ones((4, 5), np.float32)}  # Concat's other axes differ
+    with pytest.raises(HalfsimError) as fast:
+        m.run(feeds)
+    with pytest.raises(HalfsimError) as general:
+        m.run(feeds, observe="all")
+    assert "bad_cat" in str(fast.value) and "\n" not in str(fast.value)
+    assert str(fast.value) == str(general.value)
+
+
+def test_keep_trace_in_the_fast_path_keeps_every_tensor():
+    m = halfsim.load(_chain())
+    x = np.ones((2, 4), np.float32)
+    r = m.run({"x": x}, keep_trace=True)
+    assert {"x", "a", "b", "c", "s", "y", "z", "W"} <= set(r.trace)
+    np.testing.assert_array_equal(r.trace["c"], np.maximum(2 * x + (np.arange(4, dtype=np.float32) - 1.5), 0))
