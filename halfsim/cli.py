@@ -13,7 +13,7 @@ from .errors import CheckFailed, HalfsimError
 
 
 def _add_input_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="ONNX model file")
+    p.add_argument("model", help="ONNX model file, or a CoreML ML program (.mlpackage/.mlmodel)")
     g = p.add_mutually_exclusive_group()
     g.add_argument("--inputs", metavar="X.npz", help="inputs; keys are graph input names")
     g.add_argument("--seed", type=int, default=None, help="random inputs from this seed (default 0)")
@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_input_opts(c)
     _add_precision_opts(c, "fp32")
     c.add_argument("--against", default="halfsim:fp32", metavar="BACKEND",
-                   help="halfsim:SPEC (default halfsim:fp32), ort, ort-fp16, ort-cuda, ort-cuda-fp16, coreml")
+                   help="halfsim:SPEC (default halfsim:fp32), ort, ort-fp16, ort-cuda, ort-cuda-fp16, coreml, "
+                        "onnx:PATH[:SPEC] (another model run by halfsim at SPEC, default fp32)")
     c.add_argument("--per-layer", action="store_true")
     c.add_argument("--json", metavar="F")
     c.add_argument("--html", metavar="F")

@@ -9,7 +9,7 @@ import numpy as np
 from . import metrics
 from .errors import HalfsimError
 
-BACKENDS = ("halfsim:SPEC", "ort", "ort-fp16", "ort-cuda", "ort-cuda-fp16", "coreml")
+BACKENDS = ("halfsim:SPEC", "ort", "ort-fp16", "ort-cuda", "ort-cuda-fp16", "coreml", "onnx:PATH[:SPEC]")
 
 
 def check_backend(backend: str) -> None:
@@ -19,6 +19,10 @@ def check_backend(backend: str) -> None:
         spec = backend.partition(":")[2] or "fp32"
         from .policy import preset
         preset(spec)
+        return
+    if backend.startswith("onnx:"):
+        from .mil import against
+        against.check(backend)
         return
     if backend == "coreml" and _sys.platform != "darwin":
         raise HalfsimError("CoreML predictions need macOS; on Linux use --against halfsim:coreml-fp16 to predict them")
@@ -36,6 +40,9 @@ def run_backend(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer:
     """Outputs (and with per_layer, every intermediate it can expose) of `backend`."""
     if backend.startswith("halfsim:") or backend == "halfsim":
         return _run_halfsim(model, feeds, backend.partition(":")[2] or "fp32", per_layer)[0]
+    if backend.startswith("onnx:"):  # another model file run by halfsim (halfsim.mil.against)
+        from .mil import against
+        return against.run(model, feeds, backend, per_layer)
     if backend == "ort":
         from .backends import ort
         return ort.run(model.proto, feeds, intermediates=per_layer)
