@@ -36,6 +36,47 @@ def _tanh_nb(x, out):
         out[i] = np.tanh(np.float64(x[i]))
 
 
+@njit(cache=True, nogil=True)
+def _lstm_gates_nb(pre, c, bias, peep, clip, use_clip, coupled, h_out, c_out):
+    """One fused LSTM step after the matmuls, default activations (sigmoid, tanh, tanh):
+    pre (B, 4H) = x·W^T + h·R^T in gate order i, o, f, c; bias (4H,) and peep (3H,) may be
+    zeros. Each elementwise step rounds to the storage type, activations are computed in
+    float64 and rounded once, as the unfused numpy cell does."""
+    B = pre.shape[0]
+    H = pre.shape[1] // 4
+    for b in range(B):
+        for j in range(H):
+            cv = c[b, j]
+            p_i = pre[b, j] + peep[j] * cv + bias[j]
+            p_f = pre[b, 2 * H + j] + peep[2 * H + j] * cv + bias[2 * H + j]
+            p_c = pre[b, 3 * H + j] + bias[3 * H + j]
+            if use_clip:
+                p_i = min(max(p_i, -clip), clip)
+                p_f = min(max(p_f, -clip), clip)
+                p_c = min(max(p_c, -clip), clip)
+            i = c.dtype.type(_sig1(np.float64(p_i)))
+            if coupled:
+                f = c.dtype.type(1) - i
+            else:
+                f = c.dtype.type(_sig1(np.float64(p_f)))
+            g = c.dtype.type(np.tanh(np.float64(p_c)))
+            cn = f * cv + i * g
+            p_o = pre[b, H + j] + peep[H + j] * cn + bias[H + j]
+            if use_clip:
+                p_o = min(max(p_o, -clip), clip)
+            o = c.dtype.type(_sig1(np.float64(p_o)))
+            c_out[b, j] = cn
+            h_out[b, j] = o * c.dtype.type(np.tanh(np.float64(cn)))
+
+
+@njit(cache=True, nogil=True)
+def _sig1(v):
+    if v >= 0:
+        return 1.0 / (1.0 + np.exp(-v))
+    e = np.exp(v)
+    return e / (1.0 + e)
+
+
 def _fast(kernel, x):
     """Run an elementwise kernel in one call: numpy's per-ufunc overhead dominates the small
     per-step gate arrays. Computed in float64 and rounded once."""
@@ -165,8 +206,7 @@ def _run(ctx, op_type, X, W, R, B, seq_lens, init_states, direction, layout, hid
             ridx = _reverse_index(T, lens)
             Xd = X[ridx, np.arange(Bn)[None, :]] if lens is not None else X[::-1]
         # X·W^T for every timestep at once.
-        Wt = np.ascontiguousarray(W[d].T)
-        xw = ctx.matmul(np.ascontiguousarray(Xd).reshape(T * Bn, I), Wt).reshape(T, Bn, gates * H)
+        xw = ctx.matmul(np.ascontiguousarray(Xd).reshape(T * Bn, I), _wt(ctx, W[d])).reshape(T, Bn, gates * H)
         states = []
         for k in range(n_states):
             s = init_states[k] if k < len(init_states) else None
@@ -202,6 +242,12 @@ def _run(ctx, op_type, X, W, R, B, seq_lens, init_states, direction, layout, hid
     return (np.ascontiguousarray(Y), *[np.ascontiguousarray(f) for f in finals])
 
 
+def _wt(ctx, w: np.ndarray) -> np.ndarray:
+    """w^T for x @ w^T. Plain fp32 hands BLAS the transposed view (it transposes in the
+    kernel); copying every weight on every call cost more than the recurrence on 1-step models."""
+    return w.T if ctx.plain else np.ascontiguousarray(w.T)
+
+
 def _clip(x, clip):
     return x if clip is None else np.clip(x, -clip, clip)
 
@@ -213,7 +259,7 @@ def _rnn(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation
          clip, direction, hidden_size, layout):
     num_dir = _num_dir(direction, "RNN")
     acts = _activations(activations, activation_alpha, activation_beta, ["Tanh"], num_dir, "RNN")
-    Rt = [np.ascontiguousarray(R[d].T) for d in range(num_dir)]
+    Rt = [_wt(ctx, R[d]) for d in range(num_dir)]
     H = R.shape[-1]
     bias = None if B is None else B[:, :H] + B[:, H:]
 
@@ -251,8 +297,8 @@ def _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation
     num_dir = _num_dir(direction, "GRU")
     acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh"], num_dir, "GRU")
     H = R.shape[-1]
-    Rzr = [np.ascontiguousarray(R[d, :2 * H].T) for d in range(num_dir)]
-    Rh = [np.ascontiguousarray(R[d, 2 * H:].T) for d in range(num_dir)]
+    Rzr = [_wt(ctx, R[d, :2 * H]) for d in range(num_dir)]
+    Rh = [_wt(ctx, R[d, 2 * H:]) for d in range(num_dir)]
     lbr = bool(linear_before_reset)
     # Per direction: bias of z|r (W and R summed), of h from W, of h from R.
     bias = None
@@ -313,11 +359,30 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
     acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"],
                         num_dir, "LSTM")
     H = R.shape[-1]
-    Rt = [np.ascontiguousarray(R[d].T) for d in range(num_dir)]
+    Rt = [_wt(ctx, R[d]) for d in range(num_dir)]
     bias = None if B is None else B[:, :4 * H] + B[:, 4 * H:]
     if P is not None and P.shape != (num_dir, 3 * H):
         raise ExecutionError(f"LSTM: P has shape {list(P.shape)}, expected {[num_dir, 3 * H]}")
     coupled = bool(input_forget)
+    default_acts = [a.lower() for a in (activations or [])] in ([], ["sigmoid", "tanh", "tanh"] * num_dir)
+    if ctx.plain and default_acts and X.dtype in (np.float32, np.float64):
+        # Fused step: numpy's per-call overhead on the small gate arrays dominated.
+        dt = X.dtype
+        zb = np.zeros(4 * H, dt)
+        zp = np.zeros(3 * H, dt)
+        use_clip = clip is not None
+        clipv = float(clip) if use_clip else 0.0
+        peeps = [zp if P is None else np.ascontiguousarray(P[d], dtype=dt) for d in range(num_dir)]
+
+        def fused(ctx, d, xw, states, bd):
+            h, c = states
+            pre = xw + ctx.matmul(h, Rt[d])
+            hn, cn = np.empty(h.shape, dt), np.empty(h.shape, dt)
+            _lstm_gates_nb(pre, np.ascontiguousarray(c, dtype=dt), zb if bd is None else np.ascontiguousarray(bd, dtype=dt),
+                           peeps[d], clipv, use_clip, coupled, hn, cn)
+            return [hn, cn]
+        return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
+                    hidden_size, 4, fused, 2)
 
     def cell(ctx, d, xw, states, bd):
         h, c = states
