@@ -6,6 +6,7 @@ Re-running with `reuse=trace, dirty=nodes` recomputes only the downstream cone o
 reading every other tensor from the trace: bisection and fault campaigns rely on this."""
 from __future__ import annotations
 
+import contextlib
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -15,6 +16,7 @@ import onnx
 from . import graph as G
 from .decompose import run_decomposed
 from .errors import ExecutionError, HalfsimError, InputError
+from .kernels.blas import matmul as _split_matmul, single_threaded_blas
 
 Hook = Callable[["G.Node", list], "list | None"]
 
@@ -60,7 +62,7 @@ class _FP32Plan:
     identity = True
 
     def matmul(self, ctx, a, b):
-        return np.matmul(a, b)
+        return _split_matmul(a, b)
 
     def sum(self, ctx, x, axis, keepdims):
         return np.sum(x, axis=axis, keepdims=keepdims)
@@ -229,6 +231,7 @@ class _Runner:
 
 
 _MISSING = object()
+_NO_LIMIT = contextlib.nullcontext()
 
 
 def _normalize(res: Any, n: int) -> list:
@@ -362,14 +365,16 @@ class Model:
         runner = _Runner(self, plan, hook, obs)
         g = self.graph
         overrides = any(k in g.initializers for k in feeds)
-        if plan.identity and hook is None and obs is None and reuse is None and not overrides:
-            runner.fast = True
-            fg = self._fast_graph(g)
-            env = dict(fg.env0)
-            env.update(feeds)
-            runner.run_fast(fg, env, free=not keep_trace)
-        else:
-            env = self._run_general(runner, feeds, reuse, dirty, keep_trace, overrides)
+        # fp32: BLAS at one thread, large matmuls split by halfsim (kernels/blas.py).
+        with single_threaded_blas() if plan.identity else _NO_LIMIT:
+            if plan.identity and hook is None and obs is None and reuse is None and not overrides:
+                runner.fast = True
+                fg = self._fast_graph(g)
+                env = dict(fg.env0)
+                env.update(feeds)
+                runner.run_fast(fg, env, free=not keep_trace)
+            else:
+                env = self._run_general(runner, feeds, reuse, dirty, keep_trace, overrides)
         result = RunResult()
         for name in g.output_names:
             try:

@@ -316,3 +316,34 @@ def test_multi_head_attention(case):
 def test_gemm_float16():
     a, b, c = r(3, 8, dtype=np.float16), r(4, 8, dtype=np.float16), r(4, dtype=np.float16)
     check_op("Gemm", [a, b, c], dict(transB=1, alpha=0.5), rtol=2e-3, atol=2e-3)
+
+
+@pytest.mark.parametrize("sa,sb", [((300, 200), (200, 150)),        # split over rows
+                                   ((20, 400), (400, 900)),         # fewer rows: split over columns
+                                   ((3, 1, 64, 96), (5, 96, 80)),   # broadcast batch
+                                   ((7, 5), (5, 3))])               # small: one call
+def test_split_matmul_matches_float64(sa, sb, monkeypatch):
+    from halfsim.kernels import blas
+    monkeypatch.setenv("HALFSIM_THREADS", "2")
+    monkeypatch.setattr(blas, "_MIN_WORK", 1 << 12)  # split even the moderate cases
+    a = rng.standard_normal(sa).astype(np.float32)
+    b = rng.standard_normal(sb).astype(np.float32)
+    got = blas.matmul(a, b)
+    want = np.matmul(a.astype(np.float64), b.astype(np.float64))
+    assert got.shape == want.shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * np.sqrt(sa[-1]))
+
+
+def test_single_threaded_blas_restores_the_thread_count():
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from halfsim.kernels.blas import single_threaded_blas
+    info = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"]
+    if not info:
+        pytest.skip("no BLAS threadpoolctl can drive")
+    before = info[0]["num_threads"]
+    with single_threaded_blas():
+        with single_threaded_blas():  # re-entrant
+            inner = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"][0]["num_threads"]
+        assert inner == 1
+    after = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"][0]["num_threads"]
+    assert after == before
