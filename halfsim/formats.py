@@ -129,7 +129,7 @@ def format(fmt: Union[str, Format]) -> Format:
 class _Params:
     """Integers the kernels need for a format, computed once per format."""
     __slots__ = ("m", "emin", "maxbits", "maxbits64", "has_inf", "s", "be_min", "minnorm",
-                 "down_scale", "up_scale", "half_m1", "identity")
+                 "down_scale", "up_scale", "half_m1", "identity", "fp16")
 
     def __init__(self, f: Format):
         self.m, self.emin, self.has_inf = f.mbits, f.emin, int(f.has_inf)
@@ -145,6 +145,7 @@ class _Params:
         self.up_scale = np.float32(1 if e8 else math.ldexp(1.0, f.mbits - f.emin))
         self.half_m1 = (1 << self.s >> 1) - 1 if self.s > 0 else 0
         self.identity = f.ebits == 8 and f.mbits == 23 and f.bias == 127 and f.has_inf
+        self.fp16 = f.ebits == 5 and f.mbits == 10 and f.bias == 15 and f.has_inf  # IEEE binary16: F16C applies
 
 
 _PARAMS: dict[Format, _Params] = {}

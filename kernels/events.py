@@ -5,7 +5,10 @@ threads still spin, and parallel numba kernels competing with them ran a whole f
 import numpy as np
 from numba import njit
 
+from .halfcvt import f32_to_f16_f32
 from .rounding import _rne_bits32
+
+_QNAN32 = 0x7FC00000
 
 
 @njit(cache=True, nogil=True)
@@ -56,9 +59,73 @@ def _round_count_serial(src, dst, s, half_m1, lsb1, be_min, up_scale, down_scale
     return nan, big, under
 
 
+@njit(cache=True, nogil=True)
+def _round_count_inplace(x, s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf, th, strict):
+    # One array read and written: with two views of the same memory LLVM's runtime alias check
+    # fails and the loop runs scalar (measured 4x slower).
+    nan = 0
+    big = 0
+    under = 0
+    for i in range(x.size):
+        r, n, b, u = _rc_one(x[i], s, half_m1, lsb1, be_min, up_scale, down_scale, maxbits, has_inf, th, strict)
+        x[i] = np.uint32(r).view(np.float32)
+        nan += n
+        big += b
+        under += u
+    return nan, big, under
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _f16_one(v):
+    # fp16 through f32_to_f16_f32 (F16C where the CPU has it); a NaN becomes the signed quiet
+    # NaN without payload, as the generic kernel gives. fp16 has inf, so a finite value
+    # overflowed exactly when its result is infinite (|v| >= 65520, the threshold).
+    r = f32_to_f16_f32(v)
+    u = np.int64(np.float32(v).view(np.uint32))
+    rb = np.int64(np.float32(r).view(np.uint32))
+    nan = v != v
+    rb = ((u & 0x80000000) | _QNAN32) if nan else rb
+    big = np.int64((np.abs(v) != np.inf) & (np.abs(r) == np.inf))
+    under = np.int64((v != 0) & (r == 0))
+    return rb, np.int64(nan), big, under
+
+
+@njit(cache=True, nogil=True)
+def _f16_count(src, dst):
+    nan = 0
+    big = 0
+    under = 0
+    for i in range(src.size):
+        r, n, b, u = _f16_one(src[i])
+        dst[i] = np.uint32(r).view(np.float32)
+        nan += n
+        big += b
+        under += u
+    return nan, big, under
+
+
+@njit(cache=True, nogil=True)
+def _f16_count_inplace(x):
+    nan = 0
+    big = 0
+    under = 0
+    for i in range(x.size):
+        r, n, b, u = _f16_one(x[i])
+        x[i] = np.uint32(r).view(np.float32)
+        nan += n
+        big += b
+        under += u
+    return nan, big, under
+
+
 def round_count(src: np.ndarray, dst: np.ndarray, p, th: float, strict: bool) -> tuple[int, int, int]:
-    """Round float32 `src` to nearest-even into `dst` (uint32 view, may alias src) in one pass,
-    returning (NaNs in src, finite values beyond th, nonzeros rounded to zero). `p` holds the
-    format's kernel parameters (halfsim.formats._params)."""
-    return _round_count_serial(src, dst, p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf,
-              np.float32(th), strict)
+    """Round 1-D float32 `src` to nearest-even into float32 `dst` (src itself or memory not
+    overlapping it) in one pass, returning (NaNs in src, finite values beyond th, nonzeros
+    rounded to zero). `p` holds the format's kernel parameters (halfsim.formats._params); th
+    and strict its overflow threshold."""
+    if p.fp16:
+        return _f16_count_inplace(src) if dst is src else _f16_count(src, dst)
+    args = (p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf, np.float32(th), strict)
+    if dst is src:
+        return _round_count_inplace(src, *args)
+    return _round_count_serial(src, dst.view(np.uint32), *args)

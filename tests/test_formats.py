@@ -439,3 +439,33 @@ def test_ulp_distance_against_sorted_value_count(name):
     a, b = rng.choice(grid, 20000), rng.choice(grid, 20000)
     want = np.abs(np.searchsorted(grid, a) - np.searchsorted(grid, b))
     assert (halfsim.ulp_distance(a, b, name) == want).all()
+
+
+# ------------------------------------------------------------------ rounding with event counts
+@pytest.mark.parametrize("name", sorted(REF_DTYPES))
+@pytest.mark.parametrize("inplace", [False, True])
+def test_round_count_against_references(name, inplace):
+    """The precision plan's one-pass round-and-count kernel (fp16 through F16C where the CPU
+    has it, the bit-manipulation kernel otherwise), in place and into a separate array: values
+    as ml_dtypes/numpy round them, NaNs as the signed quiet NaN without payload, and the event
+    counts recomputed from the reference results."""
+    from halfsim.kernels.events import round_count
+    from halfsim.precision import _overflow_threshold
+    rng = np.random.default_rng(7)
+    bits = rng.integers(0, 1 << 32, 200_000, dtype=np.uint64).astype(np.uint32)  # NaN payloads included
+    x = np.concatenate([probes(name), bits.view(np.float32), rng.standard_normal(100_003).astype(np.float32)])
+    f = halfsim.format(name)
+    th, strict = _overflow_threshold(f)
+    want = ref_round(x, name)
+    nan = np.isnan(x)
+    want[nan] = np.where(np.signbit(x[nan]), -np.float32(np.nan), np.float32(np.nan))
+    src = x.copy()
+    dst = src if inplace else np.empty_like(src)
+    counts = round_count(src, dst, F._params(f), th, strict)
+    assert np.array_equal(dst.view(np.uint32), want.view(np.uint32))
+    with np.errstate(invalid="ignore"):
+        big = int(np.count_nonzero(np.isfinite(x) & ~np.isfinite(want)))
+        under = int(np.count_nonzero((x != 0) & ~nan & (want == 0)))
+    assert counts == (int(nan.sum()), big, under)
+    if not inplace:
+        assert np.array_equal(src.view(np.uint32), x.view(np.uint32))
