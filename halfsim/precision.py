@@ -10,6 +10,8 @@ model (fp16-converted models) are widened exactly to float32 for the op and stor
 their own type, so Cast really rounds and every op has true low-precision semantics."""
 from __future__ import annotations
 
+import json
+from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -64,6 +66,7 @@ class PrecisionPlan:
         self.weights_fmt = self.fmt(policy.weights) if policy.weights else None
         self.io_fmt = self.fmt(policy.io) if policy.io else None
         self.output_names = set(model.graph.output_names)
+        self._folds: _PlanFolds | None = None
         if policy.coreml_constants:
             self._coreml_keep_fp32(model.graph)
 
@@ -96,6 +99,16 @@ class PrecisionPlan:
         return f
 
     # -- interpreter interface --------------------------------------------------------
+    @property
+    def fold_cache(self) -> "_PlanFolds | None":
+        """Where the interpreter keeps weight-only nodes folded under this plan's policy (see
+        _PlanFolds). None for subclasses: they may not compute the same thing every run."""
+        if type(self) is not PrecisionPlan:
+            return None
+        if self._folds is None:
+            self._folds = _PlanFolds(self)
+        return self._folds
+
     def node_precision(self, node) -> OpPrecision:
         p = self._precs.get(id(node))
         if p is None:
@@ -306,7 +319,7 @@ class PrecisionPlan:
         if subnormals == "keep" and overflow == "inf" and fmt.has_inf and x.dtype == np.float32:
             # The hot path: round and count in one pass, in place when allowed.
             y = x if (inplace and x.flags.c_contiguous and x.flags.writeable) else np.empty(x.shape, np.float32)
-            nan_x, big, under = round_count(flat, y.reshape(-1).view(np.uint32), _format_params(fmt), th, strict)
+            nan_x, big, under = round_count(flat, flat if y is x else y.reshape(-1), _format_params(fmt), th, strict)
         else:
             nan_x, big, nz_x = stats(flat, th, strict)
             y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
@@ -329,6 +342,43 @@ class PrecisionPlan:
         inf = np.isinf(o)
         if inf.any():
             self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
+
+
+# Policies whose folded weights a model keeps (bisection tries many policies: bound the memory).
+_FOLD_POLICIES = 3
+
+
+class _PlanFolds:
+    """Weight-only nodes computed once per model and policy, as the fp32 path folds them. The
+    interpreter calls get(index) before such a node runs and, on a miss, runs it and stores its
+    outputs with [index] = outputs. The events the node raised (its input roundings included)
+    and the formats of its outputs are kept with them and replayed on a hit, so a run from the
+    cache has the same outputs, events and tags, bit for bit, as one that computes them."""
+
+    def __init__(self, plan: PrecisionPlan):
+        self.plan = plan
+        store = plan.model.__dict__.setdefault("_policy_folds", OrderedDict())
+        key = json.dumps(plan.policy.to_dict(), sort_keys=True)
+        mine = store.pop(key, None)
+        store[key] = self.folded = mine if mine is not None else {}
+        while len(store) > _FOLD_POLICIES:
+            store.popitem(last=False)
+        self._mark = 0
+
+    def get(self, index: int) -> list | None:
+        hit = self.folded.get(index)
+        if hit is None:
+            self._mark = len(self.plan.events)
+            return None
+        outs, events, tags = hit
+        self.plan.events.extend(events)
+        self.plan.tags.update(tags)
+        return outs
+
+    def __setitem__(self, index: int, outs: list) -> None:
+        tags = self.plan.tags
+        node = self.plan.model.graph.nodes[index]
+        self.folded[index] = (outs, self.plan.events[self._mark:], {t: tags[t] for t in node.outputs if t in tags})
 
 
 _FOLLOW_CACHE: dict[tuple, list[bool]] = {}
