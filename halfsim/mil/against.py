@@ -58,6 +58,26 @@ def _key(name: str) -> str:
     return _SUFFIX.sub("", name)
 
 
+def _match_layers(model, other, observed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The other model's intermediates under the candidate's tensor names: same name, else the
+    same name modulo precision suffixes, else the same producing node (a FLOAT16 program renames
+    `var_21` of op `linear_0` to `linear_0_cast_fp16`); only where the match is unique."""
+    cand: dict[str, list[str]] = {}
+    for n in model.nodes:
+        for t in n.outputs:
+            if t:
+                cand.setdefault(_key(t), []).append(t)
+        if len(n.outputs) == 1 and n.outputs[0]:
+            cand.setdefault("node:" + _key(n.label), []).append(n.outputs[0])
+    producer = {t: n.label for n in other.nodes if len(n.outputs) == 1 for t in n.outputs}
+    out: dict[str, np.ndarray] = {}
+    for t, v in observed.items():
+        hits = cand.get(_key(t)) or (cand.get("node:" + _key(producer[t])) if t in producer else None)
+        if hits and len(hits) == 1 and hits[0] not in out:
+            out[hits[0]] = v
+    return out
+
+
 def run(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer: bool = False) -> dict[str, np.ndarray]:
     """The other model's outputs keyed by the candidate's output names (matched by name, else by
     position), plus with per_layer its intermediates under the candidate's names where they match."""
@@ -67,15 +87,7 @@ def run(model, feeds: Mapping[str, np.ndarray], backend: str, per_layer: bool = 
     res = other.run(_feeds(model, other, feeds), precision=spec, observe="all" if per_layer else None)
     out: dict[str, np.ndarray] = {}
     if per_layer:
-        cand = {t for n in model.nodes for t in n.outputs if t}
-        by_key: dict[str, list[str]] = {}
-        for t in cand:
-            by_key.setdefault(_key(t), []).append(t)
-        for t, v in res.observed.items():
-            if t in cand:
-                out[t] = v
-            elif len(by_key.get(_key(t), ())) == 1 and by_key[_key(t)][0] not in res.observed:
-                out[by_key[_key(t)][0]] = v
+        out.update(_match_layers(model, other, res.observed))
     theirs = list(other.outputs)
     for i, name in enumerate(model.outputs):
         if name in res:

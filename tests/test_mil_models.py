@@ -1,0 +1,316 @@
+"""CoreML ML programs converted by coremltools on Linux from torch modules (a CNN, a transformer
+block, a recurrent model), saved as .mlpackage and run by halfsim:
+- at FLOAT32 they match torch's fp32 outputs (rel L2 <= 1e-5);
+- at FLOAT16 they place the same ops in fp16 as halfsim's `coreml-fp16` preset on the same
+  module exported to ONNX, and agree with that prediction to summation-order noise;
+- bad input (a neural-network model, missing or truncated weights, an unsupported MIL op) is a
+  one-line error, exit code 2 from the CLI; `compare --against onnx:PATH` works on them;
+- on macOS, a comparison with real CoreML predictions (skipped elsewhere)."""
+import contextlib
+import io
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("coremltools")
+torch = pytest.importorskip("torch")
+
+import halfsim  # noqa: E402
+from halfsim import metrics  # noqa: E402
+from halfsim.backends import coreml  # noqa: E402
+from halfsim.cli import main  # noqa: E402
+from halfsim.backends.coreml_ops import quiet_import  # noqa: E402
+from halfsim.errors import ModelError  # noqa: E402
+from halfsim.precision import PrecisionPlan  # noqa: E402
+from halfsim.policy import preset  # noqa: E402
+
+F = torch.nn.functional
+B, T, D, H = 2, 6, 32, 2   # head size 16: the attention scale 1/4 is exact, so torch's division
+                           # (ONNX Div) and coremltools' multiplication (MIL mul) agree bit for bit
+
+
+class CNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.c1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = torch.nn.BatchNorm2d(8)
+        self.c2 = torch.nn.Conv2d(8, 16, 3, stride=2)
+        self.fc = torch.nn.Linear(16, 10)
+
+    def forward(self, x):
+        y = F.max_pool2d(torch.relu(self.bn(self.c1(x))), 2)
+        y = F.adaptive_avg_pool2d(torch.relu(self.c2(y)), 1).flatten(1)
+        return torch.softmax(self.fc(y), -1)
+
+
+class Block(torch.nn.Module):
+    """Pre-norm transformer block. Linear layers see 2-D rows: torch.onnx exports a 3-D Linear as
+    MatMul + Add (two fp16 roundings) where coremltools emits one `linear` (see the report)."""
+
+    def __init__(self):
+        super().__init__()
+        self.qkv, self.o = torch.nn.Linear(D, 3 * D), torch.nn.Linear(D, D)
+        self.ln1, self.ln2 = torch.nn.LayerNorm(D), torch.nn.LayerNorm(D)
+        self.f1, self.f2 = torch.nn.Linear(D, 4 * D), torch.nn.Linear(4 * D, D)
+
+    def forward(self, x):
+        q, k, v = self.qkv(self.ln1(x).reshape(B * T, D)).reshape(B, T, 3 * D).split(D, -1)
+        q, k, v = (t.reshape(B, T, H, D // H).transpose(1, 2) for t in (q, k, v))
+        a = torch.softmax(q @ k.transpose(-1, -2) / (D // H) ** 0.5, -1) @ v
+        x = x + self.o(a.transpose(1, 2).reshape(B * T, D)).reshape(B, T, D)
+        return x + self.f2(F.gelu(self.f1(self.ln2(x).reshape(B * T, D)))).reshape(B, T, D)
+
+
+class RNN(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lstm = torch.nn.LSTM(8, 16, batch_first=True, bidirectional=True)
+        self.fc = torch.nn.Linear(32, 4)
+
+    def forward(self, x):
+        y, _ = self.lstm(x)
+        return self.fc(y.reshape(-1, 32))
+
+
+def _models():
+    torch.manual_seed(0)
+    cnn = CNN()
+    with torch.no_grad():  # non-trivial running statistics
+        cnn.bn.running_mean.uniform_(-1, 1)
+        cnn.bn.running_var.uniform_(0.5, 2)
+    return {"cnn": (cnn, torch.randn(2, 3, 16, 16)), "block": (Block(), torch.randn(B, T, D)),
+            "rnn": (RNN(), torch.randn(2, 5, 8))}
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    """name -> {"x", "ref" (torch fp32), "onnx", "FLOAT32", "FLOAT16" (paths)}; each model converted once."""
+    d = tmp_path_factory.mktemp("mil_models")
+    out = {}
+    for name, (mod, x) in _models().items():
+        mod.eval()
+        with torch.no_grad():
+            ref = mod(x).numpy()
+        rec = {"x": x.numpy(), "ref": ref, "onnx": str(d / f"{name}.onnx")}
+        torch.onnx.export(mod, (x,), rec["onnx"], input_names=["x"], opset_version=20, dynamo=False)
+        for prec in ("FLOAT32", "FLOAT16"):
+            rec[prec] = str(d / f"{name}_{prec}.mlpackage")
+            coreml.convert(mod, prec, example_inputs=x).save(rec[prec])
+        out[name] = rec
+    return out
+
+
+def _run(path, x, precision="fp32"):
+    m = halfsim.load(path)
+    return m.run({m.inputs[0].name: x}, precision=precision)[m.outputs[0]]
+
+
+@pytest.mark.parametrize("name", ["cnn", "block", "rnn"])
+def test_float32_program_matches_torch(built, name):
+    rec = built[name]
+    got = _run(rec["FLOAT32"], rec["x"])
+    assert got.dtype == np.float32 and got.shape == rec["ref"].shape
+    assert metrics.rel_l2(got, rec["ref"]) <= 1e-5
+
+
+def _mil_fp32_ops(path) -> set[str]:
+    """MIL compute ops the FLOAT16 program leaves in fp32 (casts aside)."""
+    return {o["type"] for o in coreml.fp16_ops(path) if o["dtype"] == "fp32" and o["type"] != "cast"}
+
+
+def _preset_fp32_ops(onnx_path, x) -> set[str]:
+    """ONNX ops computing floats that the coreml-fp16 preset keeps in fp32 (casts aside)."""
+    m = halfsim.load(onnx_path)
+    res = m.run({"x": x}, observe="all")
+    plan = PrecisionPlan(preset("coreml-fp16"), m)
+    return {n.op_type for n in m.nodes if n.op_type != "Cast" and plan.node_precision(n).storage == "fp32"
+            and any(isinstance(res.observed.get(t), np.ndarray) and res.observed[t].dtype.kind == "f"
+                    for t in n.outputs)}
+
+
+# The op-type names of the only MIL ops any of these programs keeps in fp32, in ONNX.
+MIL_TO_ONNX = {"lstm": "LSTM"}
+
+
+@pytest.mark.parametrize("name", ["cnn", "block", "rnn"])
+def test_float16_program_matches_coreml_fp16_preset(built, name):
+    rec = built[name]
+    mil32 = _mil_fp32_ops(rec["FLOAT16"])
+    assert {MIL_TO_ONNX[t] for t in mil32} == _preset_fp32_ops(rec["onnx"], rec["x"])
+    assert (name == "rnn") == bool(mil32)  # the LSTM stays fp32 (no fp16 lstm before iOS17)
+    got = _run(rec["FLOAT16"], rec["x"])
+    want = _run(rec["onnx"], rec["x"], "coreml-fp16")
+    # Same ops, same roundings: only fp32 summation order may differ, so at most a 1-ulp fp16
+    # flip on a few elements (one flip on 1% of the elements is rel L2 ~5e-5).
+    assert metrics.max_ulp(got.astype(np.float16), want.astype(np.float16), "fp16") <= 1
+    assert metrics.rel_l2(got, want) <= 5e-5
+    # ...while fp16 really happened: the prediction is away from fp32 by fp16 error.
+    assert 1e-5 < metrics.rel_l2(got, rec["ref"]) < 3e-3
+
+
+def test_builder_lstm_gate_order_against_torch(tmp_path):
+    """MIL lstm built by hand (gates input, forget, output, cell; one summed bias; h/c as
+    [batch, dirs*H]) against torch.nn.LSTM (gates i, f, g, o) with the same weights."""
+    mb = quiet_import("coremltools.converters.mil").Builder
+    torch.manual_seed(1)
+    lstm = torch.nn.LSTM(3, 4, bidirectional=True).eval()
+
+    def ifoz(w):  # torch (i, f, g, o) -> MIL (i, f, o, z=g)
+        i, f, g, o = np.split(w.detach().numpy(), 4)
+        return np.concatenate([i, f, o, g])
+
+    p = {k: ifoz(getattr(lstm, k)) for k in ("weight_ih_l0", "weight_hh_l0", "weight_ih_l0_reverse",
+                                              "weight_hh_l0_reverse")}
+    bias = ifoz(lstm.bias_ih_l0 + lstm.bias_hh_l0)
+    bias_back = ifoz(lstm.bias_ih_l0_reverse + lstm.bias_hh_l0_reverse)
+    x = np.random.default_rng(2).standard_normal((5, 2, 3)).astype(np.float32)
+    h0 = np.random.default_rng(3).standard_normal((2, 2, 4)).astype(np.float32)  # torch [dirs, b, H]
+    c0 = np.random.default_rng(4).standard_normal((2, 2, 4)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)])
+    def prog(xs):
+        y, h, c = mb.lstm(x=xs, initial_h=h0.transpose(1, 0, 2).reshape(2, 8), initial_c=c0.transpose(1, 0, 2).reshape(2, 8),
+                          weight_ih=p["weight_ih_l0"], weight_hh=p["weight_hh_l0"], bias=bias,
+                          weight_ih_back=p["weight_ih_l0_reverse"], weight_hh_back=p["weight_hh_l0_reverse"],
+                          bias_back=bias_back, direction="bidirectional", output_sequence=True, name="lstm")
+        return y, h, c
+
+    path = str(tmp_path / "lstm.mlpackage")
+    coreml.convert(prog, "FLOAT32").save(path)
+    m = halfsim.load(path)
+    got = m.run({"xs": x})
+    with torch.no_grad():
+        y, (h, c) = lstm(torch.from_numpy(x), (torch.from_numpy(h0), torch.from_numpy(c0)))
+    want = [y.numpy(), h.permute(1, 0, 2).reshape(2, 8).numpy(), c.permute(1, 0, 2).reshape(2, 8).numpy()]
+    for name, w in zip(m.outputs, want):
+        assert metrics.rel_l2(got[name], w) <= 1e-5, name
+
+
+# -- CLI, compare ---------------------------------------------------------------------------
+def _cli(*args, subprocess_: bool = False):
+    """The CLI's exit code and stderr; in-process (a subprocess pays coremltools' and torch's
+    import again) unless asked."""
+    argv = [str(a) for a in args]
+    if subprocess_:
+        r = subprocess.run([sys.executable, "-m", "halfsim", *argv], capture_output=True, text=True)
+        return r.returncode, r.stderr
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        code = main(argv)
+    return code, err.getvalue()
+
+
+def test_cli_run_and_compare_against_onnx(built, tmp_path):
+    rec = built["block"]
+    m = halfsim.load(rec["FLOAT16"])
+    name = m.inputs[0].name
+    np.savez(tmp_path / "in.npz", **{name: rec["x"]})
+    code, err = _cli("run", rec["FLOAT16"], "--inputs", tmp_path / "in.npz", "-o", tmp_path / "out.npz")
+    assert code == 0, err
+    out = np.load(tmp_path / "out.npz")[m.outputs[0]]
+    assert metrics.rel_l2(out, rec["ref"]) < 3e-3
+    # The FLOAT16 program against the source ONNX model run by halfsim at coreml-fp16: the same
+    # prediction; against the ONNX model in fp32: fp16 drift, per output and (names match the
+    # FLOAT32 program's modulo _cast_fp16) per layer against the FLOAT32 program.
+    js = tmp_path / "c.json"
+    code, err = _cli("compare", rec["FLOAT16"], "--inputs", tmp_path / "in.npz", "--against",
+                     f"onnx:{rec['onnx']}:coreml-fp16", "--json", js)
+    assert code == 0, err
+    rep = json.load(open(js))
+    (o,) = rep["outputs"].values()
+    assert o["rel_l2"] <= 5e-5
+    code, err = _cli("compare", rec["FLOAT16"], "--inputs", tmp_path / "in.npz", "--against",
+                     f"onnx:{rec['FLOAT32']}", "--per-layer", "--json", js)
+    assert code == 0, err
+    rep = json.load(open(js))
+    (o,) = rep["outputs"].values()
+    assert 1e-5 < o["rel_l2"] < 3e-3
+    layers = {lay["op_type"] for lay in rep["layers"]}
+    assert {"LayerNormalization", "Gemm", "MatMul", "Softmax", "Gelu"} <= layers
+    assert all(lay["rel_l2"] < 1e-2 for lay in rep["layers"])
+
+
+def test_compare_against_missing_model_is_one_line(built, tmp_path):
+    code, err = _cli("compare", built["cnn"]["FLOAT32"], "--against", f"onnx:{tmp_path / 'nope.onnx'}")
+    assert code == 2 and "no such model" in err and len(err.strip().splitlines()) == 1
+
+
+# -- bad input --------------------------------------------------------------------------------
+def _neural_network(path):
+    ct = quiet_import("coremltools")
+    nn = quiet_import("coremltools.models.neural_network")
+    dt = quiet_import("coremltools.models.datatypes")
+    b = nn.NeuralNetworkBuilder([("x", dt.Array(3))], [("y", dt.Array(3))])
+    b.add_activation("relu", "RELU", "x", "y")
+    ct.models.MLModel(b.spec, skip_model_load=True).save(str(path))
+
+
+def _bad_inputs(built, d):
+    src = built["cnn"]["FLOAT32"]
+    cases = {}
+    cases["neural network"] = (d / "nn.mlmodel", "neuralNetwork model, not an ML program")
+    _neural_network(cases["neural network"][0])
+    missing = d / "missing.mlpackage"
+    shutil.copytree(src, missing)
+    (missing / "Data/com.apple.CoreML/weights/weight.bin").unlink()
+    cases["missing weights"] = (missing, "weight file weight.bin is missing")
+    truncated = d / "truncated.mlpackage"
+    shutil.copytree(src, truncated)
+    blob = truncated / "Data/com.apple.CoreML/weights/weight.bin"
+    blob.write_bytes(blob.read_bytes()[:1000])
+    cases["truncated weights"] = (truncated, "corrupt weights")
+    garbage = d / "garbage.mlmodel"
+    garbage.write_bytes(b"not a protobuf at all")
+    cases["unreadable"] = (garbage, "cannot read CoreML model")
+    mb = quiet_import("coremltools.converters.mil").Builder
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 5))])
+    def prog(x):
+        return mb.argsort(x=mb.relu(x=x), axis=-1, name="order")
+
+    unsupported = d / "argsort.mlpackage"
+    coreml.convert(prog, "FLOAT32").save(str(unsupported))
+    cases["unsupported op"] = (unsupported, "unsupported MIL op argsort (op 'order'")
+    return cases
+
+
+@pytest.fixture(scope="module")
+def bad(built, tmp_path_factory):
+    return _bad_inputs(built, tmp_path_factory.mktemp("mil_bad"))
+
+
+@pytest.mark.parametrize("case", ["neural network", "missing weights", "truncated weights", "unreadable",
+                                  "unsupported op"])
+def test_bad_input_is_one_line_error(bad, case):
+    path, needle = bad[case]
+    with pytest.raises(ModelError) as e:
+        halfsim.load(path)
+    assert needle in str(e.value) and "\n" not in str(e.value)
+    # One case through a real process: the exit code the shell sees.
+    code, err = _cli("run", path, "-o", path.parent / "o.npz", subprocess_=case == "missing weights")
+    assert code == 2
+    assert err.strip().splitlines() == [f"halfsim: error: {e.value}"]
+
+
+def test_unsupported_op_names_the_opset(bad):
+    with pytest.raises(ModelError, match=r"argsort .*\(iOS15\)"):
+        halfsim.load(bad["unsupported op"][0])
+
+
+# -- real CoreML ------------------------------------------------------------------------------
+@pytest.mark.skipif(sys.platform != "darwin", reason="CoreML predictions need macOS")
+@pytest.mark.parametrize("name", ["cnn", "block", "rnn"])
+def test_matches_real_coreml_predictions(built, name):
+    """CoreML itself (CPU only, so fp32 programs compute in fp32) against halfsim on the same program."""
+    ct = quiet_import("coremltools")
+    rec = built[name]
+    for prec, tol in (("FLOAT32", 1e-5), ("FLOAT16", 3e-3)):
+        model = ct.models.MLModel(rec[prec], compute_units=ct.ComputeUnit.CPU_ONLY)
+        m = halfsim.load(rec[prec])
+        feeds = {m.inputs[0].name: rec["x"]}
+        want = coreml.run(model, feeds)[m.outputs[0]]
+        assert metrics.rel_l2(m.run(feeds)[m.outputs[0]], want) <= tol, prec
