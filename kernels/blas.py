@@ -8,6 +8,7 @@ ourselves keeps both cores busy when they are free and degrades to the calling t
 when they are not. Without threadpoolctl installed the limit is a no-op (plain OpenBLAS)."""
 from __future__ import annotations
 
+import math
 import threading
 from contextlib import contextmanager
 from typing import Iterator
@@ -71,13 +72,15 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """np.matmul, split over output rows (or columns when there are fewer rows) on the
     kernel threads when large. Each output element is the same single BLAS dot product
     as in one call, up to the BLAS kernel's blocking."""
-    if a.ndim < 2 or b.ndim < 2 or threads() <= 1:
+    if a.ndim < 2 or b.ndim < 2:
         return np.matmul(a, b)
     M, K = a.shape[-2:]
     N = b.shape[-1]
+    if M * N * K < _MIN_WORK // 64 or b.shape[-2] != K:  # cheap exit before the batch shape
+        return np.matmul(a, b)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    work = M * N * K * int(np.prod(batch, dtype=np.int64))
-    if work < _MIN_WORK or b.shape[-2] != K:
+    work = M * N * K * math.prod(batch)
+    if work < _MIN_WORK or threads() <= 1:
         return np.matmul(a, b)
     out = np.empty(batch + (M, N), dtype=np.result_type(a.dtype, b.dtype))
     if M >= N:

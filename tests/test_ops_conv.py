@@ -216,3 +216,15 @@ def test_conv_row_tiled():
                 rtol=1e-4, atol=1e-4, expect_matmul=True)
     check_op("Conv", [x, r(8, 16, 3, 3)], dict(pads=[1, 1, 1, 1], dilations=[2, 1], strides=[2, 1]),
              initializers=(1,), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("cin", [4, 64])  # K = 36 (float32 columns) and 576 (integer path)
+def test_conv_integer_exact_on_both_paths(cin):
+    # Full-range uint8 x int8: with K = 576 the products can pass 2**24, so the exact integer
+    # fallback runs; with K = 36 the float32 sgemm path does. ORT's int32 result is exact.
+    x = rng.integers(0, 256, (1, cin, 9, 11), dtype=np.uint8)
+    w = rng.integers(-128, 128, (5, cin, 3, 3), dtype=np.int8)
+    w[0].fill(-128)
+    x[0, :, :3] = 255  # some windows reach the extreme sum
+    check_op("ConvInteger", [x, w, np.array(0, np.uint8), np.array(0, np.int8)], {"pads": [1, 1, 1, 1]}, opset=10,
+             initializers=(1, 3), rtol=0, atol=0)

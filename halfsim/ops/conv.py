@@ -13,6 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ExecutionError, ModelError
+from ..kernels.blas import matmul as split_matmul
 from .linalg import int_matmul, is_float, requantize
 from .registry import op
 
@@ -247,15 +248,25 @@ def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kern
     M = w.shape[0]
     Cg, Mg = C // group, M // group
     xz = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
-    # Subtracting the zero point first makes zero padding equal to padding with the zero point.
-    xi = x.astype(np.int32) - xz
     wi = w.astype(np.int32)
     if w_zero_point is not None:
         wz = np.asarray(w_zero_point).astype(np.int32)
         wi = wi - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
     K = Cg * math.prod(kernel)
-    cols = windows(pad_spatial(xi, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, math.prod(out_sp))
-    y = int_matmul(wi.reshape(group, Mg, K), cols)
+    P = math.prod(out_sp)
+    # Subtracting the zero point first makes zero padding equal to padding with the zero point.
+    amax = max(abs(int(x.max()) - xz), abs(int(x.min()) - xz)) if x.size else 0
+    bmax = int(np.abs(wi).max()) if wi.size else 0
+    if amax * bmax * K < 2 ** 24:
+        # Every partial sum is an integer below 2**24: sgemm on float32 columns is exact, and
+        # the columns are built in float32 directly (no int32 copy, no range scan of them).
+        xf = x.astype(np.float32) - np.float32(xz)
+        cols = windows(pad_spatial(xf, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
+        y = split_matmul(wi.astype(np.float32).reshape(group, Mg, K), cols).astype(np.int64)
+    else:
+        xi = x.astype(np.int32) - xz
+        cols = windows(pad_spatial(xi, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
+        y = int_matmul(wi.reshape(group, Mg, K), cols)
     return y.reshape((N, M) + tuple(out_sp))
 
 

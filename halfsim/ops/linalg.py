@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ExecutionError, ModelError
+from ..kernels.blas import matmul as split_matmul
 from .registry import op
 
 
@@ -44,16 +45,16 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     bmax = max(abs(int(b.max())), abs(int(b.min()))) if b.size else 0
     k = a.shape[-1]
     if amax * bmax * k < 2 ** 24:
-        return np.matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
+        return split_matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
     if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
         ai = a.astype(np.int32)
         bf = b.astype(np.float32)
-        hi = np.matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
-        lo = np.matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
+        hi = split_matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
+        lo = split_matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
         return hi * 16 + lo
     if amax * bmax * k < 2 ** 53:
-        return np.matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
-    return np.matmul(a.astype(np.int64), b.astype(np.int64))
+        return split_matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
+    return split_matmul(a.astype(np.int64), b.astype(np.int64))
 
 
 @op("MatMul", since=1)
