@@ -427,14 +427,18 @@ class Model:
             for k, v in changed.items():
                 env[k] = plan.on_graph_input(k, v) if not plan.identity else v
         free = not keep_trace and cone is None
-        # Constant folding (fp32 only, no hook, weights as in the model): nodes that read only
-        # weights are computed once per model and their outputs reused, as ORT folds them.
-        fold = plan.identity and hook is None and cone is None and not overrides
-        folded = self._fast_graph(g).folded if fold else {}
+        # Constant folding (no hook, weights as in the model): nodes that read only weights are
+        # computed once per model (and precision policy: the plan's fold_cache) and their
+        # outputs reused, as ORT folds them.
+        plan_folds = None if plan.identity else getattr(plan, "fold_cache", None)
+        fold = (plan.identity or plan_folds is not None) and hook is None and cone is None and not overrides
+        folded = (self._fast_graph(g).folded if plan.identity else plan_folds) if fold else {}
         for node in g.nodes:
             if cone is not None and node.index not in cone:
                 continue
             if fold and node.index in self._const_nodes:
+                if not plan.identity:  # computed on the first run; its events and formats replayed
+                    folded.ensure(node, env, lambda: runner.exec_node(node, env))
                 for o in node.outputs:
                     if o:
                         env[o] = v = folded[o]

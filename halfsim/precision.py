@@ -350,35 +350,40 @@ _FOLD_POLICIES = 3
 
 class _PlanFolds:
     """Weight-only nodes computed once per model and policy, as the fp32 path folds them. The
-    interpreter calls get(index) before such a node runs and, on a miss, runs it and stores its
-    outputs with [index] = outputs. The events the node raised (its input roundings included)
-    and the formats of its outputs are kept with them and replayed on a hit, so a run from the
-    cache has the same outputs, events and tags, bit for bit, as one that computes them."""
+    interpreter calls ensure(node, env, execute) for such a node and then reads its outputs
+    with folds[name]. The first run executes the node; the events it raised (its input
+    roundings included) and the formats of its outputs are kept with the (read-only) outputs
+    and replayed on later runs, so a run from the cache has the same outputs, events and tags,
+    bit for bit, as one that computes them."""
 
     def __init__(self, plan: PrecisionPlan):
         self.plan = plan
         store = plan.model.__dict__.setdefault("_policy_folds", OrderedDict())
         key = json.dumps(plan.policy.to_dict(), sort_keys=True)
         mine = store.pop(key, None)
-        store[key] = self.folded = mine if mine is not None else {}
+        store[key] = mine if mine is not None else ({}, {})
         while len(store) > _FOLD_POLICIES:
             store.popitem(last=False)
-        self._mark = 0
+        self.values, self.meta = store[key]
 
-    def get(self, index: int) -> list | None:
-        hit = self.folded.get(index)
-        if hit is None:
-            self._mark = len(self.plan.events)
-            return None
-        outs, events, tags = hit
-        self.plan.events.extend(events)
-        self.plan.tags.update(tags)
-        return outs
+    def ensure(self, node, env: dict, execute) -> None:
+        plan = self.plan
+        hit = self.meta.get(node.index)
+        if hit is not None:
+            plan.events.extend(hit[0])
+            plan.tags.update(hit[1])
+            return
+        mark = len(plan.events)
+        execute()
+        for o in node.outputs:
+            if o:
+                v = self.values[o] = env.get(o)
+                if isinstance(v, np.ndarray):
+                    v.flags.writeable = False  # shared between runs
+        self.meta[node.index] = (plan.events[mark:], {t: plan.tags[t] for t in node.outputs if t in plan.tags})
 
-    def __setitem__(self, index: int, outs: list) -> None:
-        tags = self.plan.tags
-        node = self.plan.model.graph.nodes[index]
-        self.folded[index] = (outs, self.plan.events[self._mark:], {t: tags[t] for t in node.outputs if t in tags})
+    def __getitem__(self, name: str):
+        return self.values[name]
 
 
 _FOLLOW_CACHE: dict[tuple, list[bool]] = {}
