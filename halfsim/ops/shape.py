@@ -19,7 +19,10 @@ INT64 = np.int64
 
 def _ints(a) -> list[int]:
     """A 1-D int tensor (or list) as Python ints (exact, no int64 overflow in later arithmetic)."""
-    return [int(v) for v in np.asarray(a).reshape(-1)]
+    if type(a) is list:  # attributes arrive as lists of ints already
+        return [int(v) for v in a]
+    # tolist() yields Python ints in one C call (iterating numpy scalars cost ~1 us each).
+    return [int(v) for v in np.asarray(a).reshape(-1).tolist()]
 
 
 def _axis(a: int, rank: int, what: str = "axis") -> int:
