@@ -170,8 +170,12 @@ def _floor_div(b: Builder) -> None:
 
 
 @mil_op("mod")
-def _mod(b: Builder) -> None:
-    b.node("Mod", [b.t("x"), b.t("y")], b.out(), fmod=int(np_dtype(b.op.x.dtype).kind == "f"))
+def _mod(b: Builder) -> None:  # Python's %: the result takes the divisor's sign
+    if np_dtype(b.op.x.dtype).kind == "f":  # ONNX float Mod is C fmod: x - floor(x / y) * y instead
+        q = b.node("Floor", [b.node("Div", [b.t("x"), b.t("y")])])
+        b.node("Sub", [b.t("x"), b.node("Mul", [q, b.t("y")])], b.out())
+    else:
+        b.node("Mod", [b.t("x"), b.t("y")], b.out(), fmod=0)
 
 
 @mil_op("rsqrt")
@@ -380,10 +384,8 @@ def _conv_transpose(b: Builder) -> None:
             extra = [int(out_shape[-nd + i]) - natural[i] for i in range(nd)]
             if any(extra):
                 attrs["output_padding"] = extra
-    elif kind in ("same", "same_lower"):
-        attrs["auto_pad"] = "SAME_UPPER" if kind == "same" else "SAME_LOWER"
     else:
-        raise ModelError(f"MIL conv_transpose ({b.op.name!r}): unknown pad_type {kind}")
+        raise ModelError(f"MIL conv_transpose ({b.op.name!r}): pad_type {kind} is not supported (valid, custom are)")
     ins = [b.t("x"), b.t("weight")] + ([b.t("bias")] if b.has("bias") else [])
     b.node("ConvTranspose", ins, b.out(), **attrs)
 
@@ -439,10 +441,10 @@ def _layer_norm(b: Builder) -> None:
 
 
 @mil_op("l2_norm")
-def _l2_norm(b: Builder) -> None:  # x / sqrt(max(sum(x^2 over all but the batch axis), eps))
+def _l2_norm(b: Builder) -> None:  # x / sqrt(sum of squares over the last 3 axes + epsilon)
     r = b.rank()
-    ss = b.node("ReduceSumSquare", [b.t("x"), b.i64(list(range(1, r)))], keepdims=1)
-    den = b.node("Sqrt", [b.node("Max", [ss, _scalar(b, b.val("epsilon", 1e-6))])])
+    ss = b.node("ReduceSumSquare", [b.t("x"), b.i64(list(range(r - 3, r)))], keepdims=1)
+    den = b.node("Sqrt", [b.node("Add", [ss, _scalar(b, b.val("epsilon", 1e-6))])])
     b.node("Div", [b.t("x"), den], b.out())
 
 
@@ -482,13 +484,6 @@ def _int_tensor(b: Builder, key: str) -> str:
 @mil_op("reshape")
 def _reshape(b: Builder) -> None:
     b.node("Reshape", [b.t("x"), _int_tensor(b, "shape")], b.out())
-
-
-@mil_op("reshape_like")
-def _reshape_like(b: Builder) -> None:
-    if len(b.op.ref_tensors) != 1:
-        raise ModelError(f"MIL reshape_like ({b.op.name!r}) with several references is not supported")
-    b.node("Reshape", [b.t("x"), b.i64(b.op.outputs[0].shape)], b.out())
 
 
 @mil_op("transpose")
@@ -647,11 +642,11 @@ def _upsample_bilinear(b: Builder) -> None:
 
 @mil_op("topk")
 def _topk(b: Builder) -> None:
-    vals, idx = b.out(0), b.out(1)
     tmp = f"{b.op.name}/indices_i64"
-    b.node("TopK", [b.t("x"), b.i64([int(b.val("k", 1))])], [vals, tmp], axis=int(b.val("axis", -1)),
-           largest=int(not b.val("ascending", False)))
-    b.node("Cast", [tmp], idx, to=_onnx_dtype(np_dtype(b.op.outputs[1].dtype)))
+    b.node("TopK", [b.t("x"), b.i64([int(b.val("k", 1))])], [b.out(0), tmp], axis=int(b.val("axis", -1)),
+           largest=int(not b.val("ascending", False)), sorted=int(bool(b.val("sort", True))))
+    if len(b.op.outputs) > 1:  # iOS16 return_indices=False leaves the indices out
+        b.node("Cast", [tmp], b.out(1), to=_onnx_dtype(np_dtype(b.op.outputs[1].dtype)))
 
 
 @mil_op("cumsum")
@@ -754,8 +749,9 @@ def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.M
     inputs = [_value_info(v) for v in func.inputs.values()]
     outputs = []
     for v in func.outputs:
-        if v.name in func.inputs or getattr(v.op, "op_type", None) == "const":
-            raise ModelError(f"ML program output {v.name!r} is an input or a constant; not supported")
+        if getattr(v.op, "op_type", None) == "const":  # folded by coremltools (a static shape...)
+            b.op = v.op
+            b.node("Identity", [b.const(np.asarray(v.val, dtype=np_dtype(v.dtype)), hint="value")], v.name)
         outputs.append(_value_info(v))
     out_names = {o.name for o in outputs}
     graph = helper.make_graph(b.nodes, function, inputs, outputs, initializer=list(b.inits.values()),
