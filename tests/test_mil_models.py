@@ -190,6 +190,26 @@ def test_builder_lstm_gate_order_against_torch(tmp_path):
         assert metrics.rel_l2(got[name], w) <= 1e-5, name
 
 
+def test_compressed_weights_are_decompressed(tmp_path):
+    """An int8-quantized weight (constexpr_affine_dequantize, iOS16) against numpy dequantization."""
+    ct = quiet_import("coremltools")
+    mb = quiet_import("coremltools.converters.mil").Builder
+    rng = np.random.default_rng(5)
+    q = rng.integers(0, 256, (16, 32)).astype(np.uint8)
+    x = rng.standard_normal((2, 32)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS16)
+    def prog(xs):
+        w = mb.constexpr_affine_dequantize(quantized_data=q, zero_point=np.uint8(128), scale=np.float32(0.01),
+                                           axis=0, name="wq")
+        return mb.linear(x=xs, weight=w, name="out")
+
+    path = str(tmp_path / "q.mlpackage")
+    coreml.convert(prog, "FLOAT32", minimum_deployment_target=ct.target.iOS16).save(path)
+    want = x @ ((q.astype(np.float32) - 128) * 0.01).T
+    assert metrics.rel_l2(halfsim.load(path).run({"xs": x})["out"], want) <= 1e-6
+
+
 # -- CLI, compare ---------------------------------------------------------------------------
 def _cli(*args, subprocess_: bool = False):
     """The CLI's exit code and stderr; in-process (a subprocess pays coremltools' and torch's

@@ -54,6 +54,7 @@ class Builder:
         self.infos: dict[str, onnx.ValueInfoProto] = {}
         self.op: Any = None
         self._k = 0
+        self.materialized: dict[str, np.ndarray] = {}  # outputs of constexpr_* ops (compressed weights)
 
     # -- inputs of the current op ----------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -64,6 +65,8 @@ class Builder:
         v = getattr(self.op, key, None)
         if v is None:
             return default
+        if v.val is None and v.name in self.materialized:
+            return self.materialized[v.name]
         if v.val is None:
             raise ModelError(f"MIL op {self.op.op_type} ({self.op.name!r}): parameter {key} is computed at run "
                              "time; halfsim supports only a constant one here")
@@ -716,7 +719,18 @@ def _opset_name(func) -> str:
 def unsupported_ops(program, function: str = "main") -> list[tuple[str, str]]:
     """(op type, op name) of every op in the function that halfsim cannot translate, in order."""
     return [(op.op_type, op.name) for op in program.functions[function].operations
-            if op.op_type != "const" and op.op_type not in OPS]
+            if op.op_type != "const" and op.op_type not in OPS and not op.op_type.startswith("constexpr_")]
+
+
+def _materialize(b: Builder, op) -> None:
+    """A constexpr_* op (palettized, quantized or sparse weights): decompressed once at load by
+    coremltools' own materialization, then an ordinary initializer in the declared dtype."""
+    vals = op.materialized_val_inference()
+    vals = vals if isinstance(vals, (list, tuple)) else [vals]
+    for var, v in zip(op.outputs, vals):
+        a = np.asarray(v, dtype=np_dtype(var.dtype))
+        b.materialized[var.name] = a
+        b.inits[var.name] = numpy_helper.from_array(a, var.name)
 
 
 def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.ModelProto:
@@ -738,6 +752,9 @@ def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.M
             raise ModelError(f"MIL op {op.op_type} ({op.name!r}) has nested blocks; control flow is not supported")
         b.op = op
         try:
+            if op.op_type.startswith("constexpr_"):
+                _materialize(b, op)
+                continue
             OPS[op.op_type](b)
         except ModelError:
             raise
