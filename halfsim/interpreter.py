@@ -164,11 +164,12 @@ class _Runner:
 
     def run_fast(self, fg: "_FastGraph", env: dict, free: bool = True) -> None:
         """The fp32 loop: no plan, hook or observer calls, arguments and the tensors to free
-        after each node precomputed. Same results and errors as exec_node."""
+        after each node precomputed. Same errors as exec_node; results too, up to the
+        rounding of fused Conv chains (exact steps when the trace is kept, free=False)."""
         scopes = self.scopes
         node = ins = None
         try:
-            for node, fn, ins, attrs, outs, dead, sub in fg.steps:
+            for node, fn, ins, attrs, outs, dead, sub in (fg.steps if free else fg.steps_exact):
                 args = [env[t] if t else None for t in ins]
                 ctx = OpContext(node, None, self)
                 if sub:
@@ -248,7 +249,7 @@ class _FastGraph:
     nodes that read only weights run once and their outputs are shared between runs
     (read-only), as ORT folds them; every other node is a precomputed step
     (node, fn, inputs, attrs, outputs, tensors dead after it, has subgraphs)."""
-    __slots__ = ("folded", "env0", "steps", "outputs", "outer")
+    __slots__ = ("folded", "env0", "steps", "steps_exact", "outputs", "outer")
 
     def __init__(self, graph: G.Graph, runner: "_Runner"):
         const = _constant_nodes(graph)
@@ -261,13 +262,16 @@ class _FastGraph:
         self.outputs = graph.output_names
         self.outer = tuple(sorted(graph.outer_names))
         keep = set(self.outputs) | set(env)
-        self.steps = []
+        # Exact steps, one per node (runs that keep a trace need every tensor); `steps` has
+        # Conv -> BatchNormalization -> Relu/Clip chains fused into one step, as ORT fuses them.
+        self.steps_exact = []
         for n in graph.nodes:
             if n.index in const:
                 continue
             reads = [t for t in n.inputs if t] + [t for sg in n.subgraphs for t in sg.outer_names]
             dead = tuple(dict.fromkeys(t for t in reads if graph.last_use.get(t) == n.index and t not in keep))
-            self.steps.append((n, n.impl.fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
+            self.steps_exact.append((n, n.impl.fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
+        self.steps = _fuse_conv_chains(graph, self.steps_exact, env, set(self.outputs))
 
 
 class Model:
@@ -474,6 +478,113 @@ def _constant_nodes(g: G.Graph) -> set[int]:
             out.add(n.index)
             known.update(o for o in n.outputs if o)
     return out
+
+
+def _fuse_conv_chains(graph: G.Graph, steps: list, env: dict, outputs: set) -> list:
+    """Conv followed by BatchNormalization (folded into the Conv's weights and bias, as ORT
+    does: scale/sqrt(var+eps) in fp32) and/or Relu/Clip (applied in place to the Conv's fresh
+    output) becomes one step. Each link must be the only reader of the previous output, with
+    weights and bounds known at load. New weight tensors are added to `env`."""
+    by_node = {st[0].index: i for i, st in enumerate(steps)}
+
+    def only_reader(t):
+        c = graph.consumers.get(t, [])
+        if t in outputs or len(c) != 1 or c[0] not in by_node:
+            return None
+        return steps[by_node[c[0]]]
+
+    def const(t):
+        return env.get(t) if t else None
+
+    out, skip = [], set()
+    for i, st in enumerate(steps):
+        if i in skip:
+            continue
+        n = st[0]
+        w = const(n.inputs[1]) if n.op_type == "Conv" and len(n.inputs) > 1 else None
+        if (w is None or not isinstance(w, np.ndarray) or w.dtype not in (np.float32, np.float64)
+                or (len(n.inputs) > 2 and n.inputs[2] and const(n.inputs[2]) is None)):
+            out.append(st)
+            continue
+        b = const(n.inputs[2]) if len(n.inputs) > 2 and n.inputs[2] else None
+        chain, last, act = [st], n.outputs[0], None
+        nxt = only_reader(last)
+        if nxt is not None and nxt[0].op_type == "BatchNormalization" and _bn_foldable(nxt[0], env, w):
+            bn = nxt[0]
+            sc, bb, mu, vv = (env[t] for t in bn.inputs[1:5])
+            t = w.dtype.type
+            a = (sc.astype(w.dtype) / np.sqrt(vv.astype(w.dtype) + t(bn.attrs.get("epsilon", 1e-5)))).astype(w.dtype)
+            w = w * a.reshape((-1,) + (1,) * (w.ndim - 1))
+            b = ((np.zeros_like(a) if b is None else b.astype(w.dtype)) - mu.astype(w.dtype)) * a + bb.astype(w.dtype)
+            chain.append(nxt)
+            last = bn.outputs[0]
+            nxt = only_reader(last)
+        if nxt is not None and nxt[0].op_type in ("Relu", "Clip") and nxt[0].inputs[0] == last:
+            act = _inplace_act(nxt[0], env, w.dtype)
+            if act is not None:
+                chain.append(nxt)
+                last = nxt[0].outputs[0]
+        if len(chain) == 1:
+            out.append(st)
+            continue
+        ins = list(n.inputs[:2]) + [""]
+        if len(chain) > 1 and chain[1][0].op_type == "BatchNormalization":
+            ins[1] = f"{n.outputs[0]}::bn_folded_w"
+            ins[2] = f"{n.outputs[0]}::bn_folded_b"
+            env[ins[1]], env[ins[2]] = _frozen(w), _frozen(b)
+        elif len(n.inputs) > 2:
+            ins[2] = n.inputs[2]
+        conv_fn = n.impl.fn
+
+        def fused(ctx, *args, _conv=conv_fn, _act=act, **attrs):
+            y = _conv(ctx, *args, **attrs)
+            if _act is not None:
+                if not y.flags.writeable:
+                    y = y.copy()
+                _act(y)
+            return y
+        dead = tuple(dict.fromkeys(t for s2 in chain for t in s2[5]))
+        for s2 in chain[1:]:
+            skip.add(by_node[s2[0].index])
+        out.append((n, fused, tuple(ins), n.attrs, (last,), dead, False))
+    return out
+
+
+def _bn_foldable(bn: G.Node, env: dict, w: np.ndarray) -> bool:
+    if len(bn.inputs) < 5 or any(o for o in bn.outputs[1:]) or bn.attrs.get("training_mode", 0):
+        return False
+    if not bn.attrs.get("spatial", 1):
+        return False
+    ps = [env.get(t) for t in bn.inputs[1:5]]
+    return all(isinstance(p, np.ndarray) and p.shape == (w.shape[0],) and p.dtype.kind == "f" for p in ps)
+
+
+def _inplace_act(node: G.Node, env: dict, dtype: np.dtype):
+    """An in-place f(y) with the op's own arithmetic (max, then min for Clip), or None."""
+    t = np.dtype(dtype).type
+    if node.op_type == "Relu":
+        zero = np.zeros((), dtype)
+        return lambda y: np.maximum(y, zero, out=y)
+    if node.opset < 11:
+        lo, hi = node.attrs.get("min", -3.4028234663852886e38), node.attrs.get("max", 3.4028234663852886e38)
+        lo, hi = t(lo), t(hi)
+    else:
+        bounds = []
+        for k, default in ((1, np.finfo(dtype).min), (2, np.finfo(dtype).max)):
+            name = node.inputs[k] if len(node.inputs) > k else ""
+            if not name:
+                bounds.append(np.asarray(default, dtype))
+                continue
+            v = env.get(name)
+            if not isinstance(v, np.ndarray) or v.size != 1 or v.dtype != dtype:
+                return None
+            bounds.append(v.reshape(()))
+        lo, hi = bounds
+
+    def clip(y):
+        np.maximum(y, lo, out=y)
+        np.minimum(y, hi, out=y)
+    return clip
 
 
 def _frozen(v):

@@ -219,3 +219,46 @@ def test_keep_trace_in_the_fast_path_keeps_every_tensor():
     r = m.run({"x": x}, keep_trace=True)
     assert {"x", "a", "b", "c", "s", "y", "z", "W"} <= set(r.trace)
     np.testing.assert_array_equal(r.trace["c"], np.maximum(2 * x + (np.arange(4, dtype=np.float32) - 1.5), 0))
+
+
+@pytest.mark.parametrize("bias,act,opset", [(True, "Clip", 13), (False, "Relu", 13), (True, "Clip", 9), (False, None, 13)])
+def test_fused_conv_batchnorm_activation_matches_ort(bias, act, opset):
+    import onnxruntime as ort
+    rng = np.random.default_rng(11)
+    f = TensorProto.FLOAT
+    C, M = 3, 4
+    inits = [numpy_helper.from_array(rng.standard_normal((M, C, 3, 3)).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.uniform(0.5, 2, M).astype(np.float32), "sc"),
+             numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "bb"),
+             numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "mu"),
+             numpy_helper.from_array(rng.uniform(0.1, 3, M).astype(np.float32), "var")]
+    conv_in = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "b"))
+        conv_in.append("b")
+    nodes = [helper.make_node("Conv", conv_in, ["c"], pads=[1, 1, 1, 1]),
+             helper.make_node("BatchNormalization", ["c", "sc", "bb", "mu", "var"], ["n"], epsilon=1e-3)]
+    if act == "Clip" and opset >= 11:
+        inits += [numpy_helper.from_array(np.float32(0), "lo"), numpy_helper.from_array(np.float32(1.5), "hi")]
+        nodes.append(helper.make_node("Clip", ["n", "lo", "hi"], ["y"]))
+    elif act == "Clip":
+        nodes.append(helper.make_node("Clip", ["n"], ["y"], min=0.0, max=1.5))
+    elif act == "Relu":
+        nodes.append(helper.make_node("Relu", ["n"], ["y"]))
+    else:
+        nodes.append(helper.make_node("Identity", ["n"], ["y"]))
+    nodes.append(helper.make_node("Conv", ["x", "w"], ["side"]))  # a second reader of x: x stays live
+    g = helper.make_graph(nodes, "cbr", [helper.make_tensor_value_info("x", f, [2, C, 7, 6])],
+                          [helper.make_tensor_value_info("y", f, None), helper.make_tensor_value_info("side", f, None)], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    x = rng.standard_normal((2, C, 7, 6)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    m = halfsim.load(proto)
+    got = m.run({"x": x})
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["side"], want[1], rtol=1e-5, atol=1e-5)
+    fg = m._fast[id(m.graph)]
+    assert len(fg.steps) < len(fg.steps_exact)  # the chain did run fused
+    tr = m.run({"x": x}, keep_trace=True).trace  # exact steps: the Conv and BN outputs exist
+    assert {"c", "n", "y"} <= set(tr)
+    np.testing.assert_allclose(tr["y"], want[0], rtol=1e-5, atol=1e-5)
