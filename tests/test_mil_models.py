@@ -190,6 +190,42 @@ def test_builder_lstm_gate_order_against_torch(tmp_path):
         assert metrics.rel_l2(got[name], w) <= 1e-5, name
 
 
+class Attention(torch.nn.Module):
+    def __init__(self, float_mask: bool):
+        super().__init__()
+        causal = torch.tril(torch.ones(5, 5, dtype=torch.bool))
+        self.register_buffer("mask", torch.where(causal, 0.0, -1e4) if float_mask else causal)
+
+    def forward(self, q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+
+@pytest.mark.parametrize("float_mask", [False, True])
+def test_scaled_dot_product_attention(tmp_path, float_mask):
+    """iOS18's fused scaled_dot_product_attention against torch at FLOAT32, and at FLOAT16 against
+    the program coremltools writes for iOS17 (matmul, mul, softmax, matmul): the same roundings."""
+    ct = quiet_import("coremltools")
+    torch.manual_seed(3)
+    qkv = tuple(torch.randn(1, 2, 5, 8) for _ in range(3))
+    mod = Attention(float_mask).eval()
+    with torch.no_grad():
+        ref = mod(*qkv).numpy()
+    feeds = None
+    out = {}
+    for prec, tgt in (("FLOAT32", "iOS18"), ("FLOAT16", "iOS18"), ("FLOAT16", "iOS17")):
+        path = str(tmp_path / f"sdpa_{prec}_{tgt}.mlpackage")
+        coreml.convert(mod, prec, example_inputs=qkv, minimum_deployment_target=getattr(ct.target, tgt)).save(path)
+        types = {o["type"] for o in coreml.fp16_ops(path)}
+        assert ("scaled_dot_product_attention" in types) == (tgt == "iOS18")
+        m = halfsim.load(path)
+        dt = m.inputs[0].dtype  # iOS17+ FLOAT16 programs take fp16 inputs
+        feeds = {vi.name: t.numpy().astype(dt) for vi, t in zip(m.inputs, qkv)}
+        out[prec, tgt] = m.run(feeds)[m.outputs[0]].astype(np.float32)
+    assert metrics.rel_l2(out["FLOAT32", "iOS18"], ref) <= 1e-5
+    assert 1e-5 < metrics.rel_l2(out["FLOAT16", "iOS18"], ref) < 3e-3
+    assert metrics.max_ulp(out["FLOAT16", "iOS18"], out["FLOAT16", "iOS17"], "fp16") <= 1
+
+
 def test_compressed_weights_are_decompressed(tmp_path):
     """An int8-quantized weight (constexpr_affine_dequantize, iOS16) against numpy dequantization."""
     ct = quiet_import("coremltools")

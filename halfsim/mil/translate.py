@@ -331,6 +331,24 @@ def _einsum(b: Builder) -> None:
     b.node("Einsum", [b.t(v) for v in b.op.values], b.out(), equation=str(b.val("equation")))
 
 
+@mil_op("scaled_dot_product_attention")
+def _sdpa(b: Builder) -> None:
+    # softmax((Q / sqrt(E)) K^T + mask) V, step by step as coremltools decomposes it before
+    # iOS18 (Q scaled first; each step rounded to the declared type); a bool mask keeps where True.
+    e = b.shape("query")[-1]
+    if not isinstance(e, (int, np.integer)):
+        raise ModelError(f"MIL scaled_dot_product_attention ({b.op.name!r}) needs a static embedding size")
+    kt = _swap_last(b, b.t("key"), b.rank("key"))
+    q = b.node("Mul", [b.t("query"), _scalar(b, 1.0 / np.sqrt(float(e)), "query")])
+    s = b.node("MatMul", [q, kt])
+    if b.has("attn_mask"):
+        mask = b.t("attn_mask")
+        if np_dtype(b.op.attn_mask.dtype) == np.bool_:
+            mask = b.node("Where", [mask, _scalar(b, 0.0, "query"), _scalar(b, -np.inf, "query")])
+        s = b.node("Add", [s, mask])
+    b.node("MatMul", [b.node("Softmax", [s], axis=-1), b.t("value")], b.out())
+
+
 # -- convolution and pooling ------------------------------------------------------------------
 def _pads(b: Builder, kernel: list[int], strides: list[int], dilations: list[int]) -> list[int]:
     """ONNX pads [begins..., ends...] for the op's pad_type (valid, custom, same, same_lower)."""
