@@ -36,7 +36,10 @@ Fast path (sequential matmul, the hot case): rows of `a` for which a cheap pre-p
   otherwise (M <= 21): round-to-odd through float32 TwoSum, as above (24 >= M+3);
   M = 23: float32 arithmetic is the format.
 rnd() there is branch-free: with e = max(exponent(x), emin) and c = 1.5 * 2**(e+23-M),
-(x + c) - c rounds x to a multiple of 2**(e-M) nearest-even in hardware (see _rnd32).
+(x + c) - c rounds x to a multiple of 2**(e-M) nearest-even in hardware (see _rnd32); for the
+fp16 format (e5m10) it is the F16C conversion pair where the CPU has it (kernels.halfcvt), the
+same correct rounding. Full 4 x 16 tiles of the output keep their accumulators in AVX2
+registers for the whole k loop (_make_tile, LLVM IR); edges go row by row (_row_step).
 Other rows use the general float64 path.
 """
 from __future__ import annotations
@@ -44,8 +47,12 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
+from .halfcvt import HW_F16C
 from .rounding import round_bits64
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
@@ -246,33 +253,165 @@ def _row_step(acc, bk, aik, two_emin, magic, mode):
             acc[j] = acc[j] + aik * bk[j]
 
 
-_RB = 4  # rows of a sharing each loaded tile of b
-_JT = 512  # columns per accumulator tile (4 rows x 2 KiB stay in L1)
+# ---- register-tiled fast path ------------------------------------------------------------
+# numba has no SIMD types and LLVM does not keep a tile of accumulators in registers across
+# the k loop on its own (the accumulators live in memory it cannot prove private), so the inner
+# kernel is written in LLVM IR: a _TR x (8*_TV) tile of accumulators held in <8 x float>
+# vectors for the whole k loop, the same float32 steps as _row_step lane by lane.
+_TR, _TV, _TL = 4, 2, 8  # tile rows, vectors per row, lanes per vector (AVX2)
+_TW = _TV * _TL  # tile columns
+_ARR2 = types.Array(types.float32, 2, "C")
+
+
+def _make_tile(mode: int, hw16: bool):
+    """Intrinsic tile(a, b, out, i0, j0, two_emin, magic): out[i0:i0+_TR, j0:j0+_TW] = the
+    sequential float32 fast path (modes as _row_step) of those rows and columns. hw16: the
+    format is fp16 and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in
+    the fast path's range: both round correctly; the zero-sign difference of _rnd32 cannot
+    show, see _row_step)."""
+    L = _TL
+    i32 = ir.IntType(32)
+    fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
+
+    def ci(x):
+        return ir.Constant(iv, [x] * L)
+
+    def splat(builder, x):
+        v = builder.insert_element(ir.Constant(fv, ir.Undefined), x, ir.Constant(i32, 0))
+        return builder.shuffle_vector(v, ir.Constant(fv, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
+
+    @intrinsic
+    def tile(typingctx, a, b, out, i0, j0, two_emin, magic):
+        sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            a_, b_, o_, i0_, j0_, te_, mg_ = args
+            A = context.make_array(_ARR2)(context, builder, a_)
+            B = context.make_array(_ARR2)(context, builder, b_)
+            O = context.make_array(_ARR2)(context, builder, o_)
+            K = cgutils.unpack_tuple(builder, A.shape)[1]
+            N = cgutils.unpack_tuple(builder, B.shape)[1]
+            te, mg = splat(builder, te_), splat(builder, mg_)
+
+            def idx(x):
+                return ir.Constant(K.type, x)
+
+            def rnd(x, keep_sign):  # _rnd32 / _rnd32z, or the conversion pair
+                if hw16:
+                    return builder.fpext(builder.fptrunc(x, hv), fv)
+                xb = builder.bitcast(x, iv)
+                pe = builder.bitcast(builder.and_(xb, ci(0x7F800000)), fv)
+                c = builder.fmul(builder.select(builder.fcmp_ordered(">", pe, te), pe, te), mg)
+                r = builder.fsub(builder.fadd(x, c), c)
+                if keep_sign:
+                    r = builder.bitcast(builder.or_(builder.bitcast(r, iv), builder.and_(xb, ci(-0x80000000))), fv)
+                return r
+
+            def add_odd(x, y):  # _add_odd32
+                s = builder.fadd(x, y)
+                bb = builder.fsub(s, x)
+                e = builder.fadd(builder.fsub(x, builder.fsub(s, bb)), builder.fsub(y, bb))
+                sb, eb = builder.bitcast(s, iv), builder.bitcast(e, iv)
+                adj = builder.or_(builder.ashr(builder.xor(sb, eb), ci(31)), ci(1))
+                odd = builder.and_(builder.fcmp_unordered("!=", e, ir.Constant(fv, [0.0] * L)),
+                                   builder.icmp_signed("==", builder.and_(sb, ci(1)), ci(0)))
+                return builder.bitcast(builder.select(odd, builder.add(sb, adj), sb), fv)
+
+            def vptr(ary, off):
+                return builder.bitcast(builder.gep(ary.data, [off]), fv.as_pointer())
+
+            zero = ir.Constant(fv, [0.0] * L)
+            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
+            with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
+                k = loop.index
+                brow = builder.add(builder.mul(k, N), j0_)
+                bv = [builder.load(vptr(B, builder.add(brow, idx(L * v))), align=4) for v in range(_TV)]
+                for r in range(_TR):
+                    ai = builder.add(builder.mul(builder.add(i0_, idx(r)), K), k)
+                    av = splat(builder, builder.load(builder.gep(A.data, [ai])))
+                    for v in range(_TV):
+                        p = builder.fmul(av, bv[v])
+                        acc = builder.load(accs[r][v])
+                        if mode == 0:
+                            acc = rnd(builder.fadd(acc, rnd(p, False)), False)
+                        elif mode == 1:
+                            acc = rnd(add_odd(acc, rnd(p, False)), False)
+                        elif mode == 2:
+                            acc = rnd(add_odd(acc, p), True)
+                        else:
+                            acc = builder.fadd(acc, p)
+                        builder.store(acc, accs[r][v])
+            for r in range(_TR):
+                orow = builder.add(builder.mul(builder.add(i0_, idx(r)), N), j0_)
+                for v in range(_TV):
+                    builder.store(builder.load(accs[r][v]), vptr(O, builder.add(orow, idx(L * v))), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_TILE0, _TILE1, _TILE2, _TILE3 = (_make_tile(m, False) for m in range(4))
+_TILE16_0, _TILE16_2 = _make_tile(0, HW_F16C), _make_tile(2, HW_F16C)  # fp16 format, modes 0 and 2
+
+
+@njit(cache=True, inline="always")
+def _tile(a, b, out, i0, j0, two_emin, magic, mode):
+    # modes 4, 5: fp16 format with modes 0, 2 through the conversion pair where the CPU has one
+    if mode == 0:
+        _TILE0(a, b, out, i0, j0, two_emin, magic)
+    elif mode == 1:
+        _TILE1(a, b, out, i0, j0, two_emin, magic)
+    elif mode == 2:
+        _TILE2(a, b, out, i0, j0, two_emin, magic)
+    elif mode == 3:
+        _TILE3(a, b, out, i0, j0, two_emin, magic)
+    elif mode == 4:
+        _TILE16_0(a, b, out, i0, j0, two_emin, magic)
+    else:
+        _TILE16_2(a, b, out, i0, j0, two_emin, magic)
 
 
 @njit(cache=True, parallel=True)
 def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
     """Sequential order in float32 for the rows with rowok set (see module docstring).
-    mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23.
-    Blocked over rows and columns so that a tile of b is reused from L1 by _RB rows."""
+    mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23;
+    4, 5: modes 0, 2 for fp16. Full _TR x _TW tiles go through the register-tiled kernel (a
+    tile with a rowok-false row computes it anyway: _mm_general overwrites it), the edges row by
+    row. Parallel over column panels, so that a panel of b stays in cache for all rows."""
     M, K = a.shape
     N = b.shape[1]
-    nb = (M + _RB - 1) // _RB
-    for ib in prange(nb):
-        i0 = ib * _RB
-        nr = min(_RB, M - i0)
-        acc = np.empty((_RB, _JT), np.float32)
-        for j0 in range(0, N, _JT):
-            w = min(_JT, N - j0)
-            acc[:, :w] = 0.0
-            for k in range(K):
-                bk = b[k, j0:j0 + w]
-                for r in range(nr):
-                    if rowok[i0 + r]:
-                        _row_step(acc[r, :w], bk, a[i0 + r, k], two_emin, magic, mode)
-            for r in range(nr):
-                if rowok[i0 + r]:
-                    out[i0 + r, j0:j0 + w] = acc[r, :w]
+    mt, nt = M // _TR, N // _TW
+    for t in prange(nt + (M - mt * _TR)):
+        if t < nt:
+            for ib in range(mt):
+                ok = False
+                for r in range(_TR):
+                    ok |= rowok[ib * _TR + r]
+                if ok:
+                    _tile(a, b, out, ib * _TR, t * _TW, two_emin, magic, mode)
+            continue
+        i = mt * _TR + t - nt  # a row below the last full tile row: all columns
+        if rowok[i]:
+            _row_edge(a, b, out, i, 0, two_emin, magic, mode)
+    # columns right of the last full panel, for the tiled rows
+    if nt * _TW < N:
+        for i in prange(mt * _TR):
+            if rowok[i]:
+                _row_edge(a, b, out, i, nt * _TW, two_emin, magic, mode)
+
+
+@njit(cache=True, inline="always")
+def _row_edge(a, b, out, i, j0, two_emin, magic, mode):
+    """out[i, j0:] by _row_step, k by k."""
+    K = a.shape[1]
+    N = b.shape[1]
+    acc = np.zeros(N - j0, np.float32)
+    m = mode if mode < 4 else (0 if mode == 4 else 2)
+    for k in range(K):
+        _row_step(acc, b[k, j0:], a[i, k], two_emin, magic, m)
+    out[i, j0:] = acc
 
 
 @njit(cache=True, inline="always")
@@ -424,6 +563,8 @@ def _matmul2d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, f
             mode = 2
         else:
             mode = 0 if fmt.m <= 10 else 1
+        if (fmt.e, fmt.m) == (5, 10) and mode in (0, 2):
+            mode = 4 if mode == 0 else 5
         if done.any():
             _mm_fast(a, b, out, done, fmt.two_emin32, fmt.magic32, mode)
     if not done.all():

@@ -404,3 +404,80 @@ def test_sum_empty():
     assert sum_acc(np.zeros((0,), np.float32)) == 0.0
     assert sum_acc(np.zeros((3, 0), np.float32), axis=1).shape == (3,)
     assert sum_acc(np.zeros((0, 3), np.float32), axis=0).tolist() == [0.0, 0.0, 0.0]
+
+
+# ---------------------------------------------------------------- register-tiled fast path
+# Shapes with full tiles (_TR x _TW), a row edge and a column edge, so every part of _mm_fast
+# runs; the oracles are the same independent ones as above.
+
+TILE_SHAPE = (2 * acc_mod._TR + 1, 29, 2 * acc_mod._TW + 3)  # M, K, N
+
+
+def _tile_operands(seed, fmt=F16, lo=-10, hi=2):
+    rng = np.random.default_rng(seed)
+    M, K, N = TILE_SHAPE
+    return rand_fmt_values(rng, (M, K), *fmt, lo=lo, hi=hi), rand_fmt_values(rng, (K, N), *fmt, lo=lo, hi=hi)
+
+
+@pytest.mark.parametrize("fma", [False, True])
+def test_tiled_fp16_matches_numpy_float16(fma):
+    a, b = _tile_operands(11)
+    assert acc_mod._fast_rows(a, b, acc_mod._Fmt(*F16)).all()
+    got = matmul_acc(a, b, *F16, fma=fma)
+    assert same_bits(got, mm_oracle(a, b, f16_seq_fma if fma else f16_seq))
+
+
+@pytest.mark.parametrize("fmt", [BF16, (6, 14), (8, 23)])
+@pytest.mark.parametrize("fma", [False, True])
+def test_tiled_other_formats_against_exact_arithmetic(fmt, fma):
+    a, b = _tile_operands(12 + fmt[1], F16, lo=-6, hi=1)
+    assert acc_mod._fast_rows(a, b, acc_mod._Fmt(*fmt)).all()
+    got = matmul_acc(a, b, *fmt, fma=fma)
+    if fmt == (8, 23) and not fma:
+        want = mm_oracle(a, b, lambda r, c: np.float32(sum_f32(r, c)))
+        assert same_bits(got, want)
+    else:
+        assert np.array_equal(got, mm_oracle(a, b, lambda r, c: seq_exact(r, c, *fmt, fma)))
+
+
+def sum_f32(a_row, b_col):
+    s = np.float32(0)
+    for x, y in zip(a_row, b_col):
+        s = np.float32(s + np.float32(np.float32(x) * np.float32(y)))
+    return s
+
+
+@pytest.mark.parametrize("fma", [False, True])
+def test_tile_with_a_slow_row(fma):
+    # row 5 (inside the second tile) overflows fp16 and fails the pre-check: the tile still
+    # runs for its other rows and the general path must own row 5 completely
+    a, b = _tile_operands(13)
+    a[5, 3] = 60000.0
+    b[3, :] = 4.0
+    ok = acc_mod._fast_rows(a, b, acc_mod._Fmt(*F16))
+    assert not ok[5] and ok.sum() == a.shape[0] - 1
+    got = matmul_acc(a, b, *F16, fma=fma)
+    assert np.isinf(got[5]).any()
+    want = mm_oracle(a, b, f16_seq_fma if fma else f16_seq)
+    with np.errstate(invalid="ignore"):
+        assert same_bits(got, want)
+
+
+@pytest.mark.parametrize("mode_pair", [(0, 4), (2, 5)])
+def test_fp16_conversion_tiles_equal_portable_tiles(mode_pair):
+    # modes 4/5 use the F16C conversions where the CPU has them (HW_F16C); modes 0/2 with fp16
+    # constants are the portable arithmetic a CPU without F16C runs instead: same bits
+    rng = np.random.default_rng(14)
+    M, K, N = 4 * acc_mod._TR, 300, 3 * acc_mod._TW
+    a = rand_fmt_values(rng, (M, K), *F16, lo=-16, hi=-9)  # products and sums near fp16's
+    b = rand_fmt_values(rng, (K, N), *F16, lo=-16, hi=-9)  # subnormals, many rounded away
+    fmt = acc_mod._Fmt(*F16)
+    ok = acc_mod._fast_rows(a, b, fmt)
+    assert ok.all()
+    outs = []
+    for mode in mode_pair:
+        out = np.zeros((M, N), np.float32)
+        acc_mod._mm_fast(a, b, out, ok, fmt.two_emin32, fmt.magic32, mode)
+        outs.append(out)
+    assert same_bits(outs[0], outs[1])
+    assert (np.abs(outs[0]) < 2.0 ** -14).any()  # the subnormal range was reached
