@@ -190,6 +190,47 @@ def test_builder_lstm_gate_order_against_torch(tmp_path):
         assert metrics.rel_l2(got[name], w) <= 1e-5, name
 
 
+def _mil_lstm_reference(x, h, c, w_ih, w_hh, bias, peep, reverse):
+    """MIL lstm from its definition: gates (input, forget, output, cell) stacked in the weights,
+    peepholes (i, f, o) reading c_{t-1} for i and f and c_t for o; the last hidden state."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hs = []
+    for t in (range(len(x))[::-1] if reverse else range(len(x))):
+        zi, zf, zo, zz = np.split(x[t] @ w_ih.T + h @ w_hh.T + bias, 4, axis=-1)
+        pi, pf, po = np.split(peep, 3)
+        i, f = sig(zi + pi * c), sig(zf + pf * c)
+        c = f * c + i * np.tanh(zz)
+        h = sig(zo + po * c) * np.tanh(c)
+        hs.append(h)
+    return hs[-1], c
+
+
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_builder_lstm_peephole_against_numpy(tmp_path, direction):
+    mb = quiet_import("coremltools.converters.mil").Builder
+    rng = np.random.default_rng(6)
+    s, n, i_, h_ = 4, 2, 3, 5
+    x = rng.standard_normal((s, n, i_)).astype(np.float32)
+    h0, c0 = (rng.standard_normal((n, h_)).astype(np.float32) for _ in range(2))
+    w_ih, w_hh = (rng.standard_normal((4 * h_, k)).astype(np.float32) * 0.5 for k in (i_, h_))
+    bias, peep = rng.standard_normal(4 * h_).astype(np.float32), rng.standard_normal(3 * h_).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)])
+    def prog(xs):
+        return mb.lstm(x=xs, initial_h=h0, initial_c=c0, weight_ih=w_ih, weight_hh=w_hh, bias=bias, peephole=peep,
+                       direction=direction, output_sequence=False, name="lstm")
+
+    path = str(tmp_path / "lstm.mlpackage")
+    coreml.convert(prog, "FLOAT32").save(path)
+    m = halfsim.load(path)
+    got = m.run({"xs": x})
+    h_want, c_want = _mil_lstm_reference(x.astype(np.float64), h0, c0, w_ih, w_hh, bias, peep, direction == "reverse")
+    y, h, c = (got[k] for k in m.outputs)
+    assert y.shape == (1, n, h_)
+    for a, want in ((y[0], h_want), (h, h_want), (c, c_want)):
+        assert metrics.rel_l2(a, want) <= 1e-5
+
+
 class Attention(torch.nn.Module):
     def __init__(self, float_mask: bool):
         super().__init__()

@@ -288,6 +288,8 @@ def _named(model, out: dict) -> dict:
 
 def test_every_op_matches_its_definition_at_fp32(saved):
     model = halfsim.load(saved["FLOAT32"])
+    labels = [n.label for n in model.nodes]
+    assert len(set(labels)) == len(labels)  # bisect and fault injection address nodes by name
     got = _named(model, model.run({"x": X}))
     ref = _reference()
     assert set(got) == set(ref)

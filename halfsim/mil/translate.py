@@ -55,6 +55,7 @@ class Builder:
         self.op: Any = None
         self._k = 0
         self.materialized: dict[str, np.ndarray] = {}  # outputs of constexpr_* ops (compressed weights)
+        self._names: set[str] = set()
 
     # -- inputs of the current op ----------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -105,7 +106,11 @@ class Builder:
             outputs = [f"{self.op.name}/{op_type}_{self._k}"]
         elif isinstance(outputs, str):
             outputs = [outputs]
-        name = self.op.name if any(o in mil_outs for o in outputs) else f"{self.op.name}/{op_type}_{self._k}"
+        name = self.op.name
+        if not any(o in mil_outs for o in outputs) or name in self._names:  # node names stay unique
+            self._k += 1
+            name = f"{self.op.name}/{op_type}_{self._k}"
+        self._names.add(name)
         self.nodes.append(helper.make_node(op_type, inputs, outputs, name=name, **attrs))
         return outputs[0]
 
@@ -709,18 +714,17 @@ def _lstm(b: Builder) -> None:
         ins.append(b.const(np.stack([_gates(b.val("peephole" + s, np.zeros(3 * hidden)), [0, 2, 1])
                                      for s in suffixes]), dt, "P"))
     attrs: dict[str, Any] = dict(hidden_size=hidden, direction=direction, activations=[_ACT[a] for a in acts] * dirs)
-    if b.val("clip") is not None:
-        attrs["clip"] = float(b.val("clip"))
+    if b.val("clip") is not None:  # MIL clips the cell state; ONNX's clip bounds gate inputs
+        raise ModelError(f"MIL lstm ({b.op.name!r}) with clip is not supported")
     y, yh, yc = (f"{b.op.name}/{k}" for k in ("Y", "Y_h", "Y_c"))
     b.node("LSTM", ins, [y, yh, yc], **attrs)
     # ONNX Y [s, dirs, b, H] -> MIL [s, b, dirs*H]; Y_h/Y_c [dirs, b, H] -> [b, dirs*H].
-    if b.val("output_sequence", False):
-        b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.i64([0, 0, -1])], b.out(0))
-    else:
-        last = b.node("Transpose", [yh], perm=[1, 0, 2])
-        b.node("Reshape", [last, b.i64([1, 0, -1])], b.out(0))
     for src, i in ((yh, 1), (yc, 2)):
         b.node("Reshape", [b.node("Transpose", [src], perm=[1, 0, 2]), b.i64([0, -1])], b.out(i))
+    if b.val("output_sequence", False):
+        b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.i64([0, 0, -1])], b.out(0))
+    else:  # the final hidden state (both directions' last steps): [1, b, dirs*H]
+        b.node("Unsqueeze", [b.out(1), b.i64([0])], b.out(0))
 
 
 # -- the program ------------------------------------------------------------------------------
