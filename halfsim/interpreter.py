@@ -270,7 +270,11 @@ class _FastGraph:
                 continue
             reads = [t for t in n.inputs if t] + [t for sg in n.subgraphs for t in sg.outer_names]
             dead = tuple(dict.fromkeys(t for t in reads if graph.last_use.get(t) == n.index and t not in keep))
-            self.steps_exact.append((n, n.impl.fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
+            fn = n.impl.fn
+            spec = getattr(fn, "specialize", None)
+            if spec is not None:  # the op prepares its constant inputs once (e.g. converted weights)
+                fn = spec(n, {i: env[t] for i, t in enumerate(n.inputs) if t and t in env}) or fn
+            self.steps_exact.append((n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
         self.steps = _fuse_conv_chains(graph, self.steps_exact, env, set(self.outputs))
 
 

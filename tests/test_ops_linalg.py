@@ -347,3 +347,19 @@ def test_single_threaded_blas_restores_the_thread_count():
         assert inner == 1
     after = [i for i in threadpoolctl.threadpool_info() if i["user_api"] == "blas"][0]["num_threads"]
     assert after == before
+
+
+@pytest.mark.parametrize("k,a_lo,a_hi", [(64, 0, 255),       # one exact sgemm
+                                          (1024, 0, 255),     # A - 128 split into 16 * hi + lo
+                                          (1024, 70, 186)])   # |A - 128| <= 58: one sgemm again
+@pytest.mark.parametrize("b_zp", [None, 119])
+def test_matmul_integer_constant_b_prepared_once(k, a_lo, a_hi, b_zp):
+    # B as a weight (initializer): the fp32 interpreter converts it once; exact against ORT.
+    a = rng.integers(a_lo, a_hi + 1, (5, k), dtype=np.uint8)
+    b = rng.integers(0, 256, (k, 7), dtype=np.uint8)
+    b[:, 0] = 0  # extreme columns
+    ins = [a, b, np.array(128, np.uint8)] + ([np.array(b_zp, np.uint8)] if b_zp is not None else [])
+    inits = (1, 3) if b_zp is not None else (1,)
+    got = check_op("MatMulInteger", ins, opset=10, initializers=inits, rtol=0, atol=0)
+    want = (a.astype(np.int64) - 128) @ (b.astype(np.int64) - (b_zp or 0))
+    np.testing.assert_array_equal(got[0], want)

@@ -260,6 +260,39 @@ def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
     return integer_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
 
 
+def _specialize_matmul_integer(node, consts: dict):
+    """With a constant 2-D B (and zero point), B - bzp is converted to float32 once per model
+    instead of on every run; A (the activation, usually the small side) is split into
+    16 * hi + lo when one sgemm would not be exact. Same int32 result as matmul_integer."""
+    b = consts.get(1)
+    if b is None or b.ndim != 2 or (len(node.inputs) > 3 and node.inputs[3] and 3 not in consts):
+        return None
+    bc = (b.astype(np.int32) - _zp_col(consts.get(3))).astype(np.float32)
+    bmax = int(np.abs(bc).max()) if bc.size else 0
+    K = b.shape[0]
+
+    def fn(ctx, a, b_, a_zero_point=None, b_zero_point=None):
+        if a.ndim < 2:
+            return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
+        A = a.astype(np.int32) - _zp_row(a_zero_point, a)
+        amax = int(np.abs(A).max()) if A.size else 0
+        if amax * bmax * K < 2 ** 24:
+            y = split_matmul(A.astype(np.float32), bc).astype(np.int64)
+        elif (amax // 16 + 1) * bmax * K < 2 ** 24:
+            hi = split_matmul((A >> 4).astype(np.float32), bc).astype(np.int64)  # floor(A / 16)
+            lo = split_matmul((A & 15).astype(np.float32), bc).astype(np.int64)
+            y = hi * 16 + lo
+        else:
+            return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
+        return y.astype(np.int32)
+    return fn
+
+
+# The fp32 interpreter offers ops with a `specialize(node, constant inputs)` attribute a
+# one-time preparation of their constant inputs (see interpreter._FastGraph).
+matmul_integer.specialize = _specialize_matmul_integer
+
+
 def requantize(acc: np.ndarray, multiplier: np.ndarray, zp, qdtype) -> np.ndarray:
     """round_half_even(acc * multiplier) + zp, saturated: MLAS's float requantization."""
     info = np.iinfo(qdtype)
