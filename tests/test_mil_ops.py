@@ -65,6 +65,8 @@ def _reference() -> dict:
     r["pad_edge"] = _t(np.pad(X, [(0, 0), (0, 0), (1, 2), (2, 1)], mode="edge"))
     r["pad_const"] = _t(np.pad(X, [(0, 0), (0, 0), (1, 2), (2, 1)], constant_values=0.5))
     r["up_nearest"] = _t(X.repeat(2, axis=2).repeat(2, axis=3))
+    src = (np.arange(12) / 1.5).astype(int)  # output pixel i reads floor(i / scale)
+    r["up_nearest_frac"] = _t(X[:, :, src][:, :, :, src])
     r["up_bilinear"] = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
     r["up_bilinear_ac"] = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
     r["split_a"], r["split_b"] = x[:, :2], x[:, 2:]
@@ -173,6 +175,8 @@ def _program():
         for mode, tag in (("reflect", "reflect"), ("replicate", "edge"), ("constant", "const")):
             o.append(mb.pad(x=x, pad=[1, 2, 2, 1], mode=mode, constant_val=0.5, name=f"pad_{tag}"))
         o.append(mb.upsample_nearest_neighbor(x=x, scale_factor_height=2, scale_factor_width=2, name="up_nearest"))
+        o.append(mb.upsample_nearest_neighbor(x=x, scale_factor_height=1.5, scale_factor_width=1.5,
+                                              name="up_nearest_frac"))
         o.append(mb.upsample_bilinear(x=x, scale_factor_height=2, scale_factor_width=2, align_corners=False,
                                       name="up_bilinear"))
         o.append(mb.upsample_bilinear(x=x, scale_factor_height=2, scale_factor_width=2, align_corners=True,

@@ -648,6 +648,11 @@ def _resize(b: Builder, mode: str, coord: str, **extra) -> None:
 
 @mil_op("upsample_nearest_neighbor", "resize_nearest_neighbor")
 def _upsample_nearest(b: Builder) -> None:
+    if b.op.op_type == "upsample_nearest_neighbor":  # source pixel floor(out / scale): ONNX scales
+        scales = [1.0] * (b.rank() - 2) + [float(b.val("scale_factor_height", 1)), float(b.val("scale_factor_width", 1))]
+        b.node("Resize", [b.t("x"), "", b.const(scales, np.float32, "scales")], b.out(), mode="nearest",
+               coordinate_transformation_mode="asymmetric", nearest_mode="floor")
+        return
     _resize(b, "nearest", "asymmetric", nearest_mode="floor")
 
 
@@ -655,8 +660,9 @@ def _upsample_nearest(b: Builder) -> None:
 def _upsample_bilinear(b: Builder) -> None:
     if b.op.op_type == "resize_bilinear":
         mode = str(b.val("sampling_mode", "DEFAULT")).upper()
+        # DEFAULT and OFFSET_CORNERS sample grids no ONNX coordinate mode reproduces.
         coord = {"ALIGN_CORNERS": "align_corners", "STRICT_ALIGN_CORNERS": "align_corners",
-                 "DEFAULT": "asymmetric", "OFFSET_CORNERS": "half_pixel", "UNALIGN_CORNERS": "half_pixel"}.get(mode)
+                 "UNALIGN_CORNERS": "half_pixel"}.get(mode)
         if coord is None:
             raise ModelError(f"MIL resize_bilinear ({b.op.name!r}) sampling_mode {mode} is not supported")
     else:
