@@ -97,14 +97,19 @@ def test_load_bad_inputs(tmp_path):
     assert "\n" not in str(e.value)
 
 
-def test_neural_network_mlmodel_is_not_an_ml_program(tmp_path):
+def write_neural_network(path) -> None:
+    """A one-layer (relu) neural-network .mlmodel: the pre-ML-program CoreML format."""
     ct = quiet_import("coremltools")
     nn = quiet_import("coremltools.models.neural_network")
     dt = quiet_import("coremltools.models.datatypes")
     b = nn.NeuralNetworkBuilder([("x", dt.Array(3))], [("y", dt.Array(3))])
     b.add_activation("relu", "RELU", "x", "y")
-    path = tmp_path / "nn.mlmodel"
     ct.models.MLModel(b.spec, skip_model_load=True).save(str(path))
+
+
+def test_neural_network_mlmodel_is_not_an_ml_program(tmp_path):
+    path = tmp_path / "nn.mlmodel"
+    write_neural_network(path)
     with pytest.raises(HalfsimError, match="not an ML program") as e:
         coreml.fp16_ops(coreml.load(path))
     assert "\n" not in str(e.value)
@@ -125,3 +130,11 @@ def test_run_predicts_on_macos(saved):  # pragma: no cover - macOS only
     (k,) = out32
     assert out32[k].shape == (1, 5) and np.allclose(out32[k].sum(), 1, atol=1e-3)
     assert np.allclose(out16[k], out32[k], atol=1e-2)
+    import halfsim  # a halfsim Model of the program predicts through its file
+    assert np.array_equal(coreml.run(halfsim.load(saved["FLOAT32"]), {"x": x})[k], out32[k])
+
+
+@pytest.mark.skipif(sys.platform == "darwin", reason="on macOS CoreML really predicts")
+def test_compare_ml_program_against_coreml_needs_macos(saved):
+    from halfsim.cli import main
+    assert main(["compare", str(saved["FLOAT16"]), "--against", "coreml"]) == 2

@@ -23,6 +23,7 @@ import halfsim  # noqa: E402
 from halfsim import metrics  # noqa: E402
 from halfsim.backends import coreml  # noqa: E402
 from halfsim.cli import main  # noqa: E402
+from test_backend_coreml import write_neural_network  # noqa: E402
 from halfsim.backends.coreml_ops import quiet_import  # noqa: E402
 from halfsim.errors import ModelError  # noqa: E402
 from halfsim.precision import PrecisionPlan  # noqa: E402
@@ -337,20 +338,11 @@ def test_compare_against_missing_model_is_one_line(built, tmp_path):
 
 
 # -- bad input --------------------------------------------------------------------------------
-def _neural_network(path):
-    ct = quiet_import("coremltools")
-    nn = quiet_import("coremltools.models.neural_network")
-    dt = quiet_import("coremltools.models.datatypes")
-    b = nn.NeuralNetworkBuilder([("x", dt.Array(3))], [("y", dt.Array(3))])
-    b.add_activation("relu", "RELU", "x", "y")
-    ct.models.MLModel(b.spec, skip_model_load=True).save(str(path))
-
-
 def _bad_inputs(built, d):
     src = built["cnn"]["FLOAT32"]
     cases = {}
     cases["neural network"] = (d / "nn.mlmodel", "neuralNetwork model, not an ML program")
-    _neural_network(cases["neural network"][0])
+    write_neural_network(cases["neural network"][0])
     missing = d / "missing.mlpackage"
     shutil.copytree(src, missing)
     (missing / "Data/com.apple.CoreML/weights/weight.bin").unlink()

@@ -183,10 +183,14 @@ def precision_summary(model_or_spec: Any) -> dict[str, int]:
 
 
 def run(model: Any, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Real CoreML predictions (macOS only): `model` is an MLModel or a .mlpackage/.mlmodel path."""
+    """Real CoreML predictions (macOS only): `model` is an MLModel, a .mlpackage/.mlmodel path or
+    a halfsim Model loaded from one (so `compare m.mlpackage --against coreml` works)."""
     if sys.platform != "darwin":
         raise HalfsimError(MACOS_ONLY)
     ct = _ct()
+    src = getattr(model, "source", None)  # a halfsim Model of an ML program: predict its file
+    if isinstance(src, (str, os.PathLike)) and os.fspath(src).rstrip("/\\").lower().endswith((".mlpackage", ".mlmodel")):
+        model = src
     if isinstance(model, (str, os.PathLike)):
         model = load(model, compile=True)
     if not isinstance(model, ct.models.MLModel):
