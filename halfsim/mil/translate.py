@@ -379,23 +379,26 @@ def _pads(b: Builder, kernel: list[int], strides: list[int], dilations: list[int
     raise ModelError(f"MIL {b.op.op_type} ({b.op.name!r}): unknown pad_type {kind}")
 
 
+def _conv_params(b: Builder) -> tuple[list[str], list[int], list[int], list[int]]:
+    """Inputs (x, weight[, bias]), kernel, strides and dilations of conv / conv_transpose."""
+    kernel = [int(d) for d in b.shape("weight")[2:]]
+    strides = [int(s) for s in b.val("strides", [1] * len(kernel))]
+    dil = [int(d) for d in b.val("dilations", [1] * len(kernel))]
+    ins = [b.t("x"), b.t("weight")] + ([b.t("bias")] if b.has("bias") else [])
+    return ins, kernel, strides, dil
+
+
 @mil_op("conv")
 def _conv(b: Builder) -> None:
-    kernel = [int(d) for d in b.shape("weight")[2:]]
-    nd = len(kernel)
-    strides = [int(s) for s in b.val("strides", [1] * nd)]
-    dil = [int(d) for d in b.val("dilations", [1] * nd)]
-    ins = [b.t("x"), b.t("weight")] + ([b.t("bias")] if b.has("bias") else [])
+    ins, kernel, strides, dil = _conv_params(b)
     b.node("Conv", ins, b.out(), kernel_shape=kernel, strides=strides, dilations=dil,
            pads=_pads(b, kernel, strides, dil), group=int(b.val("groups", 1)))
 
 
 @mil_op("conv_transpose")
 def _conv_transpose(b: Builder) -> None:
-    kernel = [int(d) for d in b.shape("weight")[2:]]
+    ins, kernel, strides, dil = _conv_params(b)
     nd = len(kernel)
-    strides = [int(s) for s in b.val("strides", [1] * nd)]
-    dil = [int(d) for d in b.val("dilations", [1] * nd)]
     kind = str(b.val("pad_type", "valid"))
     attrs: dict[str, Any] = dict(kernel_shape=kernel, strides=strides, dilations=dil, group=int(b.val("groups", 1)))
     out_shape = tuple(b.op.outputs[0].shape)
@@ -412,7 +415,6 @@ def _conv_transpose(b: Builder) -> None:
                 attrs["output_padding"] = extra
     else:
         raise ModelError(f"MIL conv_transpose ({b.op.name!r}): pad_type {kind} is not supported (valid, custom are)")
-    ins = [b.t("x"), b.t("weight")] + ([b.t("bias")] if b.has("bias") else [])
     b.node("ConvTranspose", ins, b.out(), **attrs)
 
 
