@@ -538,7 +538,7 @@ def _fuse_conv_chains(graph: G.Graph, steps: list, env: dict, outputs: set) -> l
             env[ins[1]], env[ins[2]] = _frozen(w), _frozen(b)
         elif len(n.inputs) > 2:
             ins[2] = n.inputs[2]
-        conv_fn = n.impl.fn
+        conv_fn = st[1]  # the specialized Conv when there is one
 
         def fused(ctx, *args, _conv=conv_fn, _act=act, **attrs):
             y = _conv(ctx, *args, **attrs)
