@@ -191,7 +191,17 @@ class Policy:
             if r.matches(node):
                 r.hits += 1
                 sets.update(r.set)
-        return replace(OpPrecision(), **sets) if sets else _FP32
+        if not sets:
+            return _FP32
+        # dataclasses.replace costs more than the matching; the combinations are few.
+        key = tuple(sets.items())
+        try:
+            p = _RESOLVED.get(key)
+        except TypeError:  # an unhashable value: nothing to share
+            return replace(OpPrecision(), **sets)
+        if p is None:
+            p = _RESOLVED[key] = replace(OpPrecision(), **sets)
+        return p
 
     def unused_rules(self) -> list[Rule]:
         return [r for r in self.rules if r.hits == 0]
@@ -267,6 +277,7 @@ class Policy:
 
 
 _FP32 = OpPrecision()
+_RESOLVED: dict[tuple, OpPrecision] = {}
 
 
 def _glob_escape(s: str) -> str:

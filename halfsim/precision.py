@@ -31,6 +31,11 @@ except ImportError:  # pragma: no cover
     _mld = None
 _NO_ROUND_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1), ("NonMaxSuppression", 3),
                     ("NonMaxSuppression", 4), ("RoiAlign", 1)}
+# Ops whose float outputs are values of their float inputs (or 0): when every float input
+# already holds the storage format, rounding the outputs changes nothing and raises no event.
+# Clip only with both bounds given (a missing one is float32's max, which may overflow).
+_SELECTING_OPS = frozenset(("Relu", "Max", "Min", "Abs", "Neg", "MaxPool", "GlobalMaxPool", "ReduceMax",
+                            "ReduceMin", "Where", "Clip"))
 
 
 def _within(a: Format, b: Format) -> bool:
@@ -152,19 +157,27 @@ class PrecisionPlan:
                     new[i] = a.astype(np.float32)
                 self.tags[t] = self.fmt(low)
         storage = self._storage(prec, node, new, typed)
+        exact = False
         if storage is not FP32:
+            exact = (typed is None and node.op_type in _SELECTING_OPS and storage.has_inf and prec.overflow == "inf"
+                     and prec.subnormals == "keep" and (node.op_type != "Clip" or (len(node.inputs) == 3 and all(node.inputs))))
             for i, (t, a) in enumerate(zip(node.inputs, new)):
-                if (isinstance(a, np.ndarray) and a.dtype == np.float32 and (node.op_type, i) not in _NO_ROUND_INPUTS):
+                if isinstance(a, np.ndarray) and a.dtype == np.float32:
+                    if (node.op_type, i) in _NO_ROUND_INPUTS:
+                        exact = False
+                        continue
                     tag = self.tags.get(t)
                     if tag is None or not _within(tag, storage):
                         new[i] = self._round_input(t, a, storage, node)
+                elif isinstance(a, np.ndarray) and a.dtype.kind == "f":
+                    exact = False
         if prec.storage != storage.name:
             prec = replace(prec, storage=storage.name)
         follow = _follows_input_type(node, tuple(typed_idx)) if typed else None
-        return new, (prec, storage, typed, follow, new)
+        return new, (prec, storage, typed, follow, new, exact)
 
     def on_outputs(self, node, outs: list, state) -> list:
-        prec, storage, typed, follow, args = state
+        prec, storage, typed, follow, args, exact = state
         if node.op_type == "Constant":
             # Constants are weights: they are rounded where consumed, with the weights'
             # overflow behaviour (saturating by default), exactly like initializers.
@@ -197,7 +210,7 @@ class PrecisionPlan:
             fmt = storage
             if lowout:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
-            if fmt is not FP32:
+            if fmt is not FP32 and not exact:
                 # Round in place only an array the op made fresh (not one of its inputs).
                 fresh = o.flags.owndata and o.flags.writeable and not any(o is a for a in args)
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
@@ -417,13 +430,19 @@ def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
     return mask
 
 
+_THRESHOLDS: dict[Format, tuple[float, bool]] = {}
+
+
 def _overflow_threshold(fmt: Format) -> tuple[float, bool]:
     """Magnitude from which nearest-even rounding leaves the finite range: the midpoint above
     the largest value. IEEE formats' largest value has an odd significand, so the tie rounds
     up (>=); fn formats' has an even one, so the tie rounds down (strictly >)."""
-    import math
-    half = math.ldexp(1.0, fmt.emax - fmt.mbits - 1)
-    return fmt.max + half, not fmt.has_inf
+    got = _THRESHOLDS.get(fmt)
+    if got is None:
+        import math
+        half = math.ldexp(1.0, fmt.emax - fmt.mbits - 1)
+        got = _THRESHOLDS[fmt] = (fmt.max + half, not fmt.has_inf)
+    return got
 
 
 def _is_float32(x) -> bool:

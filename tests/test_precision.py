@@ -191,3 +191,90 @@ def test_rounding_in_place_never_touches_the_callers_arrays():
     m = halfsim.load(make_model("Relu", [x]))
     m.run({"in0": x}, precision="fp16")
     np.testing.assert_array_equal(x, keep)
+
+
+def _weights_chain_model():
+    """x @ (W * s) + c, with W * s and a Transpose folded as weight-only nodes: W * s overflows
+    fp16 on 2 elements and w flushes 1 to zero where rounded, so folding must replay both events."""
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((8, 6)).astype(np.float32)
+    w[0, 0], w[1, 1], w[2, 2] = 5000.0, -7000.0, 1e-9
+    s = np.float32(20.0)
+    nodes = [helper.make_node("Mul", ["w", "s"], ["ws"], name="scale_w"),
+             helper.make_node("Transpose", ["ws"], ["wt"], name="tr", perm=[1, 0]),
+             helper.make_node("Transpose", ["wt"], ["wsb"], name="tr2", perm=[1, 0]),
+             helper.make_node("MatMul", ["x", "wsb"], ["xw"], name="mm"),
+             helper.make_node("Relu", ["xw"], ["y"], name="relu")]
+    g = helper.make_graph(nodes, "fold", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3, 8])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(w, "w"), numpy_helper.from_array(np.array(s), "s")])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m.ir_version = 9
+    return m, w, s
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16", "fp16-acc16", "autocast-fp16"])
+def test_folded_weight_nodes_give_the_unfolded_results_and_events(precision):
+    proto, w, s = _weights_chain_model()
+    m = halfsim.load(proto)
+    x = np.random.default_rng(12).standard_normal((3, 8)).astype(np.float32)
+    # A hook turns folding off: every node computed in the run itself.
+    plain = m.run({"x": x}, precision=precision, hook=lambda node, outs: None)
+    first, again = m.run({"x": x}, precision=precision), m.run({"x": x}, precision=precision)
+    assert m.__dict__.get("_policy_folds")  # folding did happen
+    for r in (first, again):
+        assert r["y"].tobytes() == plain["y"].tobytes()
+        assert [e.to_dict() for e in r.events] == [e.to_dict() for e in plain.events]
+    if precision == "fp16":
+        # Independent oracle: numpy float16 for the folded weight, float32 GEMM, fp16 result.
+        with np.errstate(over="ignore"):
+            w16 = (w.astype(np.float16) * np.float16(s)).astype(np.float32)
+        want = np.maximum(x.astype(np.float16).astype(np.float32) @ w16, 0).astype(np.float16).astype(np.float32)
+        np.testing.assert_array_equal(first["y"], want)
+        assert {(e.node, e.kind, e.count) for e in first.events} >= {("scale_w", "overflow", 2), ("scale_w", "underflow", 1)}
+
+
+def test_fold_cache_is_per_policy_and_bounded():
+    from halfsim import precision as P
+    proto, _, _ = _weights_chain_model()
+    m = halfsim.load(proto)
+    x = np.ones((3, 8), np.float32)
+    outs = {p: m.run({"x": x}, precision=p)["y"] for p in ("fp16", "bf16", "fp16-acc16", "tf32", "fp16")}
+    assert len(m._policy_folds) <= P._FOLD_POLICIES
+    assert not np.array_equal(outs["fp16"], outs["bf16"])  # not one policy's weights for another
+    np.testing.assert_array_equal(outs["bf16"], m.run({"x": x}, precision="bf16", hook=lambda n, o: None)["y"])
+
+
+@pytest.mark.parametrize("op,inputs,attrs", [
+    ("Relu", 1, {}), ("Max", 2, {}), ("Min", 3, {}), ("Abs", 1, {}), ("Neg", 1, {}), ("Where", 2, {}),
+    ("Clip", 3, {}), ("ReduceMax", 1, {"keepdims": 0}), ("MaxPool", 1, {"kernel_shape": [3]})])
+def test_selecting_ops_on_rounded_inputs_bit_exact_against_numpy_float16(op, inputs, attrs):
+    """Ops whose outputs are input values skip the output rounding when the inputs are already
+    fp16: results as numpy float16 computes them, infinities and NaNs included."""
+    rng = np.random.default_rng(13)
+    xs = [_edge_fp16(rng, 500)[:1000].reshape(1, 4, 250) for _ in range(inputs)]
+    xs[0].flat[::97] = np.nan
+    if op == "Clip":  # bounds as scalars
+        xs[1], xs[2] = np.float16(-3.0), np.float16(2.5)
+    args = [a.astype(np.float32) for a in xs]
+    if op == "Where":
+        args = [xs[0].astype(np.float32) > 0] + args
+        xs = [xs[0] > 0] + xs
+    fns = {"Relu": lambda a: np.maximum(a, np.float16(0)), "Max": np.maximum, "Min": lambda a, b, c: np.minimum(np.minimum(a, b), c),
+           "Abs": np.abs, "Neg": np.negative, "Where": np.where, "Clip": np.clip, "ReduceMax": lambda a: a.max(axis=(0, 1, 2)),
+           "MaxPool": lambda a: np.lib.stride_tricks.sliding_window_view(a, 3, axis=2).max(-1)}
+    m = halfsim.load(make_model(op, args, attrs))
+    # Round the graph inputs to fp16 first (as a producing fp16 node would), so the op's inputs are fp16.
+    pol = Policy.from_dict({"base": "fp16", "io": "fp16"})
+    got = m.run({f"in{i}": a for i, a in enumerate(args)}, precision=pol)["out0"]
+    want = np.asarray(fns[op](*xs)).astype(np.float32)
+    assert got.shape == want.shape
+    assert np.array_equal(got, want, equal_nan=True)
+    # Clip with a bound missing uses float32's max: the input's inf becomes 3.4e38, which the
+    # output rounding takes back to inf (an overflow of Clip's output).
+    if op == "Clip":
+        big = np.array([1e5, -1e5, 3.0], np.float32)
+        m2 = halfsim.load(make_model("Clip", [big, np.array(-1e6, np.float32)]))
+        r = m2.run({"in0": big, "in1": np.array(-1e6, np.float32)}, precision="fp16")
+        assert np.isinf(r["out0"][:2]).all()
+        assert [(e.tensor, e.kind, e.count) for e in r.events if e.tensor == "out0"] == [("out0", "overflow", 1)]
