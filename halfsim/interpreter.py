@@ -322,7 +322,8 @@ class Model:
         if not isinstance(feeds, Mapping):
             raise InputError("feeds must be a mapping from input name to array")
         names = [v.name for v in self.graph.inputs]
-        extra = sorted(set(feeds) - set(names) - set(self.graph.initializers))
+        inits = self.graph.initializers
+        extra = sorted(k for k in feeds if k not in inits and k not in names)  # no per-run sets of all weights
         if extra:
             raise InputError(f"unknown input {extra[0]!r}; the model's inputs are {names}")
         out = {}
