@@ -12,7 +12,7 @@ F = torch.nn.functional
 import halfsim  # noqa: E402
 from halfsim.backends import coreml  # noqa: E402
 from halfsim.backends.coreml_ops import quiet_import  # noqa: E402
-from halfsim.metrics import rel_l2  # noqa: E402
+from halfsim.metrics import max_ulp, rel_l2  # noqa: E402
 
 RNG = np.random.default_rng(7)
 X = RNG.standard_normal((1, 4, 8, 8)).astype(np.float32)
@@ -323,3 +323,28 @@ def test_fp16_program_runs_in_fp16(saved):
     assert len(fp16) > 40
     declared = {o["name"]: o["dtype"] for o in coreml.fp16_ops(saved["FLOAT16"])}
     assert {declared[t] for t in fp16 if t in declared} == {"fp16"}
+
+
+# Below iOS17 the FLOAT16 program holds activation parameters (alpha, beta) in fp16 too
+# (leaky_relu's 0.1 becomes 0.09998); the preset leaves ONNX attributes exact.
+FP16_PARAMS = {"elementwise", "sigmoid_hard"}
+
+
+def test_fp16_program_equals_coreml_fp16_preset_on_fp32_program(saved):
+    """Two routes to the same prediction: the FLOAT16 program run as declared, and the FLOAT32
+    program run under the coreml-fp16 preset. Same op placement and roundings: at most a 1-ulp
+    fp16 difference (summation order) on every float output but those with fp16 parameters."""
+    m16, m32 = halfsim.load(saved["FLOAT16"]), halfsim.load(saved["FLOAT32"])
+    a, b = m16.run({"x": X}), m32.run({"x": X}, precision="coreml-fp16")
+    assert m16.outputs == m32.outputs
+    checked = 0
+    for k in m16.outputs:
+        if a[k].dtype.kind != "f":
+            continue
+        ulp = max_ulp(a[k].astype(np.float16), b[k].astype(np.float16), "fp16")
+        if k in FP16_PARAMS:
+            assert ulp > 1 and rel_l2(a[k], b[k]) < 1e-3, k
+        else:
+            assert ulp <= 1, (k, ulp)
+            checked += 1
+    assert checked > 90
