@@ -160,3 +160,11 @@ def test_topk_unsorted_same_set():
     got = halfsim.load(m).run({"in0": x})
     np.testing.assert_array_equal(np.sort(got["out1"], -1), np.sort(want_i, -1))
     np.testing.assert_array_equal(np.sort(got["out0"], -1), np.sort(want_v, -1))
+
+
+@pytest.mark.parametrize("idx", [0, 2, -1, -3])
+def test_gather_scalar_index_of_a_shape(idx):
+    # Shape arithmetic: Gather(Shape(x), scalar) -> a 0-d int64 (the scalar fast path).
+    check_op("Gather", [np.array([2, 5, 7], np.int64), np.array(idx, np.int64)], {"axis": 0}, opset=13)
+    check_op("Gather", [r(3, 4), np.array(idx, np.int32)], {"axis": 0}, opset=13)
+    raises("Gather", [r(3, 4), np.array(idx + (4 if idx >= 0 else -4), np.int64)], {"axis": 0})

@@ -34,6 +34,12 @@ def _norm_idx(idx: np.ndarray, dim, what: str) -> np.ndarray:
 @op("Gather", since=1, data_movement=True)
 def gather(ctx, data, indices, *, axis=0):
     ax = _axis(axis, data.ndim)
+    if indices.ndim == 0 and indices.dtype.kind in "iu":
+        # One index (shape arithmetic): Python int checks instead of array passes.
+        i, n = int(indices), data.shape[ax]
+        if not -n <= i < n:
+            raise ExecutionError(f"Gather: index {i} is out of bounds")
+        return np.asarray(np.take(data, i + n if i < 0 else i, axis=ax))
     idx = _norm_idx(indices, data.shape[ax], "Gather")
     return np.take(data, idx, axis=ax)
 
