@@ -348,3 +348,12 @@ def test_fp16_program_equals_coreml_fp16_preset_on_fp32_program(saved):
             assert ulp <= 1, (k, ulp)
             checked += 1
     assert checked > 90
+
+
+def test_builder_program_runs_without_saving():
+    """halfsim.mil.load takes a MIL Program as built (no coremltools passes, no file)."""
+    from halfsim import mil
+    model = mil.load(_program())
+    got = _named(model, model.run({"x": X}))
+    for k, want in _reference().items():
+        assert rel_l2(got[k].astype(np.float32), want.astype(np.float32)) <= 1e-5, k

@@ -47,8 +47,7 @@ _CAST = {"fp16": TensorProto.FLOAT16, "fp32": TensorProto.FLOAT, "fp64": TensorP
 class Builder:
     """ONNX nodes, initializers and value infos for one MIL op at a time."""
 
-    def __init__(self, opset_name: str):
-        self.opset_name = opset_name
+    def __init__(self):
         self.nodes: list[onnx.NodeProto] = []
         self.inits: dict[str, onnx.TensorProto] = {}
         self.infos: dict[str, onnx.ValueInfoProto] = {}
@@ -774,7 +773,7 @@ def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.M
         kinds = sorted({t for t, _ in bad})
         raise ModelError(f"unsupported MIL op {bad[0][0]} (op {bad[0][1]!r}) in {source} ({opset})"
                          + (f"; also unsupported: {', '.join(k for k in kinds if k != bad[0][0])}" if len(kinds) > 1 else ""))
-    b = Builder(opset)
+    b = Builder()
     for op in func.operations:
         if op.op_type == "const":
             continue  # constants become initializers where an op reads them
