@@ -193,7 +193,8 @@ def test_builder_lstm_gate_order_against_torch(tmp_path):
 
 def _mil_lstm_reference(x, h, c, w_ih, w_hh, bias, peep, reverse):
     """MIL lstm from its definition: gates (input, forget, output, cell) stacked in the weights,
-    peepholes (i, f, o) reading c_{t-1} for i and f and c_t for o; the last hidden state."""
+    peepholes (i, f, o) reading c_{t-1} for i and f and c_t for o. Hidden states in processing
+    order (a reverse LSTM's first one is for the last input), and the last cell state."""
     sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
     hs = []
     for t in (range(len(x))[::-1] if reverse else range(len(x))):
@@ -203,11 +204,12 @@ def _mil_lstm_reference(x, h, c, w_ih, w_hh, bias, peep, reverse):
         c = f * c + i * np.tanh(zz)
         h = sig(zo + po * c) * np.tanh(c)
         hs.append(h)
-    return hs[-1], c
+    return np.stack(hs), c
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
-def test_builder_lstm_peephole_against_numpy(tmp_path, direction):
+@pytest.mark.parametrize("sequence", [False, True])
+def test_builder_lstm_peephole_against_numpy(tmp_path, direction, sequence):
     mb = quiet_import("coremltools.converters.mil").Builder
     rng = np.random.default_rng(6)
     s, n, i_, h_ = 4, 2, 3, 5
@@ -219,16 +221,17 @@ def test_builder_lstm_peephole_against_numpy(tmp_path, direction):
     @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)])
     def prog(xs):
         return mb.lstm(x=xs, initial_h=h0, initial_c=c0, weight_ih=w_ih, weight_hh=w_hh, bias=bias, peephole=peep,
-                       direction=direction, output_sequence=False, name="lstm")
+                       direction=direction, output_sequence=sequence, name="lstm")
 
     path = str(tmp_path / "lstm.mlpackage")
     coreml.convert(prog, "FLOAT32").save(path)
     m = halfsim.load(path)
     got = m.run({"xs": x})
-    h_want, c_want = _mil_lstm_reference(x.astype(np.float64), h0, c0, w_ih, w_hh, bias, peep, direction == "reverse")
+    hs, c_want = _mil_lstm_reference(x.astype(np.float64), h0, c0, w_ih, w_hh, bias, peep, direction == "reverse")
     y, h, c = (got[k] for k in m.outputs)
-    assert y.shape == (1, n, h_)
-    for a, want in ((y[0], h_want), (h, h_want), (c, c_want)):
+    y_want = hs if sequence else hs[-1:]
+    assert y.shape == y_want.shape
+    for a, want in ((y, y_want), (h, hs[-1]), (c, c_want)):
         assert metrics.rel_l2(a, want) <= 1e-5
 
 

@@ -729,6 +729,8 @@ def _lstm(b: Builder) -> None:
     for src, i in ((yh, 1), (yc, 2)):
         b.node("Reshape", [b.node("Transpose", [src], perm=[1, 0, 2]), b.i64([0, -1])], b.out(i))
     if b.val("output_sequence", False):
+        if direction == "reverse":  # MIL lists a reverse LSTM's states in processing order, ONNX by input time
+            y = b.node("Slice", [y, b.i64([-1]), b.i64([_I64_MIN]), b.i64([0]), b.i64([-1])])
         b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.i64([0, 0, -1])], b.out(0))
     else:  # the final hidden state (both directions' last steps): [1, b, dirs*H]
         b.node("Unsqueeze", [b.out(1), b.i64([0])], b.out(0))
