@@ -235,6 +235,48 @@ def test_builder_lstm_peephole_against_numpy(tmp_path, direction, sequence):
         assert metrics.rel_l2(a, want) <= 1e-5
 
 
+def _mil_gru_rnn_reference(kind, x, h, w_ih, w_hh, bias, reverse):
+    """MIL gru (gates reset, output, update stacked; reset scales h before the recurrent product;
+    h = (1 - z) o + z h) and rnn (h = tanh(W x + R h + b)): hidden states in processing order."""
+    sig = lambda v: 1 / (1 + np.exp(-v))  # noqa: E731
+    hs = []
+    for t in (range(len(x))[::-1] if reverse else range(len(x))):
+        if kind == "rnn":
+            h = np.tanh(x[t] @ w_ih.T + h @ w_hh.T + bias)
+        else:
+            (wr, wo, wz), (rr, ro, rz), (br, bo, bz) = (np.split(a, 3) for a in (w_ih, w_hh, bias))
+            r, z = sig(x[t] @ wr.T + h @ rr.T + br), sig(x[t] @ wz.T + h @ rz.T + bz)
+            o = np.tanh(x[t] @ wo.T + (r * h) @ ro.T + bo)
+            h = (1 - z) * o + z * h
+        hs.append(h)
+    return np.stack(hs)
+
+
+@pytest.mark.parametrize("kind", ["gru", "rnn"])
+@pytest.mark.parametrize("direction", ["forward", "reverse"])
+def test_builder_gru_rnn_against_numpy(tmp_path, kind, direction):
+    """coremltools turns torch's GRU/RNN into while loops, so MIL gru/rnn come from the Builder."""
+    mb = quiet_import("coremltools.converters.mil").Builder
+    rng = np.random.default_rng(8)
+    g = 3 if kind == "gru" else 1
+    x = rng.standard_normal((4, 2, 3)).astype(np.float32)
+    h0 = rng.standard_normal((2, 5)).astype(np.float32)
+    w_ih, w_hh = (rng.standard_normal((g * 5, k)).astype(np.float32) * 0.5 for k in (3, 5))
+    bias = rng.standard_normal(g * 5).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)])
+    def prog(xs):
+        return getattr(mb, kind)(x=xs, initial_h=h0, weight_ih=w_ih, weight_hh=w_hh, bias=bias, direction=direction,
+                                 output_sequence=True, name=kind)
+
+    path = str(tmp_path / f"{kind}.mlpackage")
+    coreml.convert(prog, "FLOAT32").save(path)
+    m = halfsim.load(path)
+    y, h = (m.run({"xs": x})[k] for k in m.outputs)
+    want = _mil_gru_rnn_reference(kind, x.astype(np.float64), h0, w_ih, w_hh, bias, direction == "reverse")
+    assert metrics.rel_l2(y, want) <= 1e-5 and metrics.rel_l2(h, want[-1]) <= 1e-5
+
+
 class Attention(torch.nn.Module):
     def __init__(self, float_mask: bool):
         super().__init__()

@@ -697,14 +697,36 @@ def _gates(w: np.ndarray, order: list[int]) -> np.ndarray:
     return np.concatenate([np.split(np.asarray(w), len(order))[i] for i in order])
 
 
+def _acts(b: Builder, keys: tuple[tuple[str, str], ...]) -> list[str]:
+    acts = [str(b.val(k, d)) for k, d in keys]
+    if any(a not in _ACT for a in acts):
+        raise ModelError(f"MIL {b.op.op_type} ({b.op.name!r}) activations {acts}: halfsim supports sigmoid, tanh, relu")
+    return [_ACT[a] for a in acts]
+
+
+def _initial(b: Builder, key: str, dirs: int, hidden: int) -> str:
+    """MIL [b, dirs*H] state -> ONNX [dirs, b, H]."""
+    return b.node("Transpose", [b.node("Reshape", [b.t(key), b.i64([0, dirs, hidden])])], perm=[1, 0, 2])
+
+
+def _recurrent_outputs(b: Builder, y: str, states: list[str], direction: str) -> None:
+    """ONNX Y [s, dirs, b, H] -> MIL output 0 ([s, b, dirs*H], or [1, b, dirs*H]: the final state);
+    each ONNX final state [dirs, b, H] -> the MIL output after it ([b, dirs*H])."""
+    for i, src in enumerate(states, start=1):
+        b.node("Reshape", [b.node("Transpose", [src], perm=[1, 0, 2]), b.i64([0, -1])], b.out(i))
+    if b.val("output_sequence", False):
+        if direction == "reverse":  # MIL lists a reverse RNN's states in processing order, ONNX by input time
+            y = b.node("Slice", [y, b.i64([-1]), b.i64([_I64_MIN]), b.i64([0]), b.i64([-1])])
+        b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.i64([0, 0, -1])], b.out(0))
+    else:  # both directions' last steps: the final state
+        b.node("Unsqueeze", [b.out(1), b.i64([0])], b.out(0))
+
+
 @mil_op("lstm")
 def _lstm(b: Builder) -> None:
     direction = str(b.val("direction", "forward"))
     dirs = 2 if direction == "bidirectional" else 1
-    acts = [str(b.val(k, d)) for k, d in (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"),
-                                           ("activation", "tanh"))]
-    if any(a not in _ACT for a in acts):
-        raise ModelError(f"MIL lstm ({b.op.name!r}) activations {acts}: halfsim supports sigmoid, tanh, relu")
+    acts = _acts(b, (("recurrent_activation", "sigmoid"), ("cell_activation", "tanh"), ("activation", "tanh")))
     dt = np_dtype(b.op.x.dtype)
     hidden = int(b.shape("weight_hh")[1])
     suffixes = ("", "_back") if dirs == 2 else ("",)
@@ -713,27 +735,51 @@ def _lstm(b: Builder) -> None:
     # MIL has one summed bias; ONNX adds Wb and Rb, so Rb is zero.
     B = np.stack([np.concatenate([_gates(b.val("bias" + s, np.zeros(4 * hidden)), _IFOZ_TO_IOFC),
                                   np.zeros(4 * hidden)]) for s in suffixes])
-    ins = [b.t("x"), b.const(W, dt, "W"), b.const(R, dt, "R"), b.const(B, dt, "B"), ""]
-    for key in ("initial_h", "initial_c"):  # MIL [b, dirs*H] -> ONNX [dirs, b, H]
-        s = b.node("Reshape", [b.t(key), b.i64([0, dirs, hidden])])
-        ins.append(b.node("Transpose", [s], perm=[1, 0, 2]))
+    ins = [b.t("x"), b.const(W, dt, "W"), b.const(R, dt, "R"), b.const(B, dt, "B"), "",
+           _initial(b, "initial_h", dirs, hidden), _initial(b, "initial_c", dirs, hidden)]
     if b.has("peephole"):  # MIL (i, f, o) -> ONNX (i, o, f)
         ins.append(b.const(np.stack([_gates(b.val("peephole" + s, np.zeros(3 * hidden)), [0, 2, 1])
                                      for s in suffixes]), dt, "P"))
-    attrs: dict[str, Any] = dict(hidden_size=hidden, direction=direction, activations=[_ACT[a] for a in acts] * dirs)
     if b.val("clip") is not None:  # MIL clips the cell state; ONNX's clip bounds gate inputs
         raise ModelError(f"MIL lstm ({b.op.name!r}) with clip is not supported")
     y, yh, yc = (f"{b.op.name}/{k}" for k in ("Y", "Y_h", "Y_c"))
-    b.node("LSTM", ins, [y, yh, yc], **attrs)
-    # ONNX Y [s, dirs, b, H] -> MIL [s, b, dirs*H]; Y_h/Y_c [dirs, b, H] -> [b, dirs*H].
-    for src, i in ((yh, 1), (yc, 2)):
-        b.node("Reshape", [b.node("Transpose", [src], perm=[1, 0, 2]), b.i64([0, -1])], b.out(i))
-    if b.val("output_sequence", False):
-        if direction == "reverse":  # MIL lists a reverse LSTM's states in processing order, ONNX by input time
-            y = b.node("Slice", [y, b.i64([-1]), b.i64([_I64_MIN]), b.i64([0]), b.i64([-1])])
-        b.node("Reshape", [b.node("Transpose", [y], perm=[0, 2, 1, 3]), b.i64([0, 0, -1])], b.out(0))
-    else:  # the final hidden state (both directions' last steps): [1, b, dirs*H]
-        b.node("Unsqueeze", [b.out(1), b.i64([0])], b.out(0))
+    b.node("LSTM", ins, [y, yh, yc], hidden_size=hidden, direction=direction, activations=acts * dirs)
+    _recurrent_outputs(b, y, [yh, yc], direction)
+
+
+@mil_op("gru")
+def _gru(b: Builder) -> None:
+    # MIL gates (reset, output/new, update) -> ONNX (z, r, h). The reset gate scales h before
+    # the recurrent product (ONNX linear_before_reset=0); both biases sit outside it.
+    if b.val("reset_after", False):
+        raise ModelError(f"MIL gru ({b.op.name!r}) with reset_after=True is not supported")
+    direction = str(b.val("direction", "forward"))
+    acts = _acts(b, (("recurrent_activation", "sigmoid"), ("activation", "tanh")))
+    dt = np_dtype(b.op.x.dtype)
+    hidden = int(b.shape("weight_hh")[1])
+    order = [2, 0, 1]
+    bias = _gates(b.val("bias", np.zeros(3 * hidden)) + b.val("input_bias", np.zeros(3 * hidden)), order)
+    ins = [b.t("x"), b.const(_gates(b.val("weight_ih"), order)[None], dt, "W"),
+           b.const(_gates(b.val("weight_hh"), order)[None], dt, "R"),
+           b.const(np.concatenate([bias, np.zeros(3 * hidden)])[None], dt, "B"), "", _initial(b, "initial_h", 1, hidden)]
+    y, yh = f"{b.op.name}/Y", f"{b.op.name}/Y_h"
+    b.node("GRU", ins, [y, yh], hidden_size=hidden, direction=direction, activations=acts, linear_before_reset=0)
+    _recurrent_outputs(b, y, [yh], direction)
+
+
+@mil_op("rnn")
+def _rnn(b: Builder) -> None:
+    direction = str(b.val("direction", "forward"))
+    dt = np_dtype(b.op.x.dtype)
+    hidden = int(b.shape("weight_hh")[1])
+    bias = np.concatenate([np.asarray(b.val("bias", np.zeros(hidden))), np.zeros(hidden)])
+    ins = [b.t("x"), b.const(np.asarray(b.val("weight_ih"))[None], dt, "W"),
+           b.const(np.asarray(b.val("weight_hh"))[None], dt, "R"), b.const(bias[None], dt, "B"), "",
+           _initial(b, "initial_h", 1, hidden)]
+    y, yh = f"{b.op.name}/Y", f"{b.op.name}/Y_h"
+    b.node("RNN", ins, [y, yh], hidden_size=hidden, direction=direction,
+           activations=_acts(b, (("activation", "tanh"),)))
+    _recurrent_outputs(b, y, [yh], direction)
 
 
 # -- the program ------------------------------------------------------------------------------
