@@ -44,17 +44,26 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     amax = max(abs(int(a.max())), abs(int(a.min()))) if a.size else 0
     bmax = max(abs(int(b.max())), abs(int(b.min()))) if b.size else 0
     k = a.shape[-1]
-    if amax * bmax * k < 2 ** 24:
-        return split_matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
-    if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
-        ai = a.astype(np.int32)
-        bf = b.astype(np.float32)
-        hi = split_matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
-        lo = split_matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
-        return hi * 16 + lo
+    y = _sgemm_exact(a, lambda: b.astype(np.float32), amax, bmax, k)
+    if y is not None:
+        return y
     if amax * bmax * k < 2 ** 53:
         return split_matmul(a.astype(np.float64), b.astype(np.float64)).astype(np.int64)
     return split_matmul(a.astype(np.int64), b.astype(np.int64))
+
+
+def _sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray | None:
+    """a @ b as int64 through float32 GEMMs when that is exact, else None. a: integers with
+    |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax."""
+    if amax * bmax * k < 2 ** 24:
+        return split_matmul(a.astype(np.float32), bf() if callable(bf) else bf).astype(np.int64)
+    if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
+        bf = bf() if callable(bf) else bf
+        ai = a.astype(np.int32)
+        hi = split_matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
+        lo = split_matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
+        return hi * 16 + lo
+    return None
 
 
 @op("MatMul", since=1)
@@ -275,14 +284,8 @@ def _specialize_matmul_integer(node, consts: dict):
         if a.ndim < 2:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         A = a.astype(np.int32) - _zp_row(a_zero_point, a)
-        amax = int(np.abs(A).max()) if A.size else 0
-        if amax * bmax * K < 2 ** 24:
-            y = split_matmul(A.astype(np.float32), bc).astype(np.int64)
-        elif (amax // 16 + 1) * bmax * K < 2 ** 24:
-            hi = split_matmul((A >> 4).astype(np.float32), bc).astype(np.int64)  # floor(A / 16)
-            lo = split_matmul((A & 15).astype(np.float32), bc).astype(np.int64)
-            y = hi * 16 + lo
-        else:
+        y = _sgemm_exact(A, bc, int(np.abs(A).max()) if A.size else 0, bmax, K)
+        if y is None:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         return y.astype(np.int32)
     return fn
