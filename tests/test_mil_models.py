@@ -277,6 +277,47 @@ def test_builder_gru_rnn_against_numpy(tmp_path, kind, direction):
     assert metrics.rel_l2(y, want) <= 1e-5 and metrics.rel_l2(h, want[-1]) <= 1e-5
 
 
+def test_torch_gru_while_loop(tmp_path):
+    """coremltools unrolls torch's GRU into a MIL while_loop (cond and body blocks, scatter into
+    the output sequence): an ONNX Loop whose body re-runs the condition block."""
+    class GRU(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gru = torch.nn.GRU(6, 5)
+
+        def forward(self, x):
+            return self.gru(x)[0]
+
+    torch.manual_seed(4)
+    mod = GRU().eval()
+    x = torch.randn(4, 2, 6)
+    with torch.no_grad():
+        ref = mod(x).numpy()
+    for prec, tol in (("FLOAT32", 1e-5), ("FLOAT16", 3e-3)):
+        path = str(tmp_path / f"gru_{prec}.mlpackage")
+        coreml.convert(mod, prec, example_inputs=x).save(path)
+        assert "while_loop" in {o["type"] for o in coreml.fp16_ops(path)}
+        got = _run(path, x.numpy())
+        assert got.shape == ref.shape and metrics.rel_l2(got, ref) <= tol, prec
+
+
+def test_builder_cond(tmp_path):
+    mb = quiet_import("coremltools.converters.mil").Builder
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3))])
+    def prog(x):
+        pred = mb.greater(x=mb.reduce_sum(x=x), y=0.0)
+        return mb.cond(pred=pred, _true_fn=lambda: mb.relu(x=x), _false_fn=lambda: mb.mul(x=x, y=2.0), name="branch")
+
+    path = str(tmp_path / "cond.mlpackage")
+    coreml.convert(prog, "FLOAT32").save(path)
+    m = halfsim.load(path)
+    for sign in (1.0, -1.0):
+        x = sign * (np.arange(6, dtype=np.float32).reshape(2, 3) - 1)
+        want = np.maximum(x, 0) if x.sum() > 0 else 2 * x
+        np.testing.assert_array_equal(m.run({"x": x})[m.outputs[0]], want)
+
+
 class Attention(torch.nn.Module):
     def __init__(self, float_mask: bool):
         super().__init__()

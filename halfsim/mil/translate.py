@@ -55,6 +55,7 @@ class Builder:
         self._k = 0
         self.materialized: dict[str, np.ndarray] = {}  # outputs of constexpr_* ops (compressed weights)
         self._names: set[str] = set()
+        self.rename: dict[str, str] = {}  # var name -> tensor name (a block translated twice)
 
     # -- inputs of the current op ----------------------------------------------------------
     def has(self, key: str) -> bool:
@@ -78,10 +79,12 @@ class Builder:
         if isinstance(var, (list, tuple)):
             raise ModelError(f"MIL op {self.op.op_type}: input {key_or_var} is a tuple of tensors")
         producer = getattr(var, "op", None)
-        if producer is not None and producer.op_type == "const" and var.name not in self.inits:
-            value = np.asarray(var.val, dtype=np_dtype(var.dtype))
-            self.inits[var.name] = numpy_helper.from_array(value, var.name)
-        return var.name
+        if producer is not None and producer.op_type == "const":
+            if var.name not in self.inits:
+                value = np.asarray(var.val, dtype=np_dtype(var.dtype))
+                self.inits[var.name] = numpy_helper.from_array(value, var.name)
+            return var.name
+        return self.rename.get(var.name, var.name)
 
     def const(self, value: Any, dtype: Any = None, hint: str = "c") -> str:
         """A new initializer for a value the translation computes (shapes, axes, pads)."""
@@ -95,11 +98,12 @@ class Builder:
 
     # -- outputs ---------------------------------------------------------------------------
     def out(self, i: int = 0) -> str:
-        return self.op.outputs[i].name
+        name = self.op.outputs[i].name
+        return self.rename.get(name, name)
 
     def node(self, op_type: str, inputs: list[str], outputs: list[str] | str | None = None, **attrs) -> str:
         """Append a node; without `outputs` it writes a fresh helper tensor. Returns the first output."""
-        mil_outs = {o.name for o in self.op.outputs}
+        mil_outs = {self.out(i) for i in range(len(self.op.outputs))}
         if outputs is None:
             self._k += 1
             outputs = [f"{self.op.name}/{op_type}_{self._k}"]
@@ -795,8 +799,16 @@ def _opset_name(func) -> str:
 
 def unsupported_ops(program, function: str = "main") -> list[tuple[str, str]]:
     """(op type, op name) of every op in the function that halfsim cannot translate, in order."""
-    return [(op.op_type, op.name) for op in program.functions[function].operations
-            if op.op_type != "const" and op.op_type not in OPS and not op.op_type.startswith("constexpr_")]
+    out = []
+
+    def walk(ops):
+        for op in ops:
+            if op.op_type != "const" and op.op_type not in OPS and not op.op_type.startswith("constexpr_"):
+                out.append((op.op_type, op.name))
+            for block in op.blocks:
+                walk(block.operations)
+    walk(program.functions[function].operations)
+    return out
 
 
 def _materialize(b: Builder, op) -> None:
@@ -808,6 +820,125 @@ def _materialize(b: Builder, op) -> None:
         a = np.asarray(v, dtype=np_dtype(var.dtype))
         b.materialized[var.name] = a
         b.inits[var.name] = numpy_helper.from_array(a, var.name)
+
+
+def translate_ops(b: Builder, operations) -> None:
+    """Append the ONNX nodes of MIL ops (a function's or a nested block's) to `b.nodes`."""
+    for op in operations:
+        if op.op_type == "const":
+            continue  # constants become initializers where an op reads them
+        b.op = op
+        try:
+            if op.op_type.startswith("constexpr_"):
+                _materialize(b, op)
+                continue
+            OPS[op.op_type](b)
+        except ModelError:
+            raise
+        except Exception as e:
+            msg = " ".join(str(e).split())[:200]
+            raise ModelError(f"cannot translate MIL op {op.op_type} ({op.name!r}): {type(e).__name__}: {msg}") from None
+        if not b.rename:
+            for o in op.outputs:
+                b.infos[o.name] = _value_info(o)
+
+
+def _block_vars(block) -> list[str]:
+    """Names of every var a block's ops write, nested blocks included."""
+    out = []
+    for op in block.operations:
+        out += [o.name for o in op.outputs]
+        for sub in op.blocks:
+            out += _block_vars(sub)
+    return out
+
+
+def _inline(b: Builder, block, inputs: list[str], tag: str) -> list[str]:
+    """Translate `block` once more with its inputs bound to `inputs` and every var it writes
+    renamed `<var>/<tag>`; the names of its outputs."""
+    saved, op = dict(b.rename), b.op
+    b.rename.update({v.name: t for v, t in zip(block.inputs, inputs)})
+    b.rename.update({n: f"{n}/{tag}" for n in _block_vars(block)})
+    translate_ops(b, block.operations)
+    outs = [b.t(v) for v in block.outputs]
+    b.rename, b.op = saved, op
+    return outs
+
+
+def _scalar_bool(b: Builder, name: str) -> str:
+    return b.node("Reshape", [name, b.i64([])])
+
+
+@mil_op("while_loop")
+def _while_loop(b: Builder) -> None:
+    # ONNX Loop tests its condition before each iteration: the MIL cond block runs once on the
+    # initial vars outside the loop and again on each iteration's new vars inside the body.
+    op = b.op
+    cond_block, body_block = op.blocks
+    init = [b.t(v) for v in op.loop_vars]
+    first = _scalar_bool(b, _inline(b, cond_block, init, "first")[0])
+    it, c_in = f"{op.name}/iter", f"{op.name}/cond_in"
+    carried = [b.rename.get(v.name, v.name) for v in body_block.inputs]
+
+    def body() -> tuple[list[str], list]:
+        new = [b.t(v) for v in body_block.outputs]
+        c_out = _scalar_bool(b, _inline(b, cond_block, new, "next")[0])
+        return [c_out] + new, [None] + list(body_block.outputs)
+
+    inputs = [helper.make_tensor_value_info(it, TensorProto.INT64, []),
+              helper.make_tensor_value_info(c_in, TensorProto.BOOL, [])]
+    inputs += [helper.make_tensor_value_info(n, _onnx_dtype(np_dtype(v.dtype)), None)
+               for n, v in zip(carried, body_block.inputs)]
+    graph = _subgraph(b, body_block, f"{op.name}/body", inputs, body)
+    b.node("Loop", ["", first] + init, [b.out(i) for i in range(len(op.outputs))], body=graph)
+
+
+def _subgraph(b: Builder, block, name: str, inputs: list, finish: Callable[[], tuple[list[str], list]]):
+    """An ONNX subgraph of a MIL block: its ops, then `finish()` -> (output names, their MIL vars,
+    None for a bool scalar). Outer tensors and initializers are read from the enclosing scope."""
+    outer_nodes, outer_infos, op = b.nodes, b.infos, b.op
+    b.nodes, b.infos = [], {}
+    translate_ops(b, block.operations)
+    b.op = op
+    names, vars_ = finish()
+    outs = [b.node("Identity", [n]) for n in names]  # subgraph outputs get names of their own
+    nodes, infos = b.nodes, b.infos
+    b.nodes, b.infos = outer_nodes, outer_infos
+    out_vi = [helper.make_tensor_value_info(n, TensorProto.BOOL if v is None else _onnx_dtype(np_dtype(v.dtype)),
+                                            [] if v is None else None) for n, v in zip(outs, vars_)]
+    return helper.make_graph(nodes, name, inputs, out_vi, value_info=list(infos.values()))
+
+
+@mil_op("cond")
+def _cond(b: Builder) -> None:
+    op = b.op
+    branches = {}
+    for key, block in zip(("then_branch", "else_branch"), op.blocks):
+        branches[key] = _subgraph(b, block, f"{op.name}/{key}", [],
+                                  lambda block=block: ([b.t(v) for v in block.outputs], list(block.outputs)))
+    b.node("If", [_scalar_bool(b, b.t("pred"))], [b.out(i) for i in range(len(op.outputs))], **branches)
+
+
+_SCATTER = {"update": "none", "add": "add", "mul": "mul", "max": "max", "min": "min"}
+
+
+@mil_op("scatter")
+def _scatter(b: Builder) -> None:  # slices of data along axis replaced (or combined) by updates
+    mode = str(b.val("mode", "add"))
+    if mode not in _SCATTER:
+        raise ModelError(f"MIL scatter ({b.op.name!r}) mode {mode} is not supported")
+    r = b.rank("data")
+    axis = int(b.val("axis", 0)) % r
+    perm = [axis] + [i for i in range(r) if i != axis]
+    back = [perm.index(i) for i in range(r)]
+    data, upd = b.t("data"), b.t("updates")
+    if axis:
+        data = b.node("Transpose", [data], perm=perm)
+        upd = b.node("Transpose", [upd], perm=[axis] + [i for i in range(b.rank("updates")) if i != axis])
+    idx = b.node("Unsqueeze", [b.node("Cast", [b.t("indices")], to=TensorProto.INT64), b.i64([-1])])
+    y = b.node("ScatterND", [data, idx, upd], None if axis else b.out(), reduction=_SCATTER[mode])
+    if axis:
+        b.node("Transpose", [y], b.out(), perm=back)
 
 
 def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.ModelProto:
@@ -822,24 +953,7 @@ def to_onnx(program, function: str = "main", source: str = "<memory>") -> onnx.M
         raise ModelError(f"unsupported MIL op {bad[0][0]} (op {bad[0][1]!r}) in {source} ({opset})"
                          + (f"; also unsupported: {', '.join(k for k in kinds if k != bad[0][0])}" if len(kinds) > 1 else ""))
     b = Builder()
-    for op in func.operations:
-        if op.op_type == "const":
-            continue  # constants become initializers where an op reads them
-        if op.blocks:
-            raise ModelError(f"MIL op {op.op_type} ({op.name!r}) has nested blocks; control flow is not supported")
-        b.op = op
-        try:
-            if op.op_type.startswith("constexpr_"):
-                _materialize(b, op)
-                continue
-            OPS[op.op_type](b)
-        except ModelError:
-            raise
-        except Exception as e:
-            msg = " ".join(str(e).split())[:200]
-            raise ModelError(f"cannot translate MIL op {op.op_type} ({op.name!r}): {type(e).__name__}: {msg}") from None
-        for o in op.outputs:
-            b.infos[o.name] = _value_info(o)
+    translate_ops(b, func.operations)
     inputs = [_value_info(v) for v in func.inputs.values()]
     outputs = []
     for v in func.outputs:
