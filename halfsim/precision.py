@@ -256,8 +256,20 @@ class PrecisionPlan:
         if _within(FP32, acc):
             return np.sum(x, axis=axis, keepdims=keepdims)
         from .kernels.accumulate import sum_acc
-        return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
-                       block=prec.block)
+        if x.size >= _PARALLEL_SUM_MIN:
+            return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
+                           block=prec.block)
+        # sum_acc's row loop is a parallel numba kernel: waking its threads cost up to ~16 ms a
+        # call on the loaded 2-core machine, against 0.1 ms of work for a LayerNorm's rows
+        # (measured). Small reductions run on the calling thread; the rows' results are the same.
+        import numba
+        n = numba.get_num_threads()
+        numba.set_num_threads(1)
+        try:
+            return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
+                           block=prec.block)
+        finally:
+            numba.set_num_threads(n)
 
     def round_compute(self, ctx, x: np.ndarray) -> np.ndarray:
         prec = ctx.prec
@@ -357,6 +369,8 @@ class PrecisionPlan:
             self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
 
 
+# Elements from which a per-step-rounded reduction is worth sum_acc's threads.
+_PARALLEL_SUM_MIN = 1 << 18
 # Policies whose folded weights a model keeps (bisection tries many policies: bound the memory).
 _FOLD_POLICIES = 3
 

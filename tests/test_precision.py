@@ -278,3 +278,23 @@ def test_selecting_ops_on_rounded_inputs_bit_exact_against_numpy_float16(op, inp
         r = m2.run({"in0": big, "in1": np.array(-1e6, np.float32)}, precision="fp16")
         assert np.isinf(r["out0"][:2]).all()
         assert [(e.tensor, e.kind, e.count) for e in r.events if e.tensor == "out0"] == [("out0", "overflow", 1)]
+
+
+@pytest.mark.parametrize("rows,n", [(3, 40), (1100, 250)])  # below and above _PARALLEL_SUM_MIN
+def test_reducesum_fp16_accumulation_against_numpy_float16_steps(rows, n):
+    """fp16-acc16 ReduceSum: every running sum rounded to fp16, in index order, as numpy
+    float16 additions compute it (each exact in float32, then rounded once)."""
+    from halfsim import precision as P
+    assert (rows * n >= P._PARALLEL_SUM_MIN) == (rows > 1000)
+    rng = np.random.default_rng(21)
+    x16 = (rng.standard_normal((rows, n)) * 30).astype(np.float16)
+    axes = np.array([1], np.int64)
+    m = halfsim.load(make_model("ReduceSum", [x16.astype(np.float32), axes], {"keepdims": 0}, opset=13, initializers=(1,)))
+    got = m.run({"in0": x16.astype(np.float32)}, precision="fp16-acc16")["out0"]
+    acc = x16[:, 0].copy()
+    with np.errstate(over="ignore"):
+        for k in range(1, n):
+            acc = acc + x16[:, k]
+    np.testing.assert_array_equal(got, acc.astype(np.float32))
+    exact = x16.astype(np.float64).sum(axis=1)
+    assert np.abs(got - exact).max() > 0  # the per-step rounding is visible
