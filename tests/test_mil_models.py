@@ -397,6 +397,8 @@ def test_cli_run_and_compare_against_onnx(built, tmp_path):
     assert code == 0, err
     out = np.load(tmp_path / "out.npz")[m.outputs[0]]
     assert metrics.rel_l2(out, rec["ref"]) < 3e-3
+    code, err = _cli("run", built["rnn"]["FLOAT16"], "--seed", 1, "-o", tmp_path / "random.npz")  # random inputs
+    assert code == 0, err
     # The FLOAT16 program against the source ONNX model run by halfsim at coreml-fp16: the same
     # prediction; against the ONNX model in fp32: fp16 drift, per output and (names match the
     # FLOAT32 program's modulo _cast_fp16) per layer against the FLOAT32 program.
