@@ -3,12 +3,15 @@ MIL ops into an ONNX graph in the program's own dtypes, and run that with halfsi
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import onnx
 
 from .loader import SUFFIXES, is_coreml_path, load_program, read_spec  # noqa: F401
 from .translate import OPS, to_onnx, unsupported_ops  # noqa: F401
+
+if TYPE_CHECKING:
+    from ..interpreter import Model
 
 
 def program_to_onnx(src: Any, function: str = "main") -> onnx.ModelProto:
@@ -18,7 +21,7 @@ def program_to_onnx(src: Any, function: str = "main") -> onnx.ModelProto:
     return to_onnx(src, function)
 
 
-def load(src: Any, function: str = "main"):
+def load(src: Any, function: str = "main") -> "Model":
     """A halfsim Model running the ML program (path or MIL Program)."""
     from ..interpreter import Model
     source = os.fspath(src) if isinstance(src, (str, os.PathLike)) else "<memory>"

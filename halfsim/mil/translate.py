@@ -128,7 +128,8 @@ Emit = Callable[[Builder], None]
 OPS: dict[str, Emit] = {}
 
 
-def mil_op(*names: str):
+def mil_op(*names: str) -> Callable[[Emit], Emit]:
+    """Register the decorated function as the builder of these MIL op types."""
     def deco(fn: Emit) -> Emit:
         for n in names:
             OPS[n] = fn
