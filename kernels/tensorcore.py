@@ -18,7 +18,9 @@ Two implementations of the same arithmetic, checked against each other and again
     also handles inf/NaN. block_fma_batch runs it row-wise.
   * _gemm_kernel: the GEMM, vectorized over output columns and parallel over rows; it holds the
     window's integers in float64, where they are exact (argument at the fast-path section), and
-    hands elements with non-finite values to dot_scalar.
+    hands elements with non-finite values to dot_scalar. When the inputs' range allows (always
+    for fp16/fp8) the products' passes run in float32/int32 instead (_gemm_core32), twice the
+    SIMD width, with the same bits.
 
 Formats are given by code: see FORMATS. Values handed to the kernels must be representable in
 their format, except that a raw fp32 for tf32 is truncated to 10 fraction bits, as the
@@ -367,10 +369,31 @@ def _fin_rne(v, mbits, emin, big):
     return np.float32(r)
 
 
+@njit(cache=True, inline="always")
+def _finish_row(s, g, acc, rne, mbits, c_emin, big):
+    """acc[j] <- the block sum s[j] (window units, G = g[j]) rounded to the output format;
+    g[j] <- the scale of the new acc[j] (the next block's C)."""
+    # the rounding mode is fixed per call: branch outside the loops so they vectorize
+    if rne:
+        for j in range(s.size):
+            x = _fin_rne(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+            acc[j] = x
+            g[j] = _c_scale(x, c_emin)
+    else:
+        for j in range(s.size):
+            x = _fin_rz(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+            acc[j] = x
+            g[j] = _c_scale(x, c_emin)
+
+
 def _gemm_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma: int, emin_a: int,
                  mb: int, emin_b: int, out16: bool, rne: bool) -> np.ndarray:
     """a [nb, M, K], b [nb, K, N], c [nb, M, N] (float32, C-contiguous, writable; c already in
     the output format) -> D [nb, M, N] float32."""
+    av, ag, aok = _prepare32(a, ma, emin_a)
+    bv, bg, bok = _prepare32(b, mb, emin_b)
+    if aok and bok and w <= 26:
+        return _gemm_core32(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne)
     av, ag = _prepare(a, ma, emin_a)
     bv, bg = _prepare(b, mb, emin_b)
     return _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne)
@@ -380,8 +403,6 @@ def _gemm_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, 
 def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
     nb, M, K = a.shape
     N = b.shape[2]
-    rowbad = _any_nonfinite_rows(a)
-    colbad = _any_nonfinite_cols(b)
     c_emin = -14 if out16 else -126
     mbits = 10 if out16 else 23
     big = 65504.0 if out16 else _F32_MAX
@@ -463,19 +484,20 @@ def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, r
                 brv = bv[bi, k]
                 for j in range(N):
                     s[j] += np.trunc(xa * brv[j] * g[j])
-            # the rounding mode is fixed per call: branch outside the loops so they vectorize
-            if rne:
-                for j in range(N):
-                    x = _fin_rne(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
-                    acc[j] = x
-                    g[j] = _c_scale(x, c_emin)
-            else:
-                for j in range(N):
-                    x = _fin_rz(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
-                    acc[j] = x
-                    g[j] = _c_scale(x, c_emin)
+            _finish_row(s, g, acc, rne, mbits, c_emin, big)
         out[bi, i] = acc
-    # rare: non-finite inputs or C, or an fp16 accumulator that overflowed on the way
+    _fix_special(a, b, c, out, blk, w, ma, emin_a, mb, emin_b, out16, rne)
+    return out
+
+
+@njit(cache=True, parallel=True)
+def _fix_special(a, b, c, out, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    """Recompute through dot_scalar the rare outputs with non-finite inputs or C, or an fp16
+    accumulator that overflowed on the way (the fast cores leave them unspecified)."""
+    nb, M, K = a.shape
+    N = b.shape[2]
+    rowbad = _any_nonfinite_rows(a)
+    colbad = _any_nonfinite_cols(b)
     for r in prange(nb * M):
         bi = r // M
         i = r % M
@@ -484,7 +506,151 @@ def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, r
                     or not np.isfinite(out[bi, i, j]):
                 out[bi, i, j] = dot_scalar(a[bi, i, :], b[bi, :, j].copy(), c[bi, i, j],
                                            blk, w, ma, emin_a, mb, emin_b, out16, rne)
+
+
+# ---- float32 variant ----------------------------------------------------------------------
+# When every nonzero input lies in [2**-30, 2**31) (always for fp16 and fp8; for bf16/tf32 when
+# the data allow) the products' passes fit float32 and int32, twice the SIMD width of float64:
+#   * scales 2^-e are exact float32 powers of two, a product of two within [2^-62, 2^60];
+#     zeros and non-finite inputs get inf, which never sets the minimum;
+#   * a*b (<= 22 significant bits, |a*b| in [2^-60, 2^62]) is exact in float32, and so is
+#     a*b*G for G = 2^(w - emax) in [2^-114, 2^87] whenever a*b*G >= 1 (G is clamped to 2^100
+#     only when every product of the block is zero); below 1 it truncates to 0 either way;
+#   * each truncated term is an integer < 2^(w+2) <= 2^28 (w <= 26: extra_bits <= 3, all the
+#     presets), converted to int32 by truncation (cvttps2dq) and summed in int32 while the
+#     sum cannot overflow (see kc), then added to the float64 sum.
+# C's term, the block maximum with C and the rounding stay in float64 as in _gemm_core.
+_G32_MAX = 2.0 ** 100
+
+
+@njit(cache=True, parallel=True)
+def _prepare32(x, mbits, emin):
+    """float32 (value, 2^-exponent) as _prepare (zeros, non-finite: (0, inf)) and whether every
+    nonzero finite value lies in [2**-30, 2**31)."""
+    v = np.empty(x.shape, np.float32)
+    g = np.empty(x.shape, np.float32)
+    xf = x.ravel()
+    vf = v.reshape(-1)
+    gf = g.reshape(-1)
+    bad = 0
+    for i in prange(xf.size):
+        bits = np.float32(xf[i]).view(np.int32)
+        be = (bits >> 23) & 0xFF
+        ex = be - 127 if be > 0 else -126
+        ex = ex if ex > emin else emin
+        val = np.trunc(np.float64(xf[i]) * _pow2(mbits - ex)) * _pow2(ex - mbits)
+        if be == 0xFF or val == 0.0:
+            vf[i] = 0.0
+            gf[i] = np.inf
+        else:
+            vf[i] = val
+            gf[i] = np.float32(_pow2(-ex))
+            av = abs(val)
+            bad += 1 if (av < 2.0 ** -30 or av >= 2.0 ** 31) else 0
+    return v, g, bad == 0
+
+
+@njit(cache=True, inline="always")
+def _min32(x, y):
+    return x if x < y else y
+
+
+@njit(cache=True)
+def _gemm_core32(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
+    nb, M, K = a.shape
+    N = b.shape[2]
+    c_emin = -14 if out16 else -126
+    mbits = 10 if out16 else 23
+    big = 65504.0 if out16 else _F32_MAX
+    tw = _pow2(w)
+    # products summed in int32 between flushes into the float64 sum: a whole block where
+    # blk terms of at most 2^(w+2) - 1 fit (every preset), else 8 (w <= 26)
+    kc = blk if blk * ((1 << (w + 2)) - 1) <= (1 << 31) - 1 else 8
+    out = np.empty((nb, M, N), np.float32)
+    _core32_rows(av, ag, bv, bg, c, out, blk, kc, tw, mbits, c_emin, big, rne)
+    _fix_special(a, b, c, out, blk, w, ma, emin_a, mb, emin_b, out16, rne)
     return out
+
+
+@njit(cache=True, parallel=True)
+def _core32_rows(av, ag, bv, bg, c, out, blk, kc, tw, mbits, c_emin, big, rne):
+    """The rows of _gemm_core32, in parallel."""
+    nb, M, K = av.shape
+    N = bv.shape[2]
+    for r in prange(nb * M):
+        bi = r // M
+        i = r % M
+        arv = av[bi, i]
+        arg = ag[bi, i]
+        g = np.empty(N, np.float64)    # per column: C's scale, then G = 2^w / 2^emax
+        q = np.empty(N, np.float32)    # per column: min product scale, then G clamped
+        s = np.empty(N, np.float64)    # per column: the exact window sum
+        t = np.empty(N, np.int32)      # per column: sum of the current chunk of products
+        acc = c[bi, i].copy()
+        for j in range(N):
+            g[j] = _c_scale(acc[j], c_emin)
+        for k0 in range(0, K, blk):
+            k1 = min(k0 + blk, K)
+            k8 = k0 + (k1 - k0) // 8 * 8
+            q[:] = np.inf
+            for k in range(k0, k8, 8):
+                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+                x4 = arg[k + 4]; x5 = arg[k + 5]; x6 = arg[k + 6]; x7 = arg[k + 7]
+                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
+                b4 = bg[bi, k + 4]; b5 = bg[bi, k + 5]; b6 = bg[bi, k + 6]; b7 = bg[bi, k + 7]
+                for j in range(N):
+                    y0 = _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j]))
+                    y4 = _min32(_min32(x4 * b4[j], x5 * b5[j]), _min32(x6 * b6[j], x7 * b7[j]))
+                    q[j] = _min32(q[j], _min32(y0, y4))
+            k4 = k8 + (k1 - k8) // 4 * 4
+            for k in range(k8, k4, 4):
+                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
+                for j in range(N):
+                    y0 = _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j]))
+                    q[j] = _min32(q[j], y0)
+            for k in range(k4, k1):
+                xa = arg[k]
+                brg = bg[bi, k]
+                for j in range(N):
+                    q[j] = _min32(q[j], xa * brg[j])
+            for j in range(N):
+                G = _min32(g[j], np.float64(q[j])) * tw
+                g[j] = G
+                q[j] = np.float32(_min32(G, _G32_MAX))
+                s[j] = np.trunc(np.float64(acc[j]) * G)
+            for c0 in range(k0, k1, kc):
+                c1 = min(c0 + kc, k1)
+                c8 = c0 + (c1 - c0) // 8 * 8
+                t[:] = 0
+                for k in range(c0, c8, 8):
+                    x0 = arv[k]; x1 = arv[k + 1]; x2 = arv[k + 2]; x3 = arv[k + 3]
+                    x4 = arv[k + 4]; x5 = arv[k + 5]; x6 = arv[k + 6]; x7 = arv[k + 7]
+                    b0 = bv[bi, k]; b1 = bv[bi, k + 1]; b2 = bv[bi, k + 2]; b3 = bv[bi, k + 3]
+                    b4 = bv[bi, k + 4]; b5 = bv[bi, k + 5]; b6 = bv[bi, k + 6]; b7 = bv[bi, k + 7]
+                    for j in range(N):
+                        G = q[j]
+                        t[j] += ((np.int32(x0 * b0[j] * G) + np.int32(x1 * b1[j] * G)) +
+                                 (np.int32(x2 * b2[j] * G) + np.int32(x3 * b3[j] * G))) + \
+                                ((np.int32(x4 * b4[j] * G) + np.int32(x5 * b5[j] * G)) +
+                                 (np.int32(x6 * b6[j] * G) + np.int32(x7 * b7[j] * G)))
+                c4 = c8 + (c1 - c8) // 4 * 4
+                for k in range(c8, c4, 4):
+                    x0 = arv[k]; x1 = arv[k + 1]; x2 = arv[k + 2]; x3 = arv[k + 3]
+                    b0 = bv[bi, k]; b1 = bv[bi, k + 1]; b2 = bv[bi, k + 2]; b3 = bv[bi, k + 3]
+                    for j in range(N):
+                        G = q[j]
+                        t[j] += (np.int32(x0 * b0[j] * G) + np.int32(x1 * b1[j] * G)) + \
+                                (np.int32(x2 * b2[j] * G) + np.int32(x3 * b3[j] * G))
+                for k in range(c4, c1):
+                    xa = arv[k]
+                    brv = bv[bi, k]
+                    for j in range(N):
+                        t[j] += np.int32(xa * brv[j] * q[j])
+                for j in range(N):
+                    s[j] += np.float64(t[j])
+            _finish_row(s, g, acc, rne, mbits, c_emin, big)
+        out[bi, i] = acc
 
 
 @njit(cache=True, parallel=True)

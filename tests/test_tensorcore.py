@@ -446,3 +446,84 @@ def test_bad_input_raises():
     for err in (HalfsimError, ValueError):
         with pytest.raises(err):
             gemm(a, a.T, "nope")
+
+
+# ---------------------------------------------------------------- float32 fast core
+# kernels.tensorcore runs the products' passes in float32/int32 when every input lies in
+# [2**-30, 2**31) and w <= 26, else in float64; both must give the oracle's bits.
+
+def _paths(a, b, c, model, fmts):
+    """(float32-core result, float64-core result, whether the float32 core was eligible)."""
+    from halfsim.kernels import tensorcore as K
+    from halfsim.tensorcore import _params
+    p = _params(model, fmts)
+    a3, b3, c3 = (np.ascontiguousarray(x[None], np.float32) for x in (a, b, c))
+    eligible = K._prepare32(a3, p[2], p[3])[2] and K._prepare32(b3, p[4], p[5])[2] and p[1] <= 26
+    av, ag = K._prepare(a3, p[2], p[3])
+    bv, bg = K._prepare(b3, p[4], p[5])
+    return K._gemm_kernel(a3, b3, c3, *p)[0], K._gemm_core(a3, b3, av, ag, bv, bg, c3, *p)[0], eligible
+
+
+FAST_CASES = [  # model, input formats, input exponents, C exponents, out
+    ("tc-v100-fp16", ("fp16", "fp16"), (-14, 15), (-149, 127), "fp32"),
+    ("tc-a100-fp16", ("fp16", "fp16"), (-14, 6), (-30, 12), "fp16"),
+    ("tc-a100-bf16", ("bf16", "bf16"), (-30, 30), (-149, 127), "fp32"),
+    ("tc-a100-tf32", ("tf32", "tf32"), (-30, 30), (-100, 100), "fp32"),
+    ("tc-h100-fp16", ("fp16", "fp16"), (-14, 15), (-40, 40), "fp32"),
+    ("tc-h100-tf32", ("tf32", "tf32"), (-30, 30), (-60, 60), "fp32"),
+    ("tc-h100-fp8", ("fp8-e4m3", "fp8-e5m2"), (-6, 8), (-30, 30), "fp32"),
+]
+
+
+@pytest.mark.parametrize("name,fmts,erange,crange,out", FAST_CASES, ids=[f"{c[0]}-{c[4]}" for c in FAST_CASES])
+def test_float32_core_matches_oracle_and_float64_core(name, fmts, erange, crange, out):
+    rng = np.random.default_rng(abs(hash(("fast", name, out))) % 2**32)
+    model = get_model(name).with_output(out)
+    M, K, N = 3, 2 * model.k + 5, 21  # ragged last block; N not a multiple of the SIMD width
+    # no bf16/tf32 subnormals (2^-126..): they are out of the float32 core's range
+    psub = [0.0 if f in ("bf16", "tf32") else 0.05 for f in fmts]
+    a = random_format_values(rng, (M, K), fmts[0], *erange, p_zero=0.15, p_sub=psub[0])
+    b = random_format_values(rng, (K, N), fmts[1], *erange, p_zero=0.15, p_sub=psub[1])
+    a[1, :] = 0.0  # a row of zero products: the block maximum comes from C alone
+    c = random_fp32(rng, (M, N), *crange)
+    c[:, :3] = 0.0
+    c[0, 3] = 2.0 ** -149  # fp32 subnormal C
+    if out == "fp16":
+        c = c.astype(np.float16).astype(np.float32)
+    got32, got64, eligible = _paths(a, b, c, model, fmts)
+    assert eligible
+    assert _same_bits(got32, got64).all()
+    want = oracle_gemm(a, b, c, model, *fmts)
+    assert _same_bits(got32, want).all(), np.argwhere(~_same_bits(got32, want))[:5]
+
+
+def test_float32_core_int32_chunks_do_not_overflow():
+    # 32 products per block with w = 26: a block's terms could pass 2^31, so int32 sums are
+    # flushed every 8; all products large and positive push each chunk near its bound
+    m = TensorCoreModel("wide", 32, 3, "toward-zero", "fp32", ("fp16",))
+    rng = np.random.default_rng(21)
+    a = (rng.integers(1 << 10, 1 << 11, (2, 70)) * 2.0 ** -10).astype(np.float32) * 1.9
+    b = (rng.integers(1 << 10, 1 << 11, (70, 9)) * 2.0 ** -10).astype(np.float32) * 1.9
+    a, b = a.astype(np.float16).astype(np.float32), b.astype(np.float16).astype(np.float32)
+    c = np.zeros((2, 9), np.float32)
+    got32, got64, eligible = _paths(a, b, c, m, ("fp16", "fp16"))
+    assert eligible and _same_bits(got32, got64).all()
+    assert _same_bits(got32, oracle_gemm(a, b, c, m, "fp16", "fp16")).all()
+
+
+def test_float32_core_gate():
+    # out-of-range inputs (bf16 2^40) or a window of 27 bits go to the float64 core; same bits
+    rng = np.random.default_rng(22)
+    a = random_format_values(rng, (3, 20), "bf16", -10, 10, p_sub=0)
+    b = random_format_values(rng, (20, 5), "bf16", -10, 10, p_sub=0)
+    c = random_fp32(rng, (3, 5), -10, 10)
+    m = get_model("tc-h100-bf16")
+    assert _paths(a, b, c, m, ("bf16", "bf16"))[2]
+    a[2, 4] = 2.0 ** 40
+    got32, got64, eligible = _paths(a, b, c, m, ("bf16", "bf16"))
+    assert not eligible and _same_bits(got32, got64).all()
+    assert _same_bits(got32, oracle_gemm(a, b, c, m, "bf16", "bf16")).all()
+    wide = TensorCoreModel("w27", 4, 4, "toward-zero", "fp32", ("bf16",))
+    a[2, 4] = 1.0
+    assert not _paths(a, b, c, wide, ("bf16", "bf16"))[2]
+    assert _same_bits(gemm(a, b, wide, c=c), oracle_gemm(a, b, c, wide, "bf16", "bf16")).all()
