@@ -72,3 +72,26 @@ def test_env_var_forces_fallback() -> None:
     env = dict(os.environ, HALFSIM_NO_F16C="1")
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+@pytest.mark.slow
+def test_kernels_without_f16c_give_the_same_bits(tmp_path) -> None:
+    # a fresh process forced onto the portable path (and a fresh numba cache, which would
+    # otherwise hand back the F16C build) computes the fp16 fast-path GEMMs: same bits as here
+    from halfsim.kernels.accumulate import matmul_acc
+    rng = np.random.default_rng(3)
+    a = rng.standard_normal((13, 300)).astype(np.float16).astype(np.float32) / 16
+    b = rng.standard_normal((300, 37)).astype(np.float16).astype(np.float32) / 16
+    np.savez(tmp_path / "ab.npz", a=a, b=b)
+    code = ("import sys, numpy as np; from halfsim.kernels import halfcvt; "
+            "from halfsim.kernels.accumulate import matmul_acc; assert not halfcvt.HW_F16C; "
+            "d = np.load(sys.argv[1]); "
+            "np.savez(sys.argv[2], *[matmul_acc(d['a'], d['b'], 5, 10, fma=f) for f in (False, True)])")
+    env = dict(os.environ, HALFSIM_NO_F16C="1", NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "ab.npz"), str(tmp_path / "out.npz")],
+                       env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = np.load(tmp_path / "out.npz")
+    for i, fma in enumerate((False, True)):
+        here = matmul_acc(a, b, 5, 10, fma=fma)
+        assert np.array_equal(got[f"arr_{i}"].view(np.uint32), here.view(np.uint32))
