@@ -370,6 +370,39 @@ def _fin_rne(v, mbits, emin, big):
 
 
 @njit(cache=True, inline="always")
+def _min32(x, y):
+    return x if x < y else y
+
+
+@njit(cache=True, inline="always")
+def _min_scales(arg, bg, k0, k1, q):
+    """q[j] <- min(q[j], arg[k] * bg[k, j] for k0 <= k < k1): the scale of the largest product
+    exponent of each column. k unrolled by 8 and 4: one load/store of q per several products."""
+    N = q.size
+    k8 = k0 + (k1 - k0) // 8 * 8
+    k4 = k8 + (k1 - k8) // 4 * 4
+    for k in range(k0, k8, 8):
+        x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+        x4 = arg[k + 4]; x5 = arg[k + 5]; x6 = arg[k + 6]; x7 = arg[k + 7]
+        b0 = bg[k]; b1 = bg[k + 1]; b2 = bg[k + 2]; b3 = bg[k + 3]
+        b4 = bg[k + 4]; b5 = bg[k + 5]; b6 = bg[k + 6]; b7 = bg[k + 7]
+        for j in range(N):
+            y0 = _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j]))
+            y4 = _min32(_min32(x4 * b4[j], x5 * b5[j]), _min32(x6 * b6[j], x7 * b7[j]))
+            q[j] = _min32(q[j], _min32(y0, y4))
+    for k in range(k8, k4, 4):
+        x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
+        b0 = bg[k]; b1 = bg[k + 1]; b2 = bg[k + 2]; b3 = bg[k + 3]
+        for j in range(N):
+            q[j] = _min32(q[j], _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j])))
+    for k in range(k4, k1):
+        xa = arg[k]
+        brg = bg[k]
+        for j in range(N):
+            q[j] = _min32(q[j], xa * brg[j])
+
+
+@njit(cache=True, inline="always")
 def _finish_row(s, g, acc, rne, mbits, c_emin, big):
     """acc[j] <- the block sum s[j] (window units, G = g[j]) rounded to the output format;
     g[j] <- the scale of the new acc[j] (the next block's C)."""
@@ -420,43 +453,10 @@ def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, r
             g[j] = _c_scale(acc[j], c_emin)
         for k0 in range(0, K, blk):
             k1 = min(k0 + blk, K)
-            # k unrolled by 8 and 4: one load/store of g and s per column for several products
+            _min_scales(arg, bg[bi], k0, k1, g)
+            # k unrolled by 8 and 4: one load/store of s per column for several products
             k8 = k0 + (k1 - k0) // 8 * 8
             k4 = k8 + (k1 - k8) // 4 * 4
-            for k in range(k0, k8, 8):
-                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
-                x4 = arg[k + 4]; x5 = arg[k + 5]; x6 = arg[k + 6]; x7 = arg[k + 7]
-                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
-                b4 = bg[bi, k + 4]; b5 = bg[bi, k + 5]; b6 = bg[bi, k + 6]; b7 = bg[bi, k + 7]
-                for j in range(N):
-                    y0 = x0 * b0[j]; y1 = x1 * b1[j]; y2 = x2 * b2[j]; y3 = x3 * b3[j]
-                    y4 = x4 * b4[j]; y5 = x5 * b5[j]; y6 = x6 * b6[j]; y7 = x7 * b7[j]
-                    y0 = y0 if y0 < y1 else y1
-                    y2 = y2 if y2 < y3 else y3
-                    y4 = y4 if y4 < y5 else y5
-                    y6 = y6 if y6 < y7 else y7
-                    y0 = y0 if y0 < y2 else y2
-                    y4 = y4 if y4 < y6 else y6
-                    y0 = y0 if y0 < y4 else y4
-                    x = g[j]
-                    g[j] = x if x < y0 else y0
-            for k in range(k8, k4, 4):
-                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
-                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
-                for j in range(N):
-                    y0 = x0 * b0[j]; y1 = x1 * b1[j]; y2 = x2 * b2[j]; y3 = x3 * b3[j]
-                    y0 = y0 if y0 < y1 else y1
-                    y2 = y2 if y2 < y3 else y3
-                    y0 = y0 if y0 < y2 else y2
-                    x = g[j]
-                    g[j] = x if x < y0 else y0
-            for k in range(k4, k1):
-                xa = arg[k]
-                brg = bg[bi, k]
-                for j in range(N):
-                    y = xa * brg[j]
-                    x = g[j]
-                    g[j] = x if x < y else y
             for j in range(N):
                 G = g[j] * tw
                 g[j] = G
@@ -550,11 +550,6 @@ def _prepare32(x, mbits, emin):
     return v, g, bad == 0
 
 
-@njit(cache=True, inline="always")
-def _min32(x, y):
-    return x if x < y else y
-
-
 @njit(cache=True)
 def _gemm_core32(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne):
     nb, M, K = a.shape
@@ -591,29 +586,8 @@ def _core32_rows(av, ag, bv, bg, c, out, blk, kc, tw, mbits, c_emin, big, rne):
             g[j] = _c_scale(acc[j], c_emin)
         for k0 in range(0, K, blk):
             k1 = min(k0 + blk, K)
-            k8 = k0 + (k1 - k0) // 8 * 8
             q[:] = np.inf
-            for k in range(k0, k8, 8):
-                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
-                x4 = arg[k + 4]; x5 = arg[k + 5]; x6 = arg[k + 6]; x7 = arg[k + 7]
-                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
-                b4 = bg[bi, k + 4]; b5 = bg[bi, k + 5]; b6 = bg[bi, k + 6]; b7 = bg[bi, k + 7]
-                for j in range(N):
-                    y0 = _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j]))
-                    y4 = _min32(_min32(x4 * b4[j], x5 * b5[j]), _min32(x6 * b6[j], x7 * b7[j]))
-                    q[j] = _min32(q[j], _min32(y0, y4))
-            k4 = k8 + (k1 - k8) // 4 * 4
-            for k in range(k8, k4, 4):
-                x0 = arg[k]; x1 = arg[k + 1]; x2 = arg[k + 2]; x3 = arg[k + 3]
-                b0 = bg[bi, k]; b1 = bg[bi, k + 1]; b2 = bg[bi, k + 2]; b3 = bg[bi, k + 3]
-                for j in range(N):
-                    y0 = _min32(_min32(x0 * b0[j], x1 * b1[j]), _min32(x2 * b2[j], x3 * b3[j]))
-                    q[j] = _min32(q[j], y0)
-            for k in range(k4, k1):
-                xa = arg[k]
-                brg = bg[bi, k]
-                for j in range(N):
-                    q[j] = _min32(q[j], xa * brg[j])
+            _min_scales(arg, bg[bi], k0, k1, q)
             for j in range(N):
                 G = _min32(g[j], np.float64(q[j])) * tw
                 g[j] = G
