@@ -349,17 +349,21 @@ def test_single_threaded_blas_restores_the_thread_count():
     assert after == before
 
 
-@pytest.mark.parametrize("k,a_lo,a_hi", [(64, 0, 255),       # one exact sgemm
-                                          (1024, 0, 255),     # A - 128 split into 16 * hi + lo
-                                          (1024, 70, 186)])   # |A - 128| <= 58: one sgemm again
+@pytest.mark.parametrize("k,a_lo,a_hi,a_zp", [(64, 0, 255, 128),     # one exact sgemm
+                                               (1024, 70, 186, 128),  # |A - 128| <= 58: one sgemm
+                                               (1024, 0, 255, 128),   # two K-slices below 2**24 each
+                                               (3000, 0, 255, 0),     # too many slices: 16 * hi + lo
+                                               (5000, 0, 255, 0)])    # neither: float64 GEMM
 @pytest.mark.parametrize("b_zp", [None, 119])
-def test_matmul_integer_constant_b_prepared_once(k, a_lo, a_hi, b_zp):
+def test_matmul_integer_constant_b_prepared_once(k, a_lo, a_hi, a_zp, b_zp):
     # B as a weight (initializer): the fp32 interpreter converts it once; exact against ORT.
     a = rng.integers(a_lo, a_hi + 1, (5, k), dtype=np.uint8)
+    a[0] = a_hi  # a row at the range's edge
     b = rng.integers(0, 256, (k, 7), dtype=np.uint8)
     b[:, 0] = 0  # extreme columns
-    ins = [a, b, np.array(128, np.uint8)] + ([np.array(b_zp, np.uint8)] if b_zp is not None else [])
+    b[:, 1] = 255
+    ins = [a, b, np.array(a_zp, np.uint8)] + ([np.array(b_zp, np.uint8)] if b_zp is not None else [])
     inits = (1, 3) if b_zp is not None else (1,)
     got = check_op("MatMulInteger", ins, opset=10, initializers=inits, rtol=0, atol=0)
-    want = (a.astype(np.int64) - 128) @ (b.astype(np.int64) - (b_zp or 0))
+    want = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - (b_zp or 0))
     np.testing.assert_array_equal(got[0], want)

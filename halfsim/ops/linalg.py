@@ -57,6 +57,17 @@ def _sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray 
     |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax."""
     if amax * bmax * k < 2 ** 24:
         return split_matmul(a.astype(np.float32), bf() if callable(bf) else bf).astype(np.int64)
+    kc = (2 ** 24 - 1) // (amax * bmax) if amax * bmax else k
+    if kc >= 1 and -(-k // kc) <= 8:
+        # Sums over at most kc terms stay below 2**24: a few K-slices, one GEMM's work in all
+        # (the 16*hi + lo split below costs two full GEMMs).
+        bf = bf() if callable(bf) else bf
+        af = a.astype(np.float32)
+        y = None
+        for k0 in range(0, k, kc):
+            part = split_matmul(af[..., k0:k0 + kc], bf[..., k0:k0 + kc, :]).astype(np.int64)
+            y = part if y is None else y + part
+        return y
     if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
         bf = bf() if callable(bf) else bf
         ai = a.astype(np.int32)
