@@ -212,7 +212,12 @@ class PrecisionPlan:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
             if fmt is not FP32 and not exact:
                 # Round in place only an array the op made fresh (not one of its inputs).
-                fresh = o.flags.owndata and o.flags.writeable and not any(o is a for a in args)
+                fresh = o.flags.owndata and o.flags.writeable
+                if fresh:
+                    for a in args:
+                        if o is a:
+                            fresh = False
+                            break
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
                                 inputs=args, inplace=fresh)
             if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
@@ -336,17 +341,20 @@ class PrecisionPlan:
                op_type: str, constant: bool, inputs=None, inplace: bool = False) -> np.ndarray:
         """Round x to fmt and record events. With inplace, x (a fresh op output nobody else
         holds) is overwritten when the fast kernel applies, saving an allocation per node."""
-        from .kernels.events import round_count, stats
         if x.size == 0:
             return round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
+        kp = _KPARAMS.get(fmt.name)
+        if kp is None or kp[0] is not fmt:
+            from .kernels import events
+            kp = _KPARAMS[fmt.name] = (fmt, _format_params(fmt)) + _overflow_threshold(fmt) + (events,)
+        _, params, th, strict, events = kp
         flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
-        th, strict = _overflow_threshold(fmt)
         if subnormals == "keep" and overflow == "inf" and fmt.has_inf and x.dtype == np.float32:
             # The hot path: round and count in one pass, in place when allowed.
             y = x if (inplace and x.flags.c_contiguous and x.flags.writeable) else np.empty(x.shape, np.float32)
-            nan_x, big, under = round_count(flat, flat if y is x else y.reshape(-1), _format_params(fmt), th, strict)
+            nan_x, big, under = events.round_count(flat, flat if y is x else y.reshape(-1), params, th, strict)
         else:
-            nan_x, big, nz_x = stats(flat, th, strict)
+            nan_x, big, nz_x = events.stats(flat, th, strict)
             y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
             under = nz_x - int(np.count_nonzero(y))
         if big:
@@ -445,6 +453,9 @@ def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
 
 
 _THRESHOLDS: dict[Format, tuple[float, bool]] = {}
+# Per format name: (format, kernel parameters, overflow threshold, strict, the events module),
+# looked up by name (hashing a Format dataclass costs more than the rest of a small node).
+_KPARAMS: dict[str, tuple] = {}
 
 
 def _overflow_threshold(fmt: Format) -> tuple[float, bool]:
