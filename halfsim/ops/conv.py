@@ -13,8 +13,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ExecutionError, ModelError
-from ..kernels.blas import matmul as split_matmul
-from .linalg import int_matmul, is_float, requantize
+from .linalg import int_matmul, is_float, requantize, sgemm_exact
 from .registry import op
 
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
@@ -285,15 +284,15 @@ def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kern
     K = Cg * math.prod(kernel)
     P = math.prod(out_sp)
     # Subtracting the zero point first makes zero padding equal to padding with the zero point.
-    amax = max(abs(int(x.max()) - xz), abs(int(x.min()) - xz)) if x.size else 0
-    bmax = int(np.abs(wi).max()) if wi.size else 0
-    if amax * bmax * K < 2 ** 24:
-        # Every partial sum is an integer below 2**24: sgemm on float32 columns is exact, and
-        # the columns are built in float32 directly (no int32 copy, no range scan of them).
-        xf = x.astype(np.float32) - np.float32(xz)
-        cols = windows(pad_spatial(xf, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
-        y = split_matmul(wi.astype(np.float32).reshape(group, Mg, K), cols).astype(np.int64)
-    else:
+    xmax = max(abs(int(x.max()) - xz), abs(int(x.min()) - xz)) if x.size else 0
+    wmax = int(np.abs(wi).max()) if wi.size else 0
+    # Float32 columns hold the integers exactly; the GEMMs are exact as long as every partial
+    # sum stays below 2**24 (sgemm_exact slices K or splits the weights to keep it so), and
+    # the range comes from the input, not from a scan of the columns.
+    xf = x.astype(np.float32) - np.float32(xz)
+    cols = windows(pad_spatial(xf, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
+    y = sgemm_exact(wi.reshape(group, Mg, K), cols, wmax, xmax, K)
+    if y is None:
         xi = x.astype(np.int32) - xz
         cols = windows(pad_spatial(xi, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
         y = int_matmul(wi.reshape(group, Mg, K), cols)

@@ -44,7 +44,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     amax = max(abs(int(a.max())), abs(int(a.min()))) if a.size else 0
     bmax = max(abs(int(b.max())), abs(int(b.min()))) if b.size else 0
     k = a.shape[-1]
-    y = _sgemm_exact(a, lambda: b.astype(np.float32), amax, bmax, k)
+    y = sgemm_exact(a, lambda: b.astype(np.float32), amax, bmax, k)
     if y is not None:
         return y
     if amax * bmax * k < 2 ** 53:
@@ -52,7 +52,7 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return split_matmul(a.astype(np.int64), b.astype(np.int64))
 
 
-def _sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray | None:
+def sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray | None:
     """a @ b as int64 through float32 GEMMs when that is exact, else None. a: integers with
     |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax."""
     if amax * bmax * k < 2 ** 24:
@@ -295,7 +295,7 @@ def _specialize_matmul_integer(node, consts: dict):
         if a.ndim < 2:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         A = a.astype(np.int32) - _zp_row(a_zero_point, a)
-        y = _sgemm_exact(A, bc, int(np.abs(A).max()) if A.size else 0, bmax, K)
+        y = sgemm_exact(A, bc, int(np.abs(A).max()) if A.size else 0, bmax, K)
         if y is None:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         return y.astype(np.int32)
