@@ -128,8 +128,10 @@ class PrecisionPlan:
     def on_initializer(self, name: str, x: np.ndarray) -> np.ndarray:
         x = self._widen(name, x)
         if self.weights_fmt is not None and _is_float32(x):
-            x = self._round(x, self.weights_fmt, self.policy.weights_overflow, "keep", name, "<weights>", "", True)
-            self.tags[name] = self.weights_fmt
+            f, ov = self.weights_fmt, self.policy.weights_overflow
+            x = self._cached_round((name, f.name, ov, "<weights>"), x,
+                                   lambda: self._round(x, f, ov, "keep", name, "<weights>", "", True))
+            self.tags[name] = f
         return x
 
     def on_graph_input(self, name: str, x: np.ndarray) -> np.ndarray:
@@ -316,26 +318,33 @@ class PrecisionPlan:
 
     def _round_input(self, t: str, a: np.ndarray, fmt: Format, node) -> np.ndarray:
         if t in self.constants:
-            # Rounded weights are kept on the model across runs (keyed by the very array, so an
-            # initializer overridden through feeds is rounded afresh); their events are replayed.
-            cache = self.model.__dict__.setdefault("_rounded_constants", {})
             key = (t, fmt.name, self.policy.weights_overflow, self.policy.coreml_constants, node.label)
-            hit = cache.get(key)
-            if hit is not None and hit[0] is a:
-                self.events.extend(hit[2])
-                return hit[1]
-            n_events = len(self.events)
-            r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
-            if self.policy.coreml_constants and a.size < 400:
-                # coremltools replaces small constants that would flush to zero by the
-                # smallest subnormal of the same sign.
-                lost = (r == 0) & (a != 0)
-                if lost.any():
-                    r = np.where(lost, np.copysign(np.float32(fmt.min_subnormal), a), r).astype(np.float32)
-            r.flags.writeable = False
-            cache[key] = (a, r, self.events[n_events:])
-            return r
+            return self._cached_round(key, a, lambda: self._round_constant(t, a, fmt, node))
         return self._round(a, fmt, "inf", "keep", t, node.label, node.op_type, False)
+
+    def _round_constant(self, t: str, a: np.ndarray, fmt: Format, node) -> np.ndarray:
+        r = self._round(a, fmt, self.policy.weights_overflow, "keep", t, node.label, node.op_type, True)
+        if self.policy.coreml_constants and a.size < 400:
+            # coremltools replaces small constants that would flush to zero by the
+            # smallest subnormal of the same sign.
+            lost = (r == 0) & (a != 0)
+            if lost.any():
+                r = np.where(lost, np.copysign(np.float32(fmt.min_subnormal), a), r).astype(np.float32)
+        return r
+
+    def _cached_round(self, key: tuple, a: np.ndarray, compute) -> np.ndarray:
+        """Rounded weights are kept on the model across runs (keyed by the very array, so an
+        initializer overridden through feeds is rounded afresh); their events are replayed."""
+        cache = self.model.__dict__.setdefault("_rounded_constants", {})
+        hit = cache.get(key)
+        if hit is not None and hit[0] is a:
+            self.events.extend(hit[2])
+            return hit[1]
+        n_events = len(self.events)
+        r = compute()
+        r.flags.writeable = False
+        cache[key] = (a, r, self.events[n_events:])
+        return r
 
     def _round(self, x: np.ndarray, fmt: Format, overflow: str, subnormals: str, tensor: str, node: str,
                op_type: str, constant: bool, inputs=None, inplace: bool = False) -> np.ndarray:

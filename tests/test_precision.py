@@ -298,3 +298,21 @@ def test_reducesum_fp16_accumulation_against_numpy_float16_steps(rows, n):
     np.testing.assert_array_equal(got, acc.astype(np.float32))
     exact = x16.astype(np.float64).sum(axis=1)
     assert np.abs(got - exact).max() > 0  # the per-step rounding is visible
+
+
+def test_weights_format_rounds_initializers_once_with_their_events_every_run():
+    """ort-cpu-fp16 stores every weight in fp16: rounded once per model (saturating, with a
+    'saturated' event each run), and afresh when a feed overrides the initializer."""
+    w = np.array([1.0, 70000.0, 1 + 2 ** -12], np.float32)
+    proto = make_model("Add", [np.zeros(3, np.float32), w], initializers=(1,))
+    proto.graph.input.append(helper.make_tensor_value_info("in1", TensorProto.FLOAT, [3]))  # overridable
+    m = halfsim.load(proto)
+    x = np.zeros(3, np.float32)
+    runs = [m.run({"in0": x}, precision="ort-cpu-fp16") for _ in range(2)]
+    want = np.clip(w, -65504, 65504).astype(np.float16).astype(np.float32)
+    for r in runs:
+        np.testing.assert_array_equal(r["out0"], want)
+        assert [(e.tensor, e.kind, e.count, e.constant) for e in r.events] == [("in1", "saturated", 1, True)]
+    w2 = np.array([2.0, 3.0, 1 + 2 ** -11], np.float32)
+    r = m.run({"in0": x, "in1": w2}, precision="ort-cpu-fp16")
+    np.testing.assert_array_equal(r["out0"], w2.astype(np.float16).astype(np.float32))
