@@ -1,6 +1,6 @@
 """Accumulation kernels side by side with numpy float32.
 
-    python benchmarks/bench_accumulate.py [--runs 7] [--pause 0.05] [--gemm-only]
+    python benchmarks/bench_accumulate.py [--runs 7] [--pause 0.05] [--gemm-only] [--one-thread]
 
 A 512x512x512 GEMM with strict per-step fp16 accumulation (sequential, with and without fma;
 issue #4) and other orders against float32 `a @ b`, and sum_acc of 16M elements against
@@ -12,11 +12,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import time
 
-import numpy as np
+if "--one-thread" in sys.argv:  # before numpy and numba start their thread pools
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
 
-from halfsim.kernels.accumulate import matmul_acc, sum_acc
+import numpy as np  # noqa: E402
+
+from halfsim.kernels.accumulate import matmul_acc, sum_acc  # noqa: E402
 
 
 def median_ms(f, reps: int = 7) -> float:
@@ -30,16 +34,19 @@ def median_ms(f, reps: int = 7) -> float:
 
 
 def paired_ms(ref, f, runs: int, pause: float) -> tuple[float, float, float]:
-    """Medians of ref and f (ms) and the median of the per-pair ratios f / ref."""
+    """Medians of ref and f (ms) and the median of the per-pair ratios f / ref. With
+    --one-thread both run on one thread and are timed in process CPU time, which other
+    processes' load disturbs far less than wall-clock time."""
+    clock = time.process_time if "--one-thread" in sys.argv else time.perf_counter
     ref()
     f()  # warm-up (compiles on the first run)
     tr, tf = [], []
     for _ in range(runs):
         for fn, ts in ((ref, tr), (f, tf)):
             time.sleep(pause)
-            t = time.perf_counter()
+            t = clock()
             fn()
-            ts.append(time.perf_counter() - t)
+            ts.append(clock() - t)
     ratios = sorted(x / y for x, y in zip(tf, tr))
     return 1e3 * float(np.median(tr)), 1e3 * float(np.median(tf)), ratios[runs // 2]
 
@@ -49,6 +56,7 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--pause", type=float, default=0.05, help="seconds between the calls of a pair")
     p.add_argument("--gemm-only", action="store_true", help="only the sequential GEMM cases")
+    p.add_argument("--one-thread", action="store_true", help="numpy and the kernels on one thread, CPU time")
     args = p.parse_args()
     rng = np.random.default_rng(0)
     a = rng.standard_normal((512, 512)).astype(np.float16).astype(np.float32)

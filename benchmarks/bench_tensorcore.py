@@ -4,7 +4,7 @@ first call also compiles); medians of each and the median of the per-pair ratios
 target: within 20x). The tensor-core time includes rounding the inputs to the model's format.
 --pause: seconds between the calls of a pair (OpenBLAS's threads spin after a call).
 
-    python benchmarks/bench_tensorcore.py [--size 512] [--runs 7] [--models tc-a100-fp16,...]
+    python benchmarks/bench_tensorcore.py [--size 512] [--runs 7] [--models tc-a100-fp16,...] [--one-thread]
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ import argparse
 import os
 import sys
 
-import numpy as np
+if "--one-thread" in sys.argv:  # before numpy and numba start their thread pools
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+
+import numpy as np  # noqa: E402
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [os.path.dirname(_HERE), _HERE]
@@ -26,6 +29,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=512, help="M = K = N")
     p.add_argument("--runs", type=int, default=7)
     p.add_argument("--pause", type=float, default=0.05, help="seconds between the calls of a pair")
+    p.add_argument("--one-thread", action="store_true", help="numpy and the kernels on one thread, CPU time")
     p.add_argument("--models", default="tc-v100-fp16,tc-a100-fp16,tc-h100-fp16,tc-a100-bf16,tc-a100-tf32,"
                                         "tc-h100-bf16,tc-h100-tf32,tc-h100-fp8")
     args = p.parse_args()

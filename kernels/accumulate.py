@@ -193,40 +193,33 @@ def _add_odd32(acc, p):
 
 # ---------------------------------------------------------------- pre-pass
 
-@njit(cache=True)
+@njit(cache=True, parallel=True)
 def _row_stats(x, maxabs, maxsig, minlsb, finite):
     """Per row of the 2-D float32 x: max |x|, max significand (|x| / lsb(x), an integer below
-    2**24), smallest lsb of a nonzero element, and whether all are finite."""
+    2**24), smallest lsb of a nonzero element, and whether all are finite. Branch-free in the
+    element loop (it runs over every input of each GEMM)."""
     R, C = x.shape
-    for r in range(R):
+    for r in prange(R):
         ma = 0.0
         ms = 0.0
         ml = np.inf
-        ok = True
+        bad = 0
         for c in range(C):
-            v = x[r, c]
-            if not math.isfinite(v):
-                ok = False
-                continue
-            av = abs(np.float64(v))
-            if av == 0.0:
-                continue
-            u = np.int64(np.float32(v).view(np.int32)) & 0x7FFFFFFF
-            sig = u & 0x7FFFFF
+            u = np.int64(np.float32(x[r, c]).view(np.int32)) & 0x7FFFFFFF
             be = u >> 23
-            if be > 0:
-                sig |= 0x800000
-            else:
-                be = 1
+            bad += 1 if be == 0xFF else 0
+            use = (u != 0) & (be != 0xFF)
+            sig = (u & 0x7FFFFF) | (0x800000 if be > 0 else 0)
             low = sig & (-sig)  # lowest set bit of the significand
-            lsb = np.float64(low) * 2.0 ** (be - 150)
-            ma = max(ma, av)
-            ms = max(ms, av / lsb)
-            ml = min(ml, lsb)
+            lsb = np.float64(low) * np.int64((max(be, 1) - 150 + 1023) << 52).view(np.float64)
+            av = np.float64(abs(x[r, c]))
+            ma = max(ma, av if use else 0.0)
+            ms = max(ms, np.float64(sig) / np.float64(low) if use else 0.0)
+            ml = min(ml, lsb if use else np.inf)
         maxabs[r] = ma
         maxsig[r] = ms
         minlsb[r] = ml
-        finite[r] = ok
+        finite[r] = bad == 0
 
 
 # ---------------------------------------------------------------- matmul kernels
@@ -530,12 +523,13 @@ def _fast_rows(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> np.ndarray:
     amax, asig, alsb = np.empty(M), np.empty(M), np.empty(M)
     afin = np.empty(M, np.bool_)
     _row_stats(a, amax, asig, alsb, afin)
-    bt = np.ascontiguousarray(b.reshape(1, -1))
-    bmax, bsig, blsb = np.empty(1), np.empty(1), np.empty(1)
-    bfin = np.empty(1, np.bool_)
-    _row_stats(bt, bmax, bsig, blsb, bfin)
-    if not bfin[0]:
+    kb = b.shape[0]
+    bmax, bsig, blsb = np.empty(kb), np.empty(kb), np.empty(kb)
+    bfin = np.empty(kb, np.bool_)
+    _row_stats(b, bmax, bsig, blsb, bfin)  # per row of b, then over all of b
+    if not bfin.all():
         return np.zeros(M, np.bool_)
+    bmax, bsig, blsb = bmax.max(keepdims=True), bsig.max(keepdims=True), blsb.min(keepdims=True)
     u = 2.0 ** -(fmt.m + 1)
     # |acc_k| <= (1+u)^(2k) (sum|p| + k*qmin): each rounding scales by (1+u) and adds at most qmin/2.
     growth = math.exp(2.0 * K * u * 1.0001) * (1.0 + 1e-12)
