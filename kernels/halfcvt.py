@@ -29,7 +29,14 @@ from numba.extending import intrinsic
 
 
 def _host_has_f16c() -> bool:
+    """Whether numba's target has F16C: the host's features, unless NUMBA_CPU_NAME /
+    NUMBA_CPU_FEATURES pick another target (e.g. "generic" for portable caches)."""
     try:
+        from numba.core import config
+        if config.CPU_FEATURES is not None:
+            return "+f16c" in config.CPU_FEATURES.split(",")
+        if config.CPU_NAME is not None and config.CPU_NAME != "host":
+            return False
         import llvmlite.binding as llvm
         return bool(llvm.get_host_cpu_features().get("f16c", False))
     except Exception:  # unknown host: the portable path is always correct

@@ -66,10 +66,12 @@ def test_hardware_equals_fallback_bitwise() -> None:
     assert np.array_equal(hw.view(np.uint32), sw.view(np.uint32))
 
 
-def test_env_var_forces_fallback() -> None:
+@pytest.mark.parametrize("var,value", [("HALFSIM_NO_F16C", "1"), ("NUMBA_CPU_NAME", "generic")])
+def test_env_var_forces_fallback(var: str, value: str) -> None:
+    # HALFSIM_NO_F16C by request; a generic numba target has no F16C whatever the host has
     code = ("from halfsim.kernels import halfcvt as h; "
             "assert not h.HW_F16C; assert h.f32_to_f16_f32 is h.f32_to_f16_f32_sw; print('ok')")
-    env = dict(os.environ, HALFSIM_NO_F16C="1")
+    env = dict(os.environ, **{var: value})
     r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
 
