@@ -403,18 +403,19 @@ def _min_scales(arg, bg, k0, k1, q):
 
 
 @njit(cache=True, inline="always")
-def _finish_row(s, g, acc, rne, mbits, c_emin, big):
-    """acc[j] <- the block sum s[j] (window units, G = g[j]) rounded to the output format;
-    g[j] <- the scale of the new acc[j] (the next block's C)."""
+def _finish_row(s, t, g, acc, rne, mbits, c_emin, big):
+    """acc[j] <- the block sum s[j] + t[j] (window units, G = g[j]) rounded to the output
+    format; g[j] <- the scale of the new acc[j] (the next block's C). t: the float32 core's
+    int32 sum of its last products (zeros for the float64 core)."""
     # the rounding mode is fixed per call: branch outside the loops so they vectorize
     if rne:
         for j in range(s.size):
-            x = _fin_rne(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+            x = _fin_rne((s[j] + np.float64(t[j])) * _inv_pow2(g[j]), mbits, c_emin, big)
             acc[j] = x
             g[j] = _c_scale(x, c_emin)
     else:
         for j in range(s.size):
-            x = _fin_rz(s[j] * _inv_pow2(g[j]), mbits, c_emin, big)
+            x = _fin_rz((s[j] + np.float64(t[j])) * _inv_pow2(g[j]), mbits, c_emin, big)
             acc[j] = x
             g[j] = _c_scale(x, c_emin)
 
@@ -448,6 +449,7 @@ def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, r
         arg = ag[bi, i]
         g = np.empty(N, np.float64)  # per column: scale of the block's largest exponent
         s = np.empty(N, np.float64)  # per column: the exact window sum
+        t0 = np.zeros(N, np.int32)
         acc = c[bi, i].copy()
         for j in range(N):
             g[j] = _c_scale(acc[j], c_emin)
@@ -484,7 +486,7 @@ def _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, r
                 brv = bv[bi, k]
                 for j in range(N):
                     s[j] += np.trunc(xa * brv[j] * g[j])
-            _finish_row(s, g, acc, rne, mbits, c_emin, big)
+            _finish_row(s, t0, g, acc, rne, mbits, c_emin, big)
         out[bi, i] = acc
     _fix_special(a, b, c, out, blk, w, ma, emin_a, mb, emin_b, out16, rne)
     return out
@@ -621,9 +623,10 @@ def _core32_rows(av, ag, bv, bg, c, out, blk, kc, tw, mbits, c_emin, big, rne):
                     brv = bv[bi, k]
                     for j in range(N):
                         t[j] += np.int32(xa * brv[j] * q[j])
-                for j in range(N):
-                    s[j] += np.float64(t[j])
-            _finish_row(s, g, acc, rne, mbits, c_emin, big)
+                if c1 < k1:  # the last chunk's t goes to the finish directly
+                    for j in range(N):
+                        s[j] += np.float64(t[j])
+            _finish_row(s, t, g, acc, rne, mbits, c_emin, big)
         out[bi, i] = acc
 
 
