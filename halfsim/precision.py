@@ -31,6 +31,7 @@ except ImportError:  # pragma: no cover
     _mld = None
 _NO_ROUND_INPUTS = {("Resize", 1), ("Resize", 2), ("Upsample", 1), ("NonMaxSuppression", 3),
                     ("NonMaxSuppression", 4), ("RoiAlign", 1)}
+_NO_ROUND_OPS = frozenset(op for op, _ in _NO_ROUND_INPUTS)
 # Ops whose float outputs are values of their float inputs (or 0): when every float input
 # already holds the storage format, rounding the outputs changes nothing and raises no event.
 # Clip only with both bounds given (a missing one is float32's max, which may overflow).
@@ -142,7 +143,7 @@ class PrecisionPlan:
         return x
 
     def on_inputs(self, node, args: list) -> tuple[list, Any]:
-        prec = self.node_precision(node)
+        prec = self._precs.get(id(node)) or self.node_precision(node)
         typed = None
         typed_idx = []
         movement = node.impl.data_movement
@@ -163,13 +164,14 @@ class PrecisionPlan:
         if storage is not FP32:
             exact = (typed is None and node.op_type in _SELECTING_OPS and storage.has_inf and prec.overflow == "inf"
                      and prec.subnormals == "keep" and (node.op_type != "Clip" or (len(node.inputs) == 3 and all(node.inputs))))
+            skip_some = node.op_type in _NO_ROUND_OPS
             for i, (t, a) in enumerate(zip(node.inputs, new)):
                 if isinstance(a, np.ndarray) and a.dtype == np.float32:
-                    if (node.op_type, i) in _NO_ROUND_INPUTS:
+                    if skip_some and (node.op_type, i) in _NO_ROUND_INPUTS:
                         exact = False
                         continue
                     tag = self.tags.get(t)
-                    if tag is None or not _within(tag, storage):
+                    if tag is not storage and (tag is None or not _within(tag, storage)):
                         new[i] = self._round_input(t, a, storage, node)
                 elif isinstance(a, np.ndarray) and a.dtype.kind == "f":
                     exact = False
