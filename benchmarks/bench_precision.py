@@ -2,7 +2,12 @@
 validation models and the bundled digits model, side by side in one run (median of N after a
 warm-up). Targets (issue 4): fp16 <= 2x fp32, fp16-acc16 <= 8x.
 
-Run: PYTHONPATH=. python benchmarks/bench_precision.py [--runs 5] [--models a,b]"""
+Run: PYTHONPATH=. python benchmarks/bench_precision.py [--runs 5] [--models a,b] [--presets p,q]
+
+BLAS threads: fp32 runs hold OpenBLAS at one thread and split large GEMMs themselves
+(kernels/blas.py); precision plans call np.matmul with OpenBLAS's own threads, which wait for
+each other at every GEMM when the cores are busy (on the shared 2-core machine this alone made
+fp16 5-20x fp32). OPENBLAS_NUM_THREADS=1 compares the two paths at equal BLAS threading."""
 from __future__ import annotations
 
 import argparse
