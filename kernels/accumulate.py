@@ -372,20 +372,21 @@ def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
     mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23;
     4, 5: modes 0, 2 for fp16. Full _TR x _TW tiles go through the register-tiled kernel (a
     tile with a rowok-false row computes it anyway: _mm_general overwrites it), the edges row by
-    row. Parallel over column panels, so that a panel of b stays in cache for all rows."""
+    row. Parallel over row tiles (finer than column panels: better balanced when another process
+    shares a core; b stays in L2 either way at moderate sizes)."""
     M, K = a.shape
     N = b.shape[1]
     mt, nt = M // _TR, N // _TW
-    for t in prange(nt + (M - mt * _TR)):
-        if t < nt:
-            for ib in range(mt):
-                ok = False
-                for r in range(_TR):
-                    ok |= rowok[ib * _TR + r]
-                if ok:
-                    _tile(a, b, out, ib * _TR, t * _TW, two_emin, magic, mode)
+    for t in prange(mt + (M - mt * _TR)):
+        if t < mt:
+            ok = False
+            for r in range(_TR):
+                ok |= rowok[t * _TR + r]
+            if ok:
+                for jt in range(nt):
+                    _tile(a, b, out, t * _TR, jt * _TW, two_emin, magic, mode)
             continue
-        i = mt * _TR + t - nt  # a row below the last full tile row: all columns
+        i = mt * _TR + t - mt  # a row below the last full tile row: all columns
         if rowok[i]:
             _row_edge(a, b, out, i, 0, two_emin, magic, mode)
     # columns right of the last full panel, for the tiled rows
