@@ -6,7 +6,6 @@ Re-running with `reuse=trace, dirty=nodes` recomputes only the downstream cone o
 reading every other tensor from the trace: bisection and fault campaigns rely on this."""
 from __future__ import annotations
 
-import contextlib
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -232,7 +231,6 @@ class _Runner:
 
 
 _MISSING = object()
-_NO_LIMIT = contextlib.nullcontext()
 
 
 def _normalize(res: Any, n: int) -> list:
@@ -374,8 +372,9 @@ class Model:
         runner = _Runner(self, plan, hook, obs)
         g = self.graph
         overrides = any(k in g.initializers for k in feeds)
-        # fp32: BLAS at one thread, large matmuls split by halfsim (kernels/blas.py).
-        with single_threaded_blas() if plan.identity else _NO_LIMIT:
+        # BLAS at one thread, large matmuls split by halfsim (kernels/blas.py), under every plan:
+        # fp32 and emulated runs then share one GEMM, so drift between them is rounding alone.
+        with single_threaded_blas():
             if plan.identity and hook is None and obs is None and reuse is None and not overrides:
                 runner.fast = True
                 fg = self._fast_graph(g)

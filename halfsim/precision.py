@@ -20,6 +20,7 @@ import numpy as np
 from .errors import HalfsimError
 from .formats import Format, _params as _format_params, format as get_format, round as round_fmt
 from .interpreter import FP32_PLAN
+from .kernels.blas import matmul as split_matmul
 from .policy import OpPrecision, Policy, preset
 
 FP32 = get_format("fp32")
@@ -242,7 +243,7 @@ class PrecisionPlan:
     def matmul(self, ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         prec = ctx.prec
         if prec is None or a.dtype != np.float32 or b.dtype != np.float32:
-            return np.matmul(a, b)
+            return split_matmul(a, b)
         if prec.operands:
             f = self.fmt(prec.operands)
             ov = "saturate" if not f.has_inf else "inf"
@@ -253,7 +254,7 @@ class PrecisionPlan:
             return gemm(a, b, get_model(prec.tensor_core))
         acc = self.fmt(prec.accumulate)
         if _within(FP32, acc):
-            return np.matmul(a, b)
+            return split_matmul(a, b)
         from .kernels.accumulate import matmul_acc
         return matmul_acc(a, b, acc.ebits, acc.mbits, order=prec.order, block=prec.block, fma=prec.fma)
 
