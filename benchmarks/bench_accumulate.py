@@ -1,13 +1,14 @@
 """Accumulation kernels side by side with numpy float32.
 
-    python benchmarks/bench_accumulate.py [--runs 7] [--pause 0.05] [--gemm-only] [--one-thread]
+    python benchmarks/bench_accumulate.py [--runs 7] [--pause 0.3] [--gemm-only] [--one-thread]
 
 A 512x512x512 GEMM with strict per-step fp16 accumulation (sequential, with and without fma;
 issue #4) and other orders against float32 `a @ b`, and sum_acc of 16M elements against
 np.sum. The GEMM cases are timed in interleaved pairs (numpy, then the kernel), so both see
 the same machine load; the ratio printed is the median of the per-pair ratios. --pause
-sleeps between the two calls of a pair: OpenBLAS's threads spin for a while after a call and
-would otherwise compete with numba's threads (0 measures that back-to-back cost)."""
+sleeps between the two calls of a pair: OpenBLAS's threads spin for about 0.1 s after a call
+and would otherwise compete with numba's threads (0.05 or 0 measures that back-to-back cost,
+which on 2 cores slows a parallel kernel by up to ~2.5x)."""
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def paired_ms(ref, f, runs: int, pause: float) -> tuple[float, float, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--pause", type=float, default=0.05, help="seconds between the calls of a pair")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds between the calls of a pair")
     p.add_argument("--gemm-only", action="store_true", help="only the sequential GEMM cases")
     p.add_argument("--one-thread", action="store_true", help="numpy and the kernels on one thread, CPU time")
     args = p.parse_args()

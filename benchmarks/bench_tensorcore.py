@@ -28,7 +28,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--size", type=int, default=512, help="M = K = N")
     p.add_argument("--runs", type=int, default=7)
-    p.add_argument("--pause", type=float, default=0.05, help="seconds between the calls of a pair")
+    p.add_argument("--pause", type=float, default=0.3, help="seconds between the calls of a pair")
     p.add_argument("--one-thread", action="store_true", help="numpy and the kernels on one thread, CPU time")
     p.add_argument("--models", default="tc-v100-fp16,tc-a100-fp16,tc-h100-fp16,tc-a100-bf16,tc-a100-tf32,"
                                         "tc-h100-bf16,tc-h100-tf32,tc-h100-fp8")
