@@ -164,6 +164,24 @@ def test_fp16_sequential_fma_matches_exact_and_numpy(path):
     assert not np.array_equal(got, matmul_acc(a, b, *F16, fma=False))
 
 
+def test_fast_path_bound_uses_per_row_scales_of_b():
+    # One large row of b (max|b| = 128) over many small ones: K * max|a| * max|b| exceeds 65504,
+    # but sum_k |a_ik| max_j |b_kj| does not, so every row is proven safe for the fast path.
+    rng = np.random.default_rng(7)
+    K = 600
+    a = rand_fmt_values(rng, (5, K), *F16, lo=-4, hi=0)
+    b = rand_fmt_values(rng, (K, 4), *F16, lo=-6, hi=-1)
+    b[3] = np.float32([128.0, -96.0, 65.0, 120.0])
+    fmt = acc_mod._Fmt(*F16)
+    assert K * np.abs(a).max() * np.abs(b).max() > 65504.0
+    assert acc_mod._fast_rows(a, b, fmt).all()
+    for fma, step in ((False, f16_seq), (True, f16_seq_fma)):
+        assert same_bits(matmul_acc(a, b, *F16, fma=fma), mm_oracle(a, b, step))
+    # a row whose own products may reach the fp16 maximum stays on the general path
+    a[2, 3] = 2048.0
+    assert not acc_mod._fast_rows(a, b, fmt)[2]
+
+
 def test_fp16_fma_midpoint_case(path):
     # 4096 + 1.9619140625 * 1.01953125 = 4098.000244...: a float32 sum lands on the fp16
     # midpoint 4098, which ties to 4096; the exact value is above it, so fma gives 4100.
