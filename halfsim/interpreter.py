@@ -423,7 +423,8 @@ class Model:
             cone = g.downstream(d)
         if cone is None:
             for k, v in g.initializers.items():
-                env[k] = plan.on_initializer(k, v) if not plan.identity else v
+                if k not in feeds:  # an overridden initializer is neither rounded nor reported
+                    env[k] = plan.on_initializer(k, v) if not plan.identity else v
             for k, v in feeds.items():
                 env[k] = plan.on_graph_input(k, v) if not plan.identity else v
             if obs is not None:
