@@ -22,16 +22,7 @@ if "--one-thread" in sys.argv:  # before numpy and numba start their thread pool
 import numpy as np  # noqa: E402
 
 from halfsim.kernels.accumulate import matmul_acc, sum_acc  # noqa: E402
-
-
-def median_ms(f, reps: int = 7) -> float:
-    f()  # warm-up (compiles on the first run)
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        f()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * sorted(ts)[reps // 2]
+from timing import median_ms  # noqa: E402
 
 
 def paired_ms(ref, f, runs: int, pause: float) -> tuple[float, float, float]:
@@ -78,14 +69,14 @@ def main() -> None:
     if args.gemm_only:
         return
     x = rng.standard_normal(1 << 24).astype(np.float16).astype(np.float32)
-    anchor = median_ms(lambda: np.sum(x))
+    anchor = median_ms(lambda: np.sum(x), 7)
     print(f"np.sum 16M float32                    {anchor:8.2f} ms")
     x2 = x.reshape(4096, 4096)
     for name, kw, arr in [("16M sequential (one chain)", dict(), x),
                           ("16M pairwise", dict(order="pairwise"), x),
                           ("16M blocked 32", dict(order="blocked"), x),
                           ("4096x4096 axis=1 sequential", dict(axis=1), x2)]:
-        t = median_ms(lambda: sum_acc(arr, **kw), reps=3)
+        t = median_ms(lambda: sum_acc(arr, **kw), 3)
         print(f"sum_acc {name:33s} {t:8.2f} ms  ratio {t / anchor:6.1f}x")
 
 

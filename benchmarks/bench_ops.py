@@ -22,7 +22,6 @@ import argparse
 import json
 import os
 import sys
-import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -33,6 +32,7 @@ import onnxruntime as ort  # noqa: E402
 from onnx import helper, numpy_helper  # noqa: E402
 
 import halfsim  # noqa: E402
+from timing import times_ms  # noqa: E402
 
 rng = np.random.default_rng(0)
 
@@ -102,18 +102,6 @@ def cases():
     return c
 
 
-def times_ms(fn, runs):
-    """(median, min) over `runs` runs after two warm-ups, in ms."""
-    fn()
-    fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts) * 1e3), float(np.min(ts) * 1e3)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
@@ -134,8 +122,8 @@ def main(argv=None) -> int:
         so.log_severity_level = 3
         sess = ort.InferenceSession(m.SerializeToString(), so, providers=["CPUExecutionProvider"])
         hm = halfsim.load(m)
-        t_h, m_h = times_ms(lambda: hm.run(feeds, precision=a.precision), a.runs)
-        t_o, m_o = times_ms(lambda: sess.run(None, feeds), a.runs)
+        t_h, m_h = times_ms(lambda: hm.run(feeds, precision=a.precision), a.runs, warmup=2)
+        t_o, m_o = times_ms(lambda: sess.run(None, feeds), a.runs, warmup=2)
         rows.append({"case": name, "halfsim_ms": t_h, "ort_ms": t_o, "ratio": t_h / t_o,
                      "halfsim_min_ms": m_h, "ort_min_ms": m_o, "ratio_min": m_h / m_o})
         print(f"{name:40s} {t_h:9.3f} [{m_h:7.3f}] {t_o:7.3f} [{m_o:7.3f}] {t_h / t_o:6.2f} {m_h / m_o:6.2f}",

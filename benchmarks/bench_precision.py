@@ -11,25 +11,15 @@ fp16 5-20x fp32). OPENBLAS_NUM_THREADS=1 compares the two paths at equal BLAS th
 from __future__ import annotations
 
 import argparse
-import time
 
 import numpy as np
 import onnx
 
 import halfsim
 from halfsim.demo import data_path
+from timing import median_ms
 
 PRESETS = ("fp32", "fp16", "bf16", "tf32", "fp16-acc16", "tc-a100-fp16")
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    ts = []
-    for _ in range(runs):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return 1e3 * float(np.median(ts))
 
 
 def cases(names):

@@ -11,25 +11,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import halfsim  # noqa: E402
 from halfsim import formats as F  # noqa: E402
-
-
-def median_ms(fn, runs: int) -> float:
-    fn()
-    ts = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts) * 1e3
+from timing import median_ms  # noqa: E402
 
 
 def main() -> None:
