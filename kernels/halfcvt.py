@@ -91,22 +91,14 @@ f32_to_f16_f32 = f32_to_f16_f32_hw if HW_F16C else f32_to_f16_f32_sw
 
 
 @njit(cache=True)
-def _round_array_sw(x):
+def _round_array(x, rnd):
+    # rnd: f32_to_f16_f32_hw or f32_to_f16_f32_sw (a jitted function passed as an argument:
+    # numba compiles one specialization per function).
     out = np.empty_like(x)
     xf = x.ravel()
     of = out.reshape(-1)
     for i in range(xf.size):
-        of[i] = f32_to_f16_f32_sw(xf[i])
-    return out
-
-
-@njit(cache=True)
-def _round_array_hw(x):
-    out = np.empty_like(x)
-    xf = x.ravel()
-    of = out.reshape(-1)
-    for i in range(xf.size):
-        of[i] = f32_to_f16_f32_hw(xf[i])
+        of[i] = rnd(xf[i])
     return out
 
 
@@ -117,4 +109,4 @@ def round_array_f16(x: np.ndarray, hw: bool | None = None) -> np.ndarray:
     x = np.ascontiguousarray(x, dtype=np.float32)
     if hw is None:
         hw = HW_F16C
-    return _round_array_hw(x) if hw else _round_array_sw(x)
+    return _round_array(x, f32_to_f16_f32_hw if hw else f32_to_f16_f32_sw)
