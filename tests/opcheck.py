@@ -40,6 +40,15 @@ def make_model(op_type, inputs, attrs=None, *, n_outputs=1, opset=17, domain="",
     return m
 
 
+def graph_model(nodes, inputs, outputs, inits: dict, opset: int = 17) -> onnx.ModelProto:
+    """A checked single-graph model from nodes, value infos and {name: array} initializers."""
+    g = helper.make_graph(nodes, "g", inputs, outputs, [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
 def feeds_of(model: onnx.ModelProto, inputs, input_names=None) -> dict:
     names = input_names or [f"in{i}" for i in range(len(inputs))]
     gi = {v.name for v in model.graph.input}

@@ -19,13 +19,7 @@ from halfsim.errors import CheckFailed, HalfsimError
 from halfsim.metrics import rel_l2
 from halfsim.policy import preset
 
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    g = h.make_graph(nodes, "g", inputs, outputs, [nh.from_array(v, k) for k, v in inits.items()])
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+from opcheck import graph_model
 
 
 def _vi(name, shape):
@@ -43,7 +37,7 @@ def bn_model(seed=0):
              "w2": (r.standard_normal((2, 4, 1, 1)) * 0.5).astype(np.float32),
              "scale": np.array([1.0, 300.0, 0.5, 1.0], np.float32), "bias": np.zeros(4, np.float32),
              "mean": np.array([0.1, -5.0, -0.2, 0.0], np.float32), "var": np.array([1.0, 2e5, 4.0, 0.5], np.float32)}
-    m = _model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 2, 8, 8])], inits)
+    m = graph_model(nodes, [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, 2, 8, 8])], inits)
     return m, {"x": r.standard_normal((1, 3, 8, 8)).astype(np.float32)}
 
 
@@ -66,7 +60,7 @@ def layernorm_model(seed=0, D=64):
              "w1": (r.standard_normal((D, 8)) / np.sqrt(D)).astype(np.float32),
              "two": np.array(2.0, np.float32), "eps": np.array(1e-5, np.float32),
              "gamma": np.ones(D, np.float32), "beta": np.zeros(D, np.float32)}
-    m = _model(nodes, [_vi("x", [4, D])], [_vi("y", [4, 8])], inits, opset=13)
+    m = graph_model(nodes, [_vi("x", [4, D])], [_vi("y", [4, 8])], inits, opset=13)
     return m, {"x": r.standard_normal((4, D)).astype(np.float32)}
 
 
@@ -83,7 +77,7 @@ def attention_model(seed=0, S=6, D=8):
              h.make_node("Add", ["s", "madd"], ["sm"], name="mask_add"),
              h.make_node("Softmax", ["sm"], ["p"], name="softmax", axis=-1),
              h.make_node("MatMul", ["p", "v"], ["y"], name="context")]
-    m = _model(nodes, [_vi("q", [2, S, D]), _vi("k", [2, S, D]), _vi("v", [2, S, D]), _vi("mask", [2, 1, S])],
+    m = graph_model(nodes, [_vi("q", [2, S, D]), _vi("k", [2, S, D]), _vi("v", [2, S, D]), _vi("mask", [2, 1, S])],
                [_vi("y", [2, S, D])], {})
 
     def feeds(masked: bool):

@@ -14,13 +14,7 @@ from halfsim.export import convert_fp16, export_placement
 from halfsim.metrics import rel_l2
 from halfsim.policy import preset
 
-
-def _model(nodes, inputs, outputs, inits, opset=17):
-    g = h.make_graph(nodes, "g", inputs, outputs, [nh.from_array(v, k) for k, v in inits.items()])
-    m = h.make_model(g, opset_imports=[h.make_opsetid("", opset)])
-    m.ir_version = 8
-    onnx.checker.check_model(m)
-    return m
+from opcheck import graph_model
 
 
 def _vi(name, shape, t=T.FLOAT):
@@ -71,7 +65,7 @@ def mixed_model():
              "split": np.array([3, 5], np.int64), "zero_i": np.array([0], np.int64), "m1_i": np.array([-1], np.int64),
              "ax01": np.array([1, 2], np.int64), "roi": np.zeros(0, np.float32),
              "scales": np.array([1, 1, 2, 2], np.float32), "bigw": big, "zero_f": np.array(0.0, np.float32)}
-    m = _model(nodes, [_vi("x", [4, 8])], [_vi("y1", [4, 8]), _vi("y2", [4, 8]), _vi("y3", [4, 8]),
+    m = graph_model(nodes, [_vi("x", [4, 8])], [_vi("y1", [4, 8]), _vi("y2", [4, 8]), _vi("y3", [4, 8]),
                                            _vi("ln_inv", [4, 1])], inits)
     feeds = {"x": np.random.default_rng(1).standard_normal((4, 8)).astype(np.float32)}
     return m, feeds
@@ -144,7 +138,7 @@ def test_opset_13_model_and_unknown_node_name():
     nodes = [h.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
              h.make_node("BatchNormalization", ["c", "s", "b", "mu", "var"], ["bn"], name="bn"),
              h.make_node("Clip", ["bn", "lo", "hi"], ["y"], name="clip")]
-    m = _model(nodes, [_vi("x", [1, 2, 5, 5])], [_vi("y", [1, 3, 5, 5])],
+    m = graph_model(nodes, [_vi("x", [1, 2, 5, 5])], [_vi("y", [1, 3, 5, 5])],
                {"w": r.standard_normal((3, 2, 3, 3)).astype(np.float32), "s": np.ones(3, np.float32),
                 "b": np.zeros(3, np.float32), "mu": np.zeros(3, np.float32), "var": np.array([1, 2e5, 3], np.float32),
                 "lo": np.array(0.0, np.float32), "hi": np.array(6.0, np.float32)}, opset=13)
