@@ -141,7 +141,7 @@ class _Runner:
         except Exception as e:
             if _DEBUG:
                 raise
-            raise ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}") from None
+            raise _op_failed(node, e) from None
         finally:
             if node.subgraphs:
                 self.scopes.pop()
@@ -196,7 +196,7 @@ class _Runner:
                 raise ExecutionError(f"tensor {e.args[0]!r} is not available") from None
             if _DEBUG:
                 raise
-            raise ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}") from None
+            raise _op_failed(node, e) from None
 
     def run_subgraph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.fast:
@@ -231,6 +231,11 @@ class _Runner:
 
 
 _MISSING = object()
+
+
+def _op_failed(node: G.Node, e: Exception) -> ExecutionError:
+    """The one-line error for an op that raised something other than a HalfsimError."""
+    return ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}")
 
 
 def _normalize(res: Any, n: int) -> list:
@@ -533,7 +538,7 @@ def _fuse_conv_chains(graph: G.Graph, steps: list, env: dict, outputs: set) -> l
             out.append(st)
             continue
         ins = list(n.inputs[:2]) + [""]
-        if len(chain) > 1 and chain[1][0].op_type == "BatchNormalization":
+        if chain[1][0].op_type == "BatchNormalization":
             ins[1] = f"{n.outputs[0]}::bn_folded_w"
             ins[2] = f"{n.outputs[0]}::bn_folded_b"
             env[ins[1]], env[ins[2]] = _frozen(w), _frozen(b)
