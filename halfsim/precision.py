@@ -266,20 +266,8 @@ class PrecisionPlan:
         if _within(FP32, acc):
             return np.sum(x, axis=axis, keepdims=keepdims)
         from .kernels.accumulate import sum_acc
-        if x.size >= _PARALLEL_SUM_MIN:
-            return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
-                           block=prec.block)
-        # sum_acc's row loop is a parallel numba kernel: waking its threads cost up to ~16 ms a
-        # call on the loaded 2-core machine, against 0.1 ms of work for a LayerNorm's rows
-        # (measured). Small reductions run on the calling thread; the rows' results are the same.
-        import numba
-        n = numba.get_num_threads()
-        numba.set_num_threads(1)
-        try:
-            return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
-                           block=prec.block)
-        finally:
-            numba.set_num_threads(n)
+        return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
+                       block=prec.block)
 
     def round_compute(self, ctx, x: np.ndarray) -> np.ndarray:
         prec = ctx.prec
@@ -389,8 +377,6 @@ class PrecisionPlan:
             self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
 
 
-# Elements from which a per-step-rounded reduction is worth sum_acc's threads.
-_PARALLEL_SUM_MIN = 1 << 18
 # Policies whose folded weights a model keeps (bisection tries many policies: bound the memory).
 _FOLD_POLICIES = 3
 
@@ -464,7 +450,6 @@ def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
     return mask
 
 
-_THRESHOLDS: dict[Format, tuple[float, bool]] = {}
 # Per format name: (format, kernel parameters, overflow threshold, strict, the events module),
 # looked up by name (hashing a Format dataclass costs more than the rest of a small node).
 _KPARAMS: dict[str, tuple] = {}
@@ -474,12 +459,9 @@ def _overflow_threshold(fmt: Format) -> tuple[float, bool]:
     """Magnitude from which nearest-even rounding leaves the finite range: the midpoint above
     the largest value. IEEE formats' largest value has an odd significand, so the tie rounds
     up (>=); fn formats' has an even one, so the tie rounds down (strictly >)."""
-    got = _THRESHOLDS.get(fmt)
-    if got is None:
-        import math
-        half = math.ldexp(1.0, fmt.emax - fmt.mbits - 1)
-        got = _THRESHOLDS[fmt] = (fmt.max + half, not fmt.has_inf)
-    return got
+    import math
+    half = math.ldexp(1.0, fmt.emax - fmt.mbits - 1)
+    return fmt.max + half, not fmt.has_inf
 
 
 def _is_float32(x) -> bool:

@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import math
 
+import numba
 import numpy as np
 from llvmlite import ir
 from numba import njit, prange, types
@@ -60,6 +61,7 @@ _ORDERS = {"sequential": SEQUENTIAL, "pairwise": PAIRWISE, "blocked": BLOCKED}
 _SIGN64 = np.int64(-(1 << 63))
 _INF64 = 0x7FF0000000000000
 _EXP_LIMIT = 48  # partial expansions of float32-derived float64 values stay far below this
+_PARALLEL_SUM_MIN = 1 << 18  # elements from which a per-step-rounded reduction is worth threads
 
 
 # ---------------------------------------------------------------- format parameters
@@ -629,7 +631,18 @@ def sum_acc(x: np.ndarray, axis: int | tuple[int, ...] | None = None, keepdims: 
     rows = np.ascontiguousarray(np.transpose(x, keep + list(axes))).reshape(nrows, n)
     res = np.zeros(rows.shape[0], np.float32)
     if n > 0 and rows.shape[0] > 0:
-        _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
+        if rows.size >= _PARALLEL_SUM_MIN:
+            _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
+        else:
+            # Waking the parallel kernel's threads cost up to ~16 ms a call on a loaded 2-core
+            # machine, against 0.1 ms of work for a LayerNorm's rows (measured): small
+            # reductions run on the calling thread (numba's thread count is per thread).
+            nt = numba.get_num_threads()
+            numba.set_num_threads(1)
+            try:
+                _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
+            finally:
+                numba.set_num_threads(nt)
     res = res.reshape(kept_shape)
     if keepdims:
         res = res.reshape(tuple(1 if d in axes else x.shape[d] for d in range(nd)))

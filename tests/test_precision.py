@@ -284,8 +284,8 @@ def test_selecting_ops_on_rounded_inputs_bit_exact_against_numpy_float16(op, inp
 def test_reducesum_fp16_accumulation_against_numpy_float16_steps(rows, n):
     """fp16-acc16 ReduceSum: every running sum rounded to fp16, in index order, as numpy
     float16 additions compute it (each exact in float32, then rounded once)."""
-    from halfsim import precision as P
-    assert (rows * n >= P._PARALLEL_SUM_MIN) == (rows > 1000)
+    from halfsim.kernels import accumulate as A
+    assert (rows * n >= A._PARALLEL_SUM_MIN) == (rows > 1000)
     rng = np.random.default_rng(21)
     x16 = (rng.standard_normal((rows, n)) * 30).astype(np.float16)
     axes = np.array([1], np.int64)
