@@ -75,6 +75,10 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     as in one call, up to the BLAS kernel's blocking."""
     if a.ndim < 2 or b.ndim < 2:
         return np.matmul(a, b)
+    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and a.shape[-1] == b.shape[0]:
+        # [..., M, K] @ [K, N] is one [prod(...) * M, K] GEMM: numpy would call BLAS once per
+        # leading index (transformer activations [batch, seq, K]: 1.5x slower).
+        return matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
     M, K = a.shape[-2:]
     N = b.shape[-1]
     if M * N * K < _MIN_WORK // 64 or b.shape[-2] != K:  # cheap exit before the batch shape
