@@ -1,6 +1,8 @@
 """kernels/mlas.py against ONNX Runtime's own CPU Sigmoid and Tanh ops, bit for bit."""
 from __future__ import annotations
 
+from fractions import Fraction
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -84,3 +86,28 @@ def test_scalar_forms_callable_from_numba():
     x = _inputs(3)
     want = (_ort("Sigmoid", x) * _ort("Tanh", x)).astype(f32)
     np.testing.assert_array_equal(_fused(x).view(np.uint32), want.view(np.uint32))
+
+
+@njit
+def _fma_all(a, b, c):
+    out = np.empty_like(a)
+    for i in range(a.size):
+        out[i] = mlas._fma(a[i], b[i], c[i])
+    return out
+
+
+def test_fma_correctly_rounded():
+    rng = np.random.default_rng(16)
+    a, b, c = (rng.standard_normal(3000).astype(f32) for _ in range(3))
+    # float32 a, b, c with a*b + c = 1 + 2**-23 + 2**-24 - 2**-60: just below the tie between
+    # 1 + 2**-23 and 1 + 2**-22; float64 arithmetic rounds onto the tie and a second rounding
+    # (to even) would go up. A correctly rounded fma goes down.
+    a[0], b[0], c[0] = 2.0 ** -24 * (1 + 2.0 ** -18), 1 - 2.0 ** -18, 1 + 2.0 ** -23
+    got = _fma_all(a, b, c)
+    assert got[0] == 1 + 2.0 ** -23
+    for x, y, z, g in zip(a, b, c, got):
+        exact = Fraction(float(x)) * Fraction(float(y)) + Fraction(float(z))
+        lo, hi = np.nextafter(g, f32(-np.inf)), np.nextafter(g, f32(np.inf))
+        # the nearest float32: no farther than either neighbour
+        assert abs(Fraction(float(g)) - exact) <= abs(Fraction(float(lo)) - exact)
+        assert abs(Fraction(float(g)) - exact) <= abs(Fraction(float(hi)) - exact)

@@ -18,13 +18,13 @@ ORT splits the batch across threads for the recurrent GEMM when batch > 4 (or >=
 hidden_size <= 256); each part then gets its own H scale. We model one thread."""
 from __future__ import annotations
 
-import math
 import platform
 
 import numpy as np
 from numba import njit
 
 from ..errors import ExecutionError, ModelError
+from ..kernels import mlas
 from .quant import dynamic_quant_params, quantize
 from .recurrent import _ACTS, _DEFAULTS, _lengths, _num_dir, _reverse_index
 from .registry import MS_DOMAIN, op
@@ -32,80 +32,15 @@ from .registry import MS_DOMAIN, op
 # ---------------------------------------------------------------- MLAS activations ----------
 
 
-@njit(cache=True)
-def _fma32(a, b, c):
-    """float32 fma(a, b, c) from float64 arithmetic: a*b is exact in float64; the sum is made
-    correctly rounded to float32 by fixing the one double-rounding case (a float32 tie)."""
-    p = a * b
-    s = p + c
-    bb = s - p
-    err = (p - (s - bb)) + (c - bb)  # s + err == p + c exactly (TwoSum)
-    r = np.float64(np.float32(s))
-    if err != 0.0:
-        d = s - r
-        if d != 0.0:
-            e = math.frexp(s)[1]
-            if abs(d) == math.ldexp(1.0, e - 25) and (err > 0.0) == (d > 0.0):
-                r = r + 2.0 * d  # the exact sum lies past the tie: the other neighbour
-    return r
-
-
-# MlasLogisticConstants / MlasTanhConstants (Eigen's rational approximations).
-_LOG_C = np.array([-18.0, 18.0, 4.37031012579801e-11, 1.15627324459942e-07, 6.08574864600143e-05,
-                   8.51377133304701e-03, 2.48287947061529e-01, 6.10247389755681e-13, 5.76102136993427e-09,
-                   6.29106785017040e-06, 1.70198817374094e-03, 1.16817656904453e-01, 9.93151921023180e-01],
-                  np.float32).astype(np.float64)
-_TANH_C = np.array([-9.0, 9.0, -2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
-                    5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04, 4.89352455891786e-03,
-                    1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03, 4.89352518554385e-03],
-                   np.float32).astype(np.float64)
-
-
-@njit(cache=True)
-def _logistic_nb(x, out, k):
-    # MlasLogisticKernelFma3: clamp, p(x²)·x / q(x²) + 0.5, floored at 0.
-    for i in range(x.size):
-        v = min(k[1], max(k[0], np.float64(x[i])))
-        v2 = np.float64(np.float32(v * v))
-        p = _fma32(v2, k[2], k[3])
-        for j in range(4, 7):
-            p = _fma32(v2, p, k[j])
-        q = _fma32(v2, k[7], k[8])
-        for j in range(9, 13):
-            q = _fma32(v2, q, k[j])
-        p = np.float64(np.float32(v * p))
-        y = np.float64(np.float32(p / q))
-        out[i] = max(0.0, np.float64(np.float32(y + 0.5)))
-
-
-@njit(cache=True)
-def _tanh_nb(x, out, k):
-    # MlasTanhKernelFma3: clamp to [-9, 9], p(x²)·x / q(x²).
-    for i in range(x.size):
-        v = min(k[1], max(k[0], np.float64(x[i])))
-        v2 = np.float64(np.float32(v * v))
-        p = _fma32(v2, k[2], k[3])
-        for j in range(4, 9):
-            p = _fma32(v2, p, k[j])
-        q = _fma32(v2, k[9], k[10])
-        for j in range(11, 13):
-            q = _fma32(v2, q, k[j])
-        p = np.float64(np.float32(v * p))
-        out[i] = np.float32(p / q)
-
-
-def _mlas(kernel, consts):
+def _mlas(kernel):
     def fn(x, a, b):
-        x = np.ascontiguousarray(x, dtype=np.float32)
-        out = np.empty_like(x)
-        kernel(x.reshape(-1), out.reshape(-1), consts)
-        return out
+        return kernel(x)
     return fn
 
 
 # ORT's LSTM runs sigmoid and tanh through MLAS and relu as max(x, 0); the other activations
 # are scalar float functors, approximated here by the plain LSTM's versions.
-_EXACT = {"sigmoid": _mlas(_logistic_nb, _LOG_C), "tanh": _mlas(_tanh_nb, _TANH_C),
+_EXACT = {"sigmoid": _mlas(mlas.logistic), "tanh": _mlas(mlas.tanh),
           "relu": lambda x, a, b: np.maximum(x, np.float32(0))}
 
 
@@ -148,22 +83,43 @@ def _qparams(scale, zp, d, nd, n4, what):
     return scale[d], int(zp[d].reshape(-1)[0])
 
 
-@njit(cache=True)
-def _u8s8_pairs(a, b):
-    """sum over k of a[m, k]·b[k, n] with every adjacent pair (k = 2j, 2j+1) summed and
-    saturated to int16 first: AVX2's vpmaddubsw, which MLAS's u8·s8 kernel is built on."""
-    M, K = a.shape
-    N = b.shape[1]
-    out = np.zeros((M, N), np.int64)
-    for m in range(M):
-        for j in range(0, K, 2):
-            a0 = np.int32(a[m, j])
-            a1 = np.int32(a[m, j + 1]) if j + 1 < K else np.int32(0)
+@njit(cache=True, nogil=True, inline="always", error_model="numpy")
+def _acc_row(a, w, acc, sat):
+    """acc (int32 [N]) += sum over k of a[k]·w[k, :], a uint8 [K], w 8-bit [K, N]. sat: every
+    adjacent pair (k = 2j, 2j+1) is summed and saturated to int16 first, as AVX2's vpmaddubsw
+    (MLAS's u8·s8 kernel) does; each product fits int16, so the pair loop runs on 16-bit
+    lanes (twice as fast as int32). Otherwise exact int32 sums (the caller bounds K)."""
+    K = a.shape[0]
+    N = w.shape[1]
+    for j in range(0, K - 1, 2):
+        w0 = w[j]
+        w1 = w[j + 1]
+        if sat:
+            a0 = np.int16(a[j])
+            a1 = np.int16(a[j + 1])
             for n in range(N):
-                s = a0 * np.int32(b[j, n])
-                if j + 1 < K:
-                    s += a1 * np.int32(b[j + 1, n])
-                out[m, n] += min(32767, max(-32768, s))
+                p0 = np.int16(a0 * np.int16(w0[n]))
+                p1 = np.int16(a1 * np.int16(w1[n]))
+                acc[n] += min(np.int32(32767), max(np.int32(-32768), np.int32(p0) + np.int32(p1)))
+        else:
+            b0 = np.int32(a[j])
+            b1 = np.int32(a[j + 1])
+            for n in range(N):
+                acc[n] += b0 * np.int32(w0[n]) + b1 * np.int32(w1[n])
+    if K % 2:  # the odd last column pairs with a zero: one product, never saturates
+        b0 = np.int32(a[K - 1])
+        w0 = w[K - 1]
+        for n in range(N):
+            acc[n] += b0 * np.int32(w0[n])
+
+
+@njit(cache=True, nogil=True)
+def _u8s8_pairs(a, b):
+    """int32 [M, N] raw u8·s8 products of a (uint8 [M, K]) and b (int8 [K, N]) with AVX2's
+    pair saturation (see _acc_row)."""
+    out = np.zeros((a.shape[0], b.shape[1]), np.int32)
+    for m in range(a.shape[0]):
+        _acc_row(a[m], b, out[m], True)
     return out
 
 
@@ -199,8 +155,9 @@ class _QWeight:
         if self.centered is not None:
             return ((qa.astype(np.float64) - za) @ self.centered).astype(np.float32)
         K = qa.shape[1]
-        raw = _u8s8_pairs(qa, self.w)
-        acc = raw - za * self.colsum[None, :] - self.zp * qa.astype(np.int64).sum(1)[:, None] + K * za * self.zp
+        acc = _u8s8_pairs(qa, self.w).astype(np.int64) - za * self.colsum[None, :]
+        if self.zp:
+            acc += K * za * self.zp - self.zp * qa.astype(np.int64).sum(1)[:, None]
         return acc.astype(np.float32)
 
 
@@ -210,6 +167,108 @@ def _qgemm(a, qw, mult):
     scale, zp = dynamic_quant_params(a)
     qa = quantize(a, scale, zp, np.uint8)
     return qw.acc(qa, int(zp)) * (np.float32(scale) * mult).astype(np.float32)
+
+
+# ---------------------------------------------------------------- fused recurrence ----------
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _clip_act(x, lim):
+    # np.maximum(-lim, np.minimum(lim, x)): NaN propagates, +-inf becomes +-lim.
+    if x != x:
+        return x
+    return max(-lim, min(lim, x))
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _recur_nb(xw, w, zp, colsum, sat, rmult, bias, has_bias, peep, has_peep, lim, coupled,
+              lens, t_end, y_out, h, c, Yd):
+    """One direction's time loop with ORT's default activations (sigmoid, tanh, tanh), the
+    same float32 operations in the same order as the numpy step in dynamic_quantize_lstm.
+    h, c (B, H) are updated in place; Y rows go to Yd (T, B, H). Returns False (nothing
+    reliable written) when h turns non-finite: the caller then reruns the numpy path, whose
+    quantization of NaN/inf is numpy's."""
+    B, H = h.shape
+    N = 4 * H
+    f0 = np.float32(0.0)
+    one = np.float32(1.0)
+    qa = np.empty(H, np.uint8)
+    acc = np.empty(N, np.int32)
+    pre = np.empty(N, np.float32)
+    for t in range(t_end):
+        # dynamic uint8 quantization of the whole batch's h (quant.dynamic_quant_params)
+        lo = f0
+        hi = f0
+        for b in range(B):
+            for j in range(H):
+                v = h[b, j]
+                if not np.isfinite(v):
+                    return False
+                lo = min(lo, v)
+                hi = max(hi, v)
+        if hi == lo:
+            scale = one
+            za = np.float32(0.0)
+        else:
+            scale = (hi - lo) / np.float32(255.0)
+            za = np.rint(min(np.float32(255.0), max(f0, f0 - lo / scale)))
+        zi = np.int64(za)
+        for b in range(B):
+            qsum = np.int64(0)
+            for j in range(H):
+                q = min(np.float32(255.0), max(f0, np.rint(h[b, j] / scale) + za))
+                qa[j] = np.uint8(q)
+                qsum += np.int64(qa[j])
+            # int32 accumulator of (qa - za)(w - zp): raw products (pairs saturated to int16
+            # on AVX2 hosts), then the zero-point corrections
+            acc[:] = 0
+            _acc_row(qa, w, acc, sat)
+            corr = np.int64(H) * zi * zp - zp * qsum
+            for n in range(N):
+                r = np.float32(np.int64(acc[n]) - zi * colsum[n] + corr)
+                pre[n] = xw[t, b, n] + r * (scale * rmult[n])
+            active = t < lens[b]
+            for j in range(H):
+                cv = c[b, j]
+                pi = pre[j]
+                po = pre[H + j]
+                pf = pre[2 * H + j]
+                pc = pre[3 * H + j]
+                if has_peep:
+                    pi = pi + cv * peep[j]
+                if has_bias:
+                    pi = pi + bias[j]
+                ig = mlas.logistic_f32(_clip_act(pi, lim))
+                if coupled:
+                    fg = one - ig
+                else:
+                    if has_peep:
+                        pf = pf + cv * peep[2 * H + j]
+                    if has_bias:
+                        pf = pf + bias[2 * H + j]
+                    fg = mlas.logistic_f32(_clip_act(pf, lim))
+                if has_bias:
+                    pc = pc + bias[3 * H + j]
+                gg = mlas.tanh_f32(_clip_act(pc, lim))
+                cn = cv * fg + ig * gg
+                if has_peep:
+                    po = po + cn * peep[H + j]
+                if has_bias:
+                    po = po + bias[H + j]
+                og = mlas.logistic_f32(_clip_act(po, lim))
+                hn = mlas.tanh_f32(cn) * og
+                # Row b's h is read only by its own product above (the scale was taken first),
+                # so it is updated in place. A finished row keeps c; its h is 0 when Y is an
+                # output (ORT steps in Y) and unchanged otherwise.
+                if active:
+                    c[b, j] = cn
+                    Yd[t, b, j] = hn
+                    h[b, j] = hn
+                else:
+                    Yd[t, b, j] = f0
+                    if y_out:
+                        h[b, j] = f0
+    return True
 
 
 # ---------------------------------------------------------------- the op ---------------------
@@ -258,6 +317,12 @@ def dynamic_quantize_lstm(ctx, X, W, R, B=None, sequence_lens=None, initial_h=No
             x = x + b
         return np.maximum(-lim, np.minimum(lim, x))
 
+    # One numba loop per direction under plain fp32 with ORT's default activations (exact
+    # int32 sums need H * 255**2 < 2**31 on the non-saturating path).
+    fused = (ctx.prec is None and X.dtype == f32
+             and (not activations or [a.lower() for a in activations] == ["sigmoid", "tanh", "tanh"] * nd)
+             and H * 255 * 255 < 2 ** 31)
+    zeros4, zeros3 = np.zeros(4 * H, f32), np.zeros(3 * H, f32)
     Y = np.zeros((T, nd, Bn, H), f32)
     Yh = np.zeros((nd, Bn, H), f32)
     Yc = np.zeros((nd, Bn, H), f32)
@@ -280,7 +345,18 @@ def dynamic_quantize_lstm(ctx, X, W, R, B=None, sequence_lens=None, initial_h=No
         h = np.zeros((Bn, H), f32) if initial_h is None else initial_h[d].astype(f32)
         c = np.zeros((Bn, H), f32) if initial_c is None else initial_c[d].astype(f32)
         Yd = np.zeros((T, Bn, H), f32)
-        for t in range(t_end):
+        if fused and _recur_nb(xw, rq.w, r_zp, rq.colsum, rq.centered is None,
+                               np.ascontiguousarray(np.broadcast_to(r_s, (4 * H,)), f32),
+                               zeros4 if bias is None else bias, bias is not None,
+                               zeros3 if P is None else P[d].astype(f32), P is not None, lim, coupled,
+                               lens_all, t_end, y_out, h, c, Yd):
+            steps = 0
+        else:  # the general path (other activations or precisions, or h became non-finite)
+            steps = t_end
+            h = np.zeros((Bn, H), f32) if initial_h is None else initial_h[d].astype(f32)
+            c = np.zeros((Bn, H), f32) if initial_c is None else initial_c[d].astype(f32)
+            Yd[:] = 0
+        for t in range(steps):
             pre = xw[t] + _qgemm(h, rq, r_s)
             pi, po, pf, pc = (pre[:, k * H:(k + 1) * H] for k in range(4))
             if P is not None:
