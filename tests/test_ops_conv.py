@@ -50,6 +50,26 @@ def test_conv(xs, ws, attrs, bias):
     check_plans("Conv", ins, attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4, expect_matmul=xs[0] > 0)
 
 
+DEPTHWISE_CASES = [
+    # The direct depthwise kernel's stride-1 path: kernel widths 3 and 5 (unrolled rows) and
+    # others (generic taps), dilations, asymmetric pads, multiplier 2, and planes larger than
+    # its 4096-element row block (several blocks, the last one partial).
+    ((2, 3, 9, 11), (3, 1, 5, 5), dict(group=3, pads=[2, 1, 0, 2])),
+    ((1, 4, 7, 9), (8, 1, 3, 3), dict(group=4, dilations=[2, 3], pads=[2, 3, 2, 3])),
+    ((1, 2, 8, 10), (2, 1, 2, 4), dict(group=2, pads=[0, 1, 1, 2])),
+    ((1, 2, 9, 9), (2, 1, 7, 7), dict(group=2, pads=[3, 3, 3, 3])),
+    ((1, 3, 70, 101), (3, 1, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
+    ((1, 2, 45, 130), (2, 1, 5, 5), dict(group=2, pads=[2, 2, 2, 2], dilations=[1, 2])),
+    ((2, 3, 5, 6), (3, 1, 1, 3), dict(group=3)),
+]
+
+
+@pytest.mark.parametrize("xs,ws,attrs", DEPTHWISE_CASES)
+def test_conv_depthwise_direct(xs, ws, attrs):
+    ins = [r(*xs), r(*ws), r(ws[0])]
+    check_plans("Conv", ins, attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4, expect_matmul=True)
+
+
 def test_conv_kernel_shape_and_opset7():
     check_op("Conv", [r(1, 2, 6, 6), r(3, 2, 3, 3)], dict(kernel_shape=[3, 3]), opset=7, rtol=1e-4, atol=1e-4)
 
