@@ -422,3 +422,50 @@ def test_cast_large_in_range_fast_path(to):
     check_op("Cast", [x], {"to": to})
     x[5] = np.nan  # the slow path
     check_op("Cast", [x], {"to": to})
+
+
+# -- fp32 fast paths: MLAS sigmoid/tanh on large tensors, the clip ufunc for Clip/Relu -----
+def _bits_equal(got, want):
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got.view(np.int32), want.view(np.int32))
+
+
+@pytest.mark.parametrize("op_type", ["Sigmoid"])
+def test_large_sigmoid_bit_exact_with_ort(op_type):
+    # Above the MLAS threshold halfsim runs ORT's own rational form: same bits, also at the
+    # clamps (|x| near 18), specials and a tensor large enough to be split across threads.
+    from halfsim.ops.elementwise import _MLAS_MIN
+    x = (rng.standard_normal(20 * _MLAS_MIN + 5) * 8).astype(np.float32)
+    x[:len(SPECIALS)] = SPECIALS
+    x[20:30] = np.float32([8.99, 9.0, 9.01, 17.99, 18.0, 18.01, -9.0, -18.0, 1e-8, -1e-8])
+    x = x.reshape(1, -1)
+    m = make_model(op_type, [x], opset=13)
+    want = run_ort(m, {"in0": x})[0]
+    _bits_equal(halfsim.load(m).run({"in0": x})["out0"], want)
+
+
+def test_small_sigmoid_stays_close_to_ort():
+    # Below the threshold numpy's formula is used (no numba): within a few ulps of ORT.
+    x = np.concatenate([SPECIALS, (rng.standard_normal(200) * 8).astype(np.float32)])
+    check_op("Sigmoid", [x], opset=13, rtol=1e-6, atol=1e-7)
+    check_op("Tanh", [x], opset=13, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_clip_relu_keep_negative_zero_and_nan_as_ort(dtype):
+    x = np.concatenate([SPECIALS, np.float32([-0.0, 5.0, 7.0, -2.0])]).astype(dtype).reshape(1, -1)
+    for op_type, ins, opset in [("Relu", [x], 14), ("Clip", [x, np.array(0, dtype), np.array(6, dtype)], 13),
+                                ("Clip", [x, np.array(-0.0, dtype), None], 13), ("Clip", [x, None, np.array(2, dtype)], 13),
+                                ("Clip", [x, np.array(3, dtype), np.array(1, dtype)], 13)]:
+        m = make_model(op_type, ins, opset=opset, initializers=(1, 2))
+        want = run_ort(m, {"in0": x})[0]
+        got = halfsim.load(m).run({"in0": x})["out0"]
+        assert got.dtype == want.dtype
+        np.testing.assert_array_equal(np.signbit(got), np.signbit(want), err_msg=f"{op_type} {ins[1:]}")
+        np.testing.assert_array_equal(got, want)
+    if dtype != np.float32:
+        return  # ORT's Clip-6 kernel is float32 only
+    m = make_model("Clip", [x], {"min": -0.0, "max": 1.0}, opset=7)
+    want = run_ort(m, {"in0": x})[0]
+    got = halfsim.load(m).run({"in0": x})["out0"]
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(want))

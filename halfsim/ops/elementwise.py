@@ -60,6 +60,17 @@ def _check_int_div(b: np.ndarray, what: str) -> None:
         raise ExecutionError(f"{what}: integer division by zero")
 
 
+# numpy's clip ufunc is max(x, lo) then min(., hi) in one pass, with NaN propagated and
+# lo > hi giving hi, like ORT; unlike np.maximum (whose scalar-operand loop is not SIMD in
+# numpy 2.x: measured 3-4x slower) it also keeps -0.0 as ORT does. Float32/64 only: the
+# half-precision loops are slow either way and their -0.0 behaviour is left as it was.
+_F32_64 = (np.dtype(np.float32), np.dtype(np.float64))
+try:
+    from numpy._core.umath import clip as _clip
+except ImportError:  # pragma: no cover  (numpy 1.x)
+    from numpy.core.umath import clip as _clip
+
+
 # -- fast float32 kernels -------------------------------------------------------------------
 _f = np.float32
 
@@ -101,7 +112,18 @@ def erf(x: np.ndarray) -> np.ndarray:
     return _sp.erf(x)
 
 
+# From this many float32 elements on, Sigmoid runs ORT's own MLAS form (bit-exact with ORT,
+# one vectorized pass instead of numpy's four: 1.8x less CPU, split across threads). Smaller
+# tensors stay in numpy so that small streaming models never start numba (~70 MB resident);
+# both agree to a few ulps. Tanh stays np.tanh (SIMD already, only 1.3x slower than MLAS):
+# magika's two large Tanh would otherwise be its only numba use and double its memory.
+_MLAS_MIN = 16384
+
+
 def sigmoid(x: np.ndarray) -> np.ndarray:
+    if x.dtype == np.float32 and x.size >= _MLAS_MIN:
+        from ..kernels.act import logistic
+        return logistic(x)
     if x.dtype == np.float32:
         # 1 / (1 + exp(-x)) in place on one fresh array: exp overflow gives 1/inf = 0, no NaN
         y = np.negative(x)
@@ -237,6 +259,8 @@ def isinf(ctx, x, *, detect_negative=1, detect_positive=1):
 # -- activations ----------------------------------------------------------------------------
 @op("Relu", since=6)
 def relu(ctx, x):
+    if x.dtype in _F32_64:
+        return _clip(x, x.dtype.type(0), x.dtype.type(np.inf))
     return np.maximum(x, np.zeros((), x.dtype))
 
 
@@ -390,6 +414,8 @@ def shrink(ctx, x, *, bias=0.0, lambd=0.5):
 def clip6(ctx, x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
     xf = up(x)
     t = xf.dtype.type
+    if xf.dtype in _F32_64:
+        return down(_clip(xf, t(min), t(max)), x.dtype)
     return down(np.minimum(np.maximum(xf, t(min)), t(max)), x.dtype)
 
 
@@ -401,6 +427,8 @@ def clip11(ctx, x, lo=None, hi=None):
         info = np.finfo(x.dtype) if is_float(x) else np.iinfo(x.dtype)
     lo = np.asarray(info.min, dtype=x.dtype) if lo is None else (lo.reshape(()) if lo.size == 1 else lo)
     hi = np.asarray(info.max, dtype=x.dtype) if hi is None else (hi.reshape(()) if hi.size == 1 else hi)
+    if x.dtype in _F32_64:
+        return _clip(x, lo, hi)
     y = np.maximum(x, lo)
     return np.minimum(y, hi, out=y if y.shape == np.broadcast_shapes(y.shape, np.shape(hi)) else None)
 
