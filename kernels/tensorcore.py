@@ -31,6 +31,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from .tc_tile import tile_area as _tile_area, tile_gemm
+
 # code -> (fraction bits, minimum normal exponent, largest finite, overflow gives NaN)
 FORMATS = {
     "fp16": (10, -14, 65504.0, False),
@@ -424,6 +426,11 @@ def _gemm_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, 
                  mb: int, emin_b: int, out16: bool, rne: bool) -> np.ndarray:
     """a [nb, M, K], b [nb, K, N], c [nb, M, N] (float32, C-contiguous, writable; c already in
     the output format) -> D [nb, M, N] float32."""
+    if not out16 and not rne:
+        d = _tiled(a, b, c, blk, w, ma, emin_a, mb, emin_b)
+        if d is not None:
+            _fix_special(a, b, c, d, blk, w, ma, emin_a, mb, emin_b, out16, rne)
+            return d
     av, ag, aok = _prepare32(a, ma, emin_a)
     bv, bg, bok = _prepare32(b, mb, emin_b)
     if aok and bok and w <= 26:
@@ -431,6 +438,20 @@ def _gemm_kernel(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, 
     av, ag = _prepare(a, ma, emin_a)
     bv, bg = _prepare(b, mb, emin_b)
     return _gemm_core(a, b, av, ag, bv, bg, c, blk, w, ma, emin_a, mb, emin_b, out16, rne)
+
+
+def _tiled(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma: int, emin_a: int,
+           mb: int, emin_b: int) -> np.ndarray | None:
+    """The register-tiled kernel (kernels.tc_tile: fp32 output, toward zero), on D or on
+    D^T = B^T A^T, whichever pads less (a product and its alignment exponent are symmetric in
+    a and b); None where its conditions fail. Non-finite inputs are left to _fix_special."""
+    M, N = a.shape[1], b.shape[2]
+    if _tile_area(N, M) < _tile_area(M, N):
+        d = tile_gemm(b.transpose(0, 2, 1), a.transpose(0, 2, 1), c.transpose(0, 2, 1), blk, w,
+                      mb, emin_b, ma, emin_a)
+        return None if d is None else np.ascontiguousarray(d.transpose(0, 2, 1))
+    d = tile_gemm(a, b, c, blk, w, ma, emin_a, mb, emin_b)
+    return None if d is None else np.ascontiguousarray(d)
 
 
 @njit(cache=True, parallel=True)

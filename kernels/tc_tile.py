@@ -1,0 +1,303 @@
+"""Register-tiled tensor-core GEMM: the fp32-output, toward-zero block FMA of kernels.tensorcore
+(same bits as dot_scalar) for inputs whose nonzero values lie in [2**-30, 2**31).
+
+A tile of _TR rows x _TW columns of the output keeps its accumulators in AVX2 registers
+(<8 x float>) for the whole K loop; per block of blk products and per lane:
+  * the alignment exponent is an int32 maximum: emax = max(C's biased exponent field,
+    ea_k + eb_k + 127 over the block, 28). Zero inputs carry the exponent -2^20, so they never
+    set it; the floor 28 (2^-99) only acts when every term is zero (a nonzero product is >= 2^-60,
+    a nonzero C >= 2^-99: C either comes from a block, and is then >= 2^-87, or is the caller's,
+    checked by tile_gemm);
+  * G = 2^(w - emax) and 2^(emax - w) are float32 bit patterns (normal for w <= 27);
+  * each term trunc(a*b*G) and trunc(C*G) is an exact float32 product (at most 24 significant
+    bits, no overflow: < 2^(w+2)) converted to int32 toward zero, and the block sum S is an
+    int32: |S| < 2^(w+1) + blk * 2^(w+2). Where that bound passes 2^31 (K=16 with w=25: the
+    H100 fp16/bf16 units), the products alone still fit, and a lane whose sum leaves
+    [-2^30, 2^30] is marked and recomputed by dot_scalar (the "checked" kernel);
+  * the result RZ(S * 2^(emax - w)) is float32(|S|) stepped one ulp toward zero where the
+    conversion rounded up, the sign put back, times 2^(emax - w) (exact: the result is >= 2^-126
+    as emax >= 28), clamped to +-FLT_MAX (IEEE toward zero never overflows to inf).
+numba has no SIMD types and LLVM does not keep such a tile in registers by itself, so the tile
+is emitted as LLVM IR (as kernels.accumulate does for the strict fp16 GEMM).
+"""
+from __future__ import annotations
+
+import numpy as np
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+_TR, _TV, _TL = 4, 1, 8  # tile rows, vectors per row, lanes per vector (AVX2)
+_TW = _TV * _TL  # tile columns
+_KC = 128  # products per K chunk: a chunk of A's rows and of B stays in L2 across tiles
+_ZERO_E = -(1 << 20)  # exponent of zero inputs: sums with it stay far below every real one
+_C_MIN = 2.0 ** -99  # smallest nonzero |C| the tile takes (see the module docstring)
+_F32_MAX = float(np.finfo(np.float32).max)
+_F2 = types.Array(types.float32, 2, "C")
+_I2 = types.Array(types.int32, 2, "C")
+
+
+def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
+    """Intrinsic tile(av, ae, bv, be, acc, i0, ka0, kb0, j0, nblk, blk, w): acc[i0:i0+_TR,
+    j0:j0+_TW] <- nblk chained blocks of blk products (columns ka0.. of av/ae, rows kb0.. of
+    bv/be), starting from the C held there. checked: lanes whose block sum may have left int32
+    come back NaN, and stay NaN in later chunks."""
+    L = _TL
+    i32 = ir.IntType(32)
+    fv, iv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L)
+
+    def ci(x):
+        return ir.Constant(iv, [x] * L)
+
+    def cf(x):
+        return ir.Constant(fv, [x] * L)
+
+    @intrinsic
+    def tile(typingctx, av, ae, bv, be, acc, i0, ka0, kb0, j0, nblk, blk, w):
+        sig = types.void(_F2, _I2, _F2, _I2, _F2, types.intp, types.intp, types.intp, types.intp,
+                         types.intp, types.intp, types.intp)
+
+        def codegen(context, builder, signature, args):
+            av_, ae_, bv_, be_, acc_, i0_, ka0_, kb0_, j0_, nblk_, blk_, w_ = args
+            A = context.make_array(_F2)(context, builder, av_)
+            AE = context.make_array(_I2)(context, builder, ae_)
+            B = context.make_array(_F2)(context, builder, bv_)
+            BE = context.make_array(_I2)(context, builder, be_)
+            O = context.make_array(_F2)(context, builder, acc_)
+            Ka = cgutils.unpack_tuple(builder, A.shape)[1]
+            N = cgutils.unpack_tuple(builder, B.shape)[1]
+            ity = Ka.type
+
+            def idx(x):
+                return ir.Constant(ity, x)
+
+            def splat(x, vty):
+                v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
+                return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(iv, [0] * L))
+
+            def vptr(ary, off, vty):
+                return builder.bitcast(builder.gep(ary.data, [off]), vty.as_pointer())
+
+            def smax(x, y):
+                return builder.select(builder.icmp_signed(">", x, y), x, y)
+
+            w32 = builder.trunc(w_, i32)
+            g_bias = splat(builder.add(w32, ir.Constant(i32, 254)), iv)  # G's biased exponent + emax
+            s_bias = splat(w32, iv)
+            R, V = range(_TR), range(_TV)
+            acc, em, G, S, bad = ([[cgutils.alloca_once(builder, t) for _ in V] for _ in R]
+                                  for t in (fv, iv, fv, iv, iv))
+            orow = [builder.add(builder.mul(builder.add(i0_, idx(r)), N), j0_) for r in R]
+            for r in R:
+                for v in V:
+                    x = builder.load(vptr(O, builder.add(orow[r], idx(L * v)), fv), align=4)
+                    builder.store(x, acc[r][v])
+                    builder.store(builder.sext(builder.fcmp_unordered("uno", x, x), iv), bad[r][v])
+            arow = [builder.add(builder.mul(builder.add(i0_, idx(r)), Ka), ka0_) for r in R]
+            with cgutils.for_range(builder, nblk_) as blo:  # allocas become registers (mem2reg)
+                k0 = builder.mul(blo.index, blk_)
+                for r in R:
+                    for v in V:  # C's exponent field (zero C: 0, below the floor)
+                        cb = builder.bitcast(builder.load(acc[r][v]), iv)
+                        builder.store(builder.and_(builder.lshr(cb, ci(23)), ci(0xFF)), em[r][v])
+                with cgutils.for_range(builder, blk_) as kl:
+                    k = builder.add(k0, kl.index)
+                    brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
+                    ebk = [builder.load(vptr(BE, builder.add(brow, idx(L * v)), iv), align=4) for v in V]
+                    for r in R:
+                        ea = splat(builder.load(builder.gep(AE.data, [builder.add(arow[r], k)])), iv)
+                        for v in V:
+                            builder.store(smax(builder.load(em[r][v]), builder.add(ea, ebk[v])), em[r][v])
+                for r in R:
+                    for v in V:
+                        e = smax(builder.load(em[r][v]), ci(28))
+                        g = builder.bitcast(builder.shl(builder.sub(g_bias, e), ci(23)), fv)
+                        builder.store(g, G[r][v])
+                        builder.store(builder.shl(builder.sub(e, s_bias), ci(23)), em[r][v])  # 2^(emax-w)
+                        builder.store(builder.fptosi(builder.fmul(builder.load(acc[r][v]), g), iv), S[r][v])
+                with cgutils.for_range(builder, blk_) as kl:
+                    k = builder.add(k0, kl.index)
+                    brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
+                    bk = [builder.load(vptr(B, builder.add(brow, idx(L * v)), fv), align=4) for v in V]
+                    for r in R:
+                        a = splat(builder.load(builder.gep(A.data, [builder.add(arow[r], k)])), fv)
+                        for v in V:
+                            t = builder.fptosi(builder.fmul(builder.fmul(a, bk[v]), builder.load(G[r][v])), iv)
+                            builder.store(builder.add(builder.load(S[r][v]), t), S[r][v])
+                for r in R:
+                    for v in V:
+                        s = builder.load(S[r][v])
+                        mag = builder.select(builder.icmp_signed("<", s, ci(0)), builder.sub(ci(0), s), s)
+                        if checked:  # |S| > 2^30, or S = -2^31 (its magnitude wraps): maybe overflowed
+                            out = builder.icmp_signed(">", builder.sub(mag, ci(1)), ci((1 << 30) - 1))
+                            builder.store(builder.or_(builder.load(bad[r][v]), builder.sext(out, iv)), bad[r][v])
+                            mag = builder.select(builder.icmp_signed("<", mag, ci(1 << 30)), mag, ci(1 << 30))
+                        f = builder.sitofp(mag, fv)  # nearest: step back where it rounded up
+                        up = builder.sext(builder.icmp_signed(">", builder.fptosi(f, iv), mag), iv)
+                        fb = builder.add(builder.bitcast(f, iv), up)
+                        fb = builder.or_(fb, builder.and_(s, ci(-0x80000000)))
+                        x = builder.fmul(builder.bitcast(fb, fv), builder.bitcast(builder.load(em[r][v]), fv))
+                        x = builder.select(builder.fcmp_ordered("<", x, cf(_F32_MAX)), x, cf(_F32_MAX))
+                        x = builder.select(builder.fcmp_ordered(">", x, cf(-_F32_MAX)), x, cf(-_F32_MAX))
+                        builder.store(x, acc[r][v])
+            for r in R:
+                for v in V:
+                    x = builder.load(acc[r][v])
+                    if checked:
+                        x = builder.select(builder.icmp_signed("!=", builder.load(bad[r][v]), ci(0)),
+                                           cf(float("nan")), x)
+                    builder.store(x, vptr(O, builder.add(orow[r], idx(L * v)), fv), align=4)
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return tile
+
+
+_TILE, _TILE_CHECKED = _make_tile(False), _make_tile(True)
+
+
+@njit(cache=True, parallel=True)
+def _prepare(x, mbits, emin, bias, rows_to, cols_to):
+    """x [nb, R, C] (A or B) -> values [nb*rows_to, cols_to] float32 and alignment exponents +
+    bias, int32 (zero-padded; zeros and non-finite values: value 0, exponent _ZERO_E), and
+    whether every nonzero finite value lies in [2**-30, 2**31)."""
+    nb, R, C = x.shape
+    v = np.zeros((nb * rows_to, cols_to), np.float32)
+    e = np.full((nb * rows_to, cols_to), _ZERO_E, np.int32)
+    bad = 0
+    for r in prange(nb * R):
+        bi = r // R
+        i = r % R
+        bad += _put_row(x[bi, i], mbits, emin, bias, v[bi * rows_to + i], e[bi * rows_to + i])
+    return v, e, bad == 0
+
+
+@njit(cache=True)
+def _put_row(x, mbits, emin, bias, v, e):
+    """v[:n], e[:n] <- each x's value in the format (fraction bits below the format's last one
+    dropped: exact for values in the format, the tf32 truncation of raw fp32) and alignment
+    exponent + bias; returns how many nonzero values lie outside [2**-30, 2**31). Branch-free
+    integer steps, so that the loop vectorizes."""
+    bad = 0
+    for j in range(x.size):
+        bits = np.float32(x[j]).view(np.int32)
+        be = (bits >> 23) & 0xFF
+        ex = (be if be > 1 else 1) - 127  # fp32 subnormals sit at -126
+        d = emin - ex
+        drop = 23 - mbits + (d if d > 0 else 0)
+        keep = np.int32(-(np.int32(drop < 24) & np.int32(be != 0xFF)))  # else 0: below the last bit
+        vb = np.int32(bits & ~((np.int32(1) << np.int32(drop if drop < 24 else 0)) - 1) & keep)
+        nz = (vb & 0x7FFFFFFF) != 0
+        v[j] = vb.view(np.float32)
+        e[j] = (ex if ex > emin else emin) + bias if nz else _ZERO_E
+        vbe = (vb >> 23) & 0xFF
+        bad += 1 if nz and (vbe < 97 or vbe > 157) else 0  # 2^-30 .. 2^31
+    return bad
+
+
+@njit(cache=True, parallel=True)
+def _prepare_cols(x, mbits, emin, k_to, cols_to):
+    """x [nb, K, N] (B) -> values [nb*k_to, cols_to] and exponents + 127, as _prepare_rows."""
+    nb, K, N = x.shape
+    v = np.zeros((nb * k_to, cols_to), np.float32)
+    e = np.full((nb * k_to, cols_to), _ZERO_E, np.int32)
+    bad = 0
+    for r in prange(nb * K):
+        bi = r // K
+        k = r % K
+        for j in range(N):
+            bad += _put(x[bi, k, j], mbits, emin, 127, v, e, bi * k_to + k, j)
+    return v, e, bad == 0
+
+
+@njit(cache=True, inline="always")
+def _put(x, mbits, emin, bias, v, e, r, c):
+    """v[r, c], e[r, c] <- x's value in the format and its alignment exponent + bias; returns 1
+    where x is out of the tile's range."""
+    bits = np.float32(x).view(np.int32)
+    be = (bits >> 23) & 0xFF
+    ex = be - 127 if be > 0 else -126
+    ex = ex if ex > emin else emin
+    # drop the fraction bits below the format's last one (exact for values in the format)
+    val = np.float32(np.trunc(np.float64(x) * 2.0 ** (mbits - ex)) * 2.0 ** (ex - mbits))
+    if be == 0xFF or val == 0:
+        return 0
+    v[r, c] = val
+    e[r, c] = ex + bias
+    av = abs(val)
+    return 1 if (av < 2.0 ** -30 or av >= 2.0 ** 31) else 0
+
+
+@njit(cache=True, parallel=True)
+def _prepare_c(c, rows_to, cols_to):
+    """C [nb, M, N] -> the padded accumulator [nb*rows_to, cols_to] (non-finite C as 0: those
+    outputs are recomputed), and whether every nonzero finite |C| is >= _C_MIN."""
+    nb, M, N = c.shape
+    acc = np.zeros((nb * rows_to, cols_to), np.float32)
+    bad = 0
+    for r in prange(nb * M):
+        bi = r // M
+        i = r % M
+        for j in range(N):
+            x = c[bi, i, j]
+            if np.isfinite(x):
+                acc[bi * rows_to + i, j] = x
+                bad += 1 if (x != 0 and abs(x) < _C_MIN) else 0
+    return acc, bad == 0
+
+
+@njit(cache=True, parallel=True)
+def _tiles(av, ae, bv, be, acc, nb, kp, blk, w, checked):
+    """Every tile of acc [nb*Mp, Np]: K in chunks (acc holds the chained C between them), each
+    chunk in parallel over row tiles."""
+    rows = acc.shape[0] // nb
+    mt = acc.shape[0] // _TR
+    nt = acc.shape[1] // _TW
+    kc = max(blk, _KC // blk * blk)
+    for k0 in range(0, kp, kc):
+        nblk = min(kc, kp - k0) // blk
+        for t in prange(mt):
+            i0 = t * _TR
+            kb0 = i0 // rows * kp + k0
+            for jt in range(nt):
+                if checked:
+                    _TILE_CHECKED(av, ae, bv, be, acc, i0, k0, kb0, jt * _TW, nblk, blk, w)
+                else:
+                    _TILE(av, ae, bv, be, acc, i0, k0, kb0, jt * _TW, nblk, blk, w)
+
+
+def _up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def tile_area(m: int, n: int) -> int:
+    """Outputs computed for an m x n result, padding included."""
+    return _up(m, _TR) * _up(n, _TW)
+
+
+def tile_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma: int, emin_a: int,
+              mb: int, emin_b: int) -> np.ndarray | None:
+    """a [nb, M, K], b [nb, K, N], c [nb, M, N] float32 -> D [nb, M, N] with fp32 output and
+    toward-zero block rounding, without the outputs that have non-finite inputs or C (the caller
+    recomputes those, and NaN lanes); None where the tile's conditions fail (then nothing is
+    computed): a window beyond 27 bits, products whose sum may leave int32, inputs outside
+    [2**-30, 2**31) or a nonzero C below 2**-99."""
+    if w > 27 or blk * (1 << (w + 2)) > (1 << 31):
+        return None
+    nb, M, K = a.shape
+    N = b.shape[2]
+    mp, kp, np_ = _up(M, _TR), _up(K, blk), _up(N, _TW)
+    acc, ok = _prepare_c(c, mp, np_)
+    if not ok:
+        return None
+    av, ae, ok = _prepare(a, ma, emin_a, 0, mp, kp)
+    if not ok:
+        return None
+    bv, be, ok = _prepare(b, mb, emin_b, 127, kp, np_)
+    if not ok:
+        return None
+    checked = (1 << (w + 1)) + blk * (1 << (w + 2)) > (1 << 31) - 1
+    _tiles(av, ae, bv, be, acc, nb, kp, blk, w, checked)
+    return acc.reshape(nb, mp, np_)[:, :M, :N]
