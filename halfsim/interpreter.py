@@ -46,6 +46,12 @@ class OpContext:
         p = self._runner.plan
         return bool(p.identity) or bool(getattr(p, "plain", None) and p.plain(self))
 
+    @property
+    def identity(self) -> bool:
+        """True under the fp32 identity plan: round() is a no-op and matmul/sum are numpy's,
+        so an op may fuse its steps freely (up to fp32 summation order)."""
+        return bool(self._runner.plan.identity)
+
     def round(self, x: np.ndarray) -> np.ndarray:
         """Round an intermediate of a composite op to the node's compute format."""
         return self._runner.plan.round_compute(self, x)

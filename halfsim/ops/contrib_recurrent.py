@@ -319,7 +319,7 @@ def dynamic_quantize_lstm(ctx, X, W, R, B=None, sequence_lens=None, initial_h=No
 
     # One numba loop per direction under plain fp32 with ORT's default activations (exact
     # int32 sums need H * 255**2 < 2**31 on the non-saturating path).
-    fused = (ctx.prec is None and X.dtype == f32
+    fused = (ctx.identity and X.dtype == f32
              and (not activations or [a.lower() for a in activations] == ["sigmoid", "tanh", "tanh"] * nd)
              and H * 255 * 255 < 2 ** 31)
     zeros4, zeros3 = np.zeros(4 * H, f32), np.zeros(3 * H, f32)
