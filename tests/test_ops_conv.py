@@ -70,6 +70,20 @@ def test_conv_depthwise_direct(xs, ws, attrs):
     check_plans("Conv", ins, attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4, expect_matmul=True)
 
 
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((2, 8, 60, 81), (12, 4, 3, 3), dict(group=2, pads=[1, 0, 2, 1], strides=[1, 2])),
+    ((1, 16, 61, 50), (8, 16, 3, 3), dict(dilations=[2, 1], pads=[2, 1, 2, 1])),
+    ((1, 32, 900), (16, 32, 5), dict(pads=[2, 2])),                                 # 1-D
+    ((1, 4, 12, 20, 20), (8, 4, 3, 3, 3), dict(pads=[1] * 6)),                     # 3-D
+])
+def test_conv_parallel_row_tiles(xs, ws, attrs, monkeypatch):
+    # Over 2M multiply-adds the plain fp32 conv shares its im2col row tiles between threads.
+    monkeypatch.setenv("HALFSIM_THREADS", "3")
+    check_plans("Conv", [r(*xs), r(*ws), r(ws[0])], attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4,
+                expect_matmul=True)
+    check_op("Conv", [r(*xs), r(*ws)], attrs, initializers=(1,), rtol=1e-4, atol=1e-4)
+
+
 def test_conv_kernel_shape_and_opset7():
     check_op("Conv", [r(1, 2, 6, 6), r(3, 2, 3, 3)], dict(kernel_shape=[3, 3]), opset=7, rtol=1e-4, atol=1e-4)
 
