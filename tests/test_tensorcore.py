@@ -458,10 +458,14 @@ def _paths(a, b, c, model, fmts):
     from halfsim.tensorcore import _params
     p = _params(model, fmts)
     a3, b3, c3 = (np.ascontiguousarray(x[None], np.float32) for x in (a, b, c))
-    eligible = K._prepare32(a3, p[2], p[3])[2] and K._prepare32(b3, p[4], p[5])[2] and p[1] <= 26
+    av32, ag32, aok = K._prepare32(a3, p[2], p[3])
+    bv32, bg32, bok = K._prepare32(b3, p[4], p[5])
+    eligible = aok and bok and p[1] <= 26
+    # the float32 core itself (fp32 outputs would otherwise mostly take the tiled kernel)
+    got32 = K._gemm_core32(a3, b3, av32, ag32, bv32, bg32, c3, *p) if eligible else K._gemm_kernel(a3, b3, c3, *p)
     av, ag = K._prepare(a3, p[2], p[3])
     bv, bg = K._prepare(b3, p[4], p[5])
-    return K._gemm_kernel(a3, b3, c3, *p)[0], K._gemm_core(a3, b3, av, ag, bv, bg, c3, *p)[0], eligible
+    return got32[0], K._gemm_core(a3, b3, av, ag, bv, bg, c3, *p)[0], eligible
 
 
 FAST_CASES = [  # model, input formats, input exponents, C exponents, out
@@ -527,3 +531,115 @@ def test_float32_core_gate():
     a[2, 4] = 1.0
     assert not _paths(a, b, c, wide, ("bf16", "bf16"))[2]
     assert _same_bits(gemm(a, b, wide, c=c), oracle_gemm(a, b, c, wide, "bf16", "bf16")).all()
+
+
+# ---------------------------------------------------------------- register-tiled kernel
+# kernels.tc_tile: fp32 output toward zero, inputs in [2**-30, 2**31), nonzero |C| >= 2**-99;
+# checked against dot_scalar (the int64 reference, itself checked against the oracle above).
+
+def _scalar_gemm(a, b, c, model, fmts):
+    """D [nb, M, N] element by element through dot_scalar (block_fma_batch)."""
+    from halfsim.kernels.tensorcore import block_fma_batch
+    from halfsim.tensorcore import _params
+    nb, M, K = a.shape
+    N = b.shape[2]
+    ar = np.ascontiguousarray(np.repeat(a, N, axis=1).reshape(-1, K), np.float32)
+    br = np.ascontiguousarray(np.tile(b.transpose(0, 2, 1), (1, M, 1)).reshape(-1, K), np.float32)
+    cr = np.ascontiguousarray(c.reshape(-1), np.float32)
+    return block_fma_batch(ar, br, cr, *_params(model, fmts)).reshape(nb, M, N)
+
+
+def _tile_inputs(rng, name, shape_a, shape_b, fmts):
+    """Inputs in the tile's range with wide exponent spreads, subnormals (fp16/fp8), zeros and
+    products that cancel exactly within a block."""
+    lo_hi = {"fp16": (-14, 15), "fp8-e4m3": (-6, 7), "fp8-e5m2": (-14, 15), "bf16": (-30, 30), "tf32": (-30, 30)}
+    psub = {"fp16": 0.05, "fp8-e4m3": 0.05, "fp8-e5m2": 0.05, "bf16": 0.0, "tf32": 0.0}
+    a = random_format_values(rng, shape_a, fmts[0], *lo_hi[fmts[0]], p_sub=psub[fmts[0]], p_zero=0.1)
+    b = random_format_values(rng, shape_b, fmts[1], *lo_hi[fmts[1]], p_sub=psub[fmts[1]], p_zero=0.1)
+    # cancellation: in some rows, products k and k+1 are equal and opposite
+    for i in range(0, shape_a[1], 3):
+        a[:, i, 1::4] = a[:, i, 0:-1:4][:, :a[:, i, 1::4].shape[1]]
+    if fmts[0] == fmts[1]:
+        b[:, 1::4, :] = -b[:, 0:-1:4, :][:, :b[:, 1::4, :].shape[1]]
+    return a, b
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_tiled_kernel_matches_dot_scalar(name):
+    from halfsim.kernels import tc_tile
+    from halfsim.tensorcore import _params
+    model = get_model(name)
+    fmts = (model.in_formats[0], model.in_formats[-1])
+    rng = np.random.default_rng(abs(hash(("tile", name))) % 2**32)
+    # K over two chunks of tc_tile._KC with a ragged last block; M, N not multiples of the tile
+    nb, M, K, N = 2, 7, 2 * tc_tile._KC + 2 * model.k + 3, 19
+    a, b = _tile_inputs(rng, name, (nb, M, K), (nb, K, N), fmts)
+    c = random_fp32(rng, (nb, M, N), -99, 60)
+    c[:, :, :2] = 0.0
+    c[0, 1] = -c[0, 1]
+    p = _params(model, fmts)
+    got = tc_tile.tile_gemm(a, b, c, *p[:6])
+    assert got is not None  # the tile took it
+    want = _scalar_gemm(a, b, c, model, fmts)
+    nan = np.isnan(got)  # lanes the checked kernel hands back (H100 fp16/bf16 only)
+    assert not nan.any() or model.k * 2 ** (p[1] + 2) + 2 ** (p[1] + 1) > 2 ** 31 - 1
+    assert _same_bits(got[~nan], want[~nan]).all(), np.argwhere(~_same_bits(got, want) & ~nan)[:5]
+    assert _same_bits(gemm(a, b, model, c=c, in_format=fmts), want).all()
+
+
+def test_tiled_kernel_orientation_batches_and_fallbacks():
+    from halfsim.kernels import tc_tile
+    from halfsim.kernels.tensorcore import _tiled
+    from halfsim.tensorcore import _params
+    model = get_model("tc-a100-tf32")
+    fmts = ("tf32", "tf32")
+    p = _params(model, fmts)
+    rng = np.random.default_rng(31)
+    # a narrow result (N = 3) runs transposed: D^T = B^T A^T pads 3 rows, not 3 of 8 columns
+    assert tc_tile.tile_area(3, 40) < tc_tile.tile_area(40, 3)
+    a, b = _tile_inputs(rng, "t", (3, 40, 29), (3, 29, 3), fmts)
+    c = random_fp32(rng, (3, 40, 3), -40, 40)
+    want = _scalar_gemm(a, b, c, model, fmts)
+    assert _same_bits(_tiled(a, b, c, *p[:6]), want).all()
+    # non-finite inputs and C: those outputs go through dot_scalar, the others stay tiled
+    a[1, 5, 7] = np.inf
+    b[2, 4, 1] = np.nan
+    c[0, 9, 2] = -np.inf
+    want = _scalar_gemm(a, b, c, model, fmts)
+    got = gemm(a, b, model, c=c)
+    assert _same_bits(got, want).all()
+    assert np.isinf(got[0, 9, 2]) and np.isnan(got[2, :, 1]).all()
+    # out of the tile's range: a nonzero C below 2^-99, an input beyond 2^31; same bits anyway
+    for where in ("c", "a"):
+        a2, c2 = np.where(np.isfinite(a), a, 1.0), np.where(np.isfinite(c), c, 1.0)
+        b2 = np.where(np.isfinite(b), b, 1.0)
+        if where == "c":
+            c2[1, 2, 0] = 2.0 ** -120
+        else:
+            a2[0, 0, 0] = 2.0 ** 40
+        assert tc_tile.tile_gemm(a2, b2, c2, *p[:6]) is None
+        assert _same_bits(gemm(a2, b2, model, c=c2), _scalar_gemm(a2, b2, c2, model, fmts)).all()
+
+
+def test_tiled_kernel_checked_lanes_for_wide_blocks():
+    # H100 fp16: 16 products of up to 2^27 each in the window (w = 25) can pass 2^31 with C;
+    # such lanes come back NaN from the tile and are recomputed, so the result still matches
+    from halfsim.kernels import tc_tile
+    from halfsim.tensorcore import _params
+    model = get_model("tc-h100-fp16")
+    fmts = ("fp16", "fp16")
+    p = _params(model, fmts)
+    big = np.float32(2047 / 1024)  # largest fp16 significand: each product ~ 4 * 2^(window - 2)
+    a = np.full((1, 8, 32), big, np.float32)
+    b = np.full((1, 32, 8), big, np.float32)
+    a[0, 4:] *= -1  # rows 4..7: a sum near -2^31 (flagged, though it fits)
+    b[0, :, 4:] = np.float32(0.5)  # columns 4..7: sums below 2^30, not flagged
+    # C at the products' alignment exponent: in rows 0..3 the first block's window sum is
+    # 16 * trunc(big^2 * 2^25) + trunc(1.99 * 2^25) > 2^31 - 1, a real int32 overflow
+    c = np.full((1, 8, 8), 1.99, np.float32)
+    got = tc_tile.tile_gemm(a, b, c, *p[:6])
+    assert np.isnan(got[0, :, :4]).all() and not np.isnan(got[0, :, 4:]).any()
+    want = _scalar_gemm(a, b, c, model, fmts)
+    assert _same_bits(got[0, :, 4:], want[0, :, 4:]).all()
+    assert _same_bits(gemm(a, b, model, c=c), want).all()
+    assert np.abs(want[0, :, :4]).min() > 64  # the recomputed lanes hold real sums
