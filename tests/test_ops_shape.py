@@ -294,3 +294,29 @@ def test_bad_input_raises_halfsim_error(op_type, inputs, attrs):
     m = make_model(op_type, inputs, attrs, opset=18, initializers=(1,))
     with pytest.raises(halfsim.errors.HalfsimError):
         halfsim.load(m).run({"in0": inputs[0]} if op_type != "Concat" else {"in0": inputs[0]})
+
+
+def test_constant_parameter_ops_on_changing_shapes():
+    """Slice/Reshape/Squeeze/Unsqueeze with constant parameters keep an index per input shape in
+    fp32 schedules: one model fed different shapes (and back) must match ORT every time, and a
+    shape the parameters do not fit still fails with a one-line error."""
+    inits = {"st": I64(1, -3), "en": I64(100, -1), "ax": I64(0, 2), "sp": I64(1, 1), "sq": I64(1),
+             "un": I64(0, -1), "shp": I64(0, -1)}
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax", "sp"], ["s"]),
+             helper.make_node("Unsqueeze", ["s", "un"], ["u"]),
+             helper.make_node("Reshape", ["u", "shp"], ["y"]),
+             helper.make_node("Squeeze", ["x1", "sq"], ["z"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", "c"]),
+                                       helper.make_tensor_value_info("x1", TensorProto.FLOAT, ["a", "d"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("z", TensorProto.FLOAT, None)],
+                          [helper.make_tensor(k, TensorProto.INT64, v.shape, v) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    hm = halfsim.load(m)
+    for shp in [(3, 4, 5), (2, 1, 7), (3, 4, 5), (5, 2, 4)]:
+        feeds = {"x": r(*shp), "x1": r(shp[0], 1)}
+        got = hm.run(feeds)
+        for name, want in zip(["y", "z"], run_ort(m, feeds)):
+            assert_same(got[name], want, 0, 0, what=f"{name} at {shp}")
+    with pytest.raises(halfsim.HalfsimError, match="Squeeze"):
+        hm.run({"x": r(3, 4, 5), "x1": r(3, 2)})

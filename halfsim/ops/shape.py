@@ -22,7 +22,8 @@ def _ints(a) -> list[int]:
     if type(a) is list:  # attributes arrive as lists of ints already
         return [int(v) for v in a]
     # tolist() yields Python ints in one C call (iterating numpy scalars cost ~1 us each).
-    return [int(v) for v in np.asarray(a).reshape(-1).tolist()]
+    a = np.asarray(a).reshape(-1)
+    return a.tolist() if a.dtype.kind in "iu" else [int(v) for v in a.tolist()]
 
 
 def _axis(a: int, rank: int, what: str = "axis") -> int:
@@ -134,24 +135,29 @@ def size(ctx, x):
 
 # --- reshaping ------------------------------------------------------------------------------
 
-def _reshape(x: np.ndarray, shape, allowzero: int) -> np.ndarray:
+def _reshape_dims(xshape: tuple, shape, allowzero: int) -> list[int]:
     dims = _ints(shape)
     if not allowzero:
         for i, d in enumerate(dims):
             if d == 0:
-                if i >= x.ndim:
-                    raise ExecutionError(f"Reshape: 0 at position {i} but input has rank {x.ndim}")
-                dims[i] = x.shape[i]
+                if i >= len(xshape):
+                    raise ExecutionError(f"Reshape: 0 at position {i} but input has rank {len(xshape)}")
+                dims[i] = xshape[i]
     if dims.count(-1) > 1 or any(d < -1 for d in dims):
         raise ExecutionError(f"Reshape: invalid shape {_ints(shape)}")
+    size = math.prod(xshape)
     if -1 in dims:
         known = math.prod(d for d in dims if d != -1)
-        if known == 0 or x.size % known:
-            raise ExecutionError(f"Reshape: cannot reshape {list(x.shape)} to {_ints(shape)}")
-        dims[dims.index(-1)] = x.size // known
-    if math.prod(dims) != x.size:
-        raise ExecutionError(f"Reshape: cannot reshape {list(x.shape)} to {_ints(shape)}")
-    return x.reshape(dims)
+        if known == 0 or size % known:
+            raise ExecutionError(f"Reshape: cannot reshape {list(xshape)} to {_ints(shape)}")
+        dims[dims.index(-1)] = size // known
+    if math.prod(dims) != size:
+        raise ExecutionError(f"Reshape: cannot reshape {list(xshape)} to {_ints(shape)}")
+    return dims
+
+
+def _reshape(x: np.ndarray, shape, allowzero: int) -> np.ndarray:
+    return x.reshape(_reshape_dims(x.shape, shape, allowzero))
 
 
 @op("Reshape", since=5, data_movement=True)
@@ -172,14 +178,18 @@ def flatten(ctx, x, *, axis=1):
     return x.reshape(math.prod(x.shape[:ax]), math.prod(x.shape[ax:]))
 
 
-def _squeeze(x, axes):
+def _squeeze_dims(xshape: tuple, axes) -> list[int]:
     if axes is None:
-        return x.reshape([d for d in x.shape if d != 1])
-    ax = _axes(_ints(axes), x.ndim)
+        return [d for d in xshape if d != 1]
+    ax = _axes(_ints(axes), len(xshape))
     for a in ax:
-        if x.shape[a] != 1:
-            raise ExecutionError(f"Squeeze: dimension {a} of shape {list(x.shape)} is not 1")
-    return x.reshape([d for i, d in enumerate(x.shape) if i not in ax])
+        if xshape[a] != 1:
+            raise ExecutionError(f"Squeeze: dimension {a} of shape {list(xshape)} is not 1")
+    return [d for i, d in enumerate(xshape) if i not in ax]
+
+
+def _squeeze(x, axes):
+    return x.reshape(_squeeze_dims(x.shape, axes))
 
 
 @op("Squeeze", since=1, data_movement=True)
@@ -192,13 +202,17 @@ def squeeze13(ctx, x, axes=None):
     return _squeeze(x, axes)
 
 
-def _unsqueeze(x, axes):
-    rank = x.ndim + len(_ints(axes))
+def _unsqueeze_dims(xshape: tuple, axes) -> list[int]:
+    rank = len(xshape) + len(_ints(axes))
     ax = sorted(_axes(_ints(axes), rank))
-    dims = list(x.shape)
+    dims = list(xshape)
     for a in ax:
         dims.insert(a, 1)
-    return x.reshape(dims)
+    return dims
+
+
+def _unsqueeze(x, axes):
+    return x.reshape(_unsqueeze_dims(x.shape, axes))
 
 
 @op("Unsqueeze", since=1, data_movement=True)
@@ -268,15 +282,16 @@ def split18(ctx, x, split=None, *, axis=0, num_outputs=None):
     return _split(ctx, x, axis, split, num_outputs)
 
 
-def _slice(x, starts, ends, axes, steps):
+def _slice_index(xshape: tuple, starts, ends, axes, steps) -> tuple[tuple, bool]:
+    """The numpy index of an ONNX Slice on shape xshape, and whether every step is 1."""
     starts, ends = _ints(starts), _ints(ends)
     axes = list(range(len(starts))) if axes is None else _ints(axes)
     steps = [1] * len(starts) if steps is None else _ints(steps)
     if not len(starts) == len(ends) == len(axes) == len(steps):
         raise ExecutionError("Slice: starts, ends, axes and steps differ in length")
-    idx = [slice(None)] * x.ndim
-    for s, e, a, st in zip(starts, ends, _axes(axes, x.ndim), steps):
-        dim = x.shape[a]
+    idx = [slice(None)] * len(xshape)
+    for s, e, a, st in zip(starts, ends, _axes(axes, len(xshape)), steps):
+        dim = xshape[a]
         if st == 0:
             raise ExecutionError("Slice: step is zero")
         s = s + dim if s < 0 else s
@@ -286,8 +301,16 @@ def _slice(x, starts, ends, axes, steps):
         else:
             s, e = min(max(s, 0), dim - 1), min(max(e, -1), dim - 1)
         idx[a] = slice(s, None if e < 0 else e, st)
-    r = x[tuple(idx)]
-    return r if all(st == 1 for st in steps) and r.flags.c_contiguous else np.ascontiguousarray(r)
+    return tuple(idx), all(st == 1 for st in steps)
+
+
+def _slice_apply(x, idx_unit):
+    r = x[idx_unit[0]]
+    return r if idx_unit[1] and r.flags.c_contiguous else np.ascontiguousarray(r)
+
+
+def _slice(x, starts, ends, axes, steps):
+    return _slice_apply(x, _slice_index(x.shape, starts, ends, axes, steps))
 
 
 @op("Slice", since=1, data_movement=True)
@@ -454,3 +477,76 @@ def compress(ctx, x, condition, *, axis=None):
         return flat[:cond.size][cond[:flat.size]].copy()
     ax = _axis(axis, x.ndim)
     return np.compress(cond[:x.shape[ax]], x, axis=ax)
+
+
+# --- fp32 schedules: shape ops with constant parameters ---------------------------------------
+# The interpreter's fp32 schedule calls `fn.specialize(node, constant inputs)` once per model.
+# When every parameter of a Slice/Reshape/Squeeze/Unsqueeze is constant, the index or target
+# shape depends on the input's shape alone: computed once per input shape (errors included,
+# raised by the same code as the general op), then each call is one numpy indexing or reshape.
+
+_MEMO_MAX = 64  # distinct input shapes kept per node (streaming models see one or a few)
+
+
+def _by_shape(make, apply):
+    cache: dict = {}
+
+    def fn(ctx, x, *rest, **attrs):
+        p = cache.get(x.shape)
+        if p is None:
+            if len(cache) >= _MEMO_MAX:
+                cache.clear()
+            p = cache[x.shape] = make(x.shape)
+        return apply(x, p)
+    return fn
+
+
+def _params(node, consts: dict, n: int) -> list | None:
+    """Inputs 1..n as constants (None where absent); None when one is computed at run time."""
+    out = []
+    for i in range(1, n + 1):
+        t = node.inputs[i] if i < len(node.inputs) else ""
+        if t and i not in consts:
+            return None
+        out.append(consts.get(i) if t else None)
+    return out
+
+
+def _reshape_fn(x, dims):
+    return x.reshape(dims)
+
+
+def _specialize_slice(node, consts):
+    if "starts" in node.attrs:  # opset 1: attributes
+        p = [node.attrs["starts"], node.attrs["ends"], node.attrs.get("axes"), None]
+    else:
+        p = _params(node, consts, 4)
+    return None if p is None else _by_shape(lambda shp: _slice_index(shp, *p), _slice_apply)
+
+
+def _specialize_reshape(node, consts):
+    p = _params(node, consts, 1)
+    if p is None or p[0] is None:
+        return None
+    return _by_shape(lambda shp: _reshape_dims(shp, p[0], node.attrs.get("allowzero", 0)), _reshape_fn)
+
+
+def _axes_param(node, consts):
+    """[axes] of Squeeze/Unsqueeze (attribute before opset 13, else input 1), None at run time."""
+    return [node.attrs["axes"]] if "axes" in node.attrs else _params(node, consts, 1)
+
+
+def _specialize_squeeze(node, consts):
+    p = _axes_param(node, consts)
+    return None if p is None else _by_shape(lambda shp: _squeeze_dims(shp, p[0]), _reshape_fn)
+
+
+def _specialize_unsqueeze(node, consts):
+    p = _axes_param(node, consts)
+    return None if p is None or p[0] is None else _by_shape(lambda shp: _unsqueeze_dims(shp, p[0]), _reshape_fn)
+
+
+for _f, _s in ((slice1, _specialize_slice), (slice10, _specialize_slice), (reshape, _specialize_reshape),
+               (reshape14, _specialize_reshape), (squeeze, _specialize_squeeze), (squeeze13, _specialize_squeeze),
+               (unsqueeze, _specialize_unsqueeze), (unsqueeze13, _specialize_unsqueeze)):
+    _f.specialize = _s
