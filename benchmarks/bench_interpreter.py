@@ -1,7 +1,9 @@
 """halfsim fp32 against ONNX Runtime's CPU EP (same thread count) and onnx.reference's
 ReferenceEvaluator on the validation manifest's real models, side by side in one run.
 
-Time: median of --runs runs (default 5) after one warm-up, same inputs, same process.
+Time: median of --runs runs (default 5) after one warm-up, same inputs, same process; ORT's
+and halfsim's runs interleaved (each timed call right after an untimed one), then
+ReferenceEvaluator's. HALFSIM_THREADS is set to --threads so both sides use the same count.
 Memory: peak RSS (VmHWM; ru_maxrss where /proc is missing) of a fresh subprocess per backend per model that imports the
 backend, builds the inputs, then loads the model and runs it twice; reported as the peak
 minus the RSS just before the model was loaded (the model's own cost), and the total peak.
@@ -106,6 +108,37 @@ def peak_memory(backend: str, name: str, feeds_npz: str, threads: int, timeout: 
     return {"peak_mb": d["peak_kb"] / 1024, "model_mb": (d["peak_kb"] - d["base_kb"]) / 1024}
 
 
+def time_interleaved(runners: dict, feeds, runs: int, budget: float, pause: float) -> dict:
+    """Median ms per backend with the backends' runs interleaved (A B B A A B ...), so that
+    a change in the shared machine's load hits both sides alike. Each timed call follows an
+    untimed one of the same backend (its threads and caches warm again after the other ran:
+    the back-to-back use of a streaming model), after `pause` seconds of sleep."""
+    out, ts, live = {}, {}, []
+    for b, run in runners.items():
+        t0 = time.perf_counter()
+        run(feeds)  # warm-up (numba compilation, ORT arena, caches)
+        warm = time.perf_counter() - t0
+        if warm > budget:
+            out[b] = {"ms": warm * 1e3, "runs": 0, "note": "warm-up only (over budget)"}
+        else:
+            ts[b] = []
+            live.append(b)
+    start = time.perf_counter()
+    for i in range(runs):
+        for b in (live if i % 2 == 0 else live[::-1]):
+            if pause:
+                time.sleep(pause)
+            runners[b](feeds)
+            t = time.perf_counter()
+            runners[b](feeds)
+            ts[b].append(time.perf_counter() - t)
+        if time.perf_counter() - start > 2 * budget * max(1, len(live)):
+            break
+    for b in live:
+        out[b] = {"ms": float(np.median(ts[b])) * 1e3, "runs": len(ts[b])}
+    return out
+
+
 def time_backend(run, feeds, runs: int, budget: float) -> dict:
     t0 = time.perf_counter()
     run(feeds)  # warm-up (numba compilation, ORT arena, caches)
@@ -132,9 +165,11 @@ def profile_halfsim(path: str, feeds: dict, repeats: int = 3) -> dict[str, float
     m = halfsim.load(path)
     m.run(feeds)
     acc: dict[str, float] = {}
+    count = [0]
 
     def timed(fn, key):
         def run(*a, **k):
+            count[0] += 1
             t = time.perf_counter()
             try:
                 return fn(*a, **k)
@@ -147,14 +182,17 @@ def profile_halfsim(path: str, feeds: dict, repeats: int = 3) -> dict[str, float
     best: dict[str, float] = {}
     for _ in range(repeats):
         acc.clear()
+        count[0] = 0
         m.run(feeds)
         for k, v in acc.items():
             best[k] = min(best.get(k, float("inf")), v)
-    return dict(sorted(best.items(), key=lambda kv: -kv[1]))
+    # "#steps": op calls per run (folded constants excluded, fused Conv chains one each):
+    # with ORT's time, the per-node floor a Python dispatcher is measured against.
+    return {"#steps": count[0], **dict(sorted(best.items(), key=lambda kv: -kv[1]))}
 
 
 def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: float, memory: bool,
-                profile: bool, tmpdir: str) -> dict:
+                profile: bool, tmpdir: str, pause: float = 0.0) -> dict:
     name = e["name"]
     rec: dict = {"name": name, "time": {}, "memory": {}}
     path = str(fetch.fetch(name))
@@ -164,16 +202,25 @@ def bench_model(e: dict, runs: int, threads: int, ref_budget: float, budget: flo
     np.savez(feeds_npz, **feeds)
     miss = missing_ops(proto)
     del proto
+    # ORT and halfsim interleaved; ReferenceEvaluator (10-100x slower) on its own afterwards.
+    pair = {}
     for b in BACKENDS:
         if b == "halfsim" and miss:
             rec["time"][b] = {"error": "halfsim lacks " + ", ".join(m["op_type"] for m in miss)}
             continue
+        if b == "reference":
+            rec["time"].update(time_interleaved(pair, feeds, runs, budget, pause))
         try:
             run = make_runner(b, path, threads)
-            rec["time"][b] = time_backend(run, feeds, runs, ref_budget if b == "reference" else budget)
+            if b == "reference":
+                rec["time"][b] = time_backend(run, feeds, runs, ref_budget)
+            else:
+                run(feeds)  # errors here, not inside the interleaved loop
+                pair[b] = run
         except Exception as ex:
             msg = str(ex).strip().splitlines()
             rec["time"][b] = {"error": f"{type(ex).__name__}: {msg[0][:120] if msg else ''}"}
+    for b in BACKENDS:
         if memory and "error" not in rec["time"][b]:
             rec["memory"][b] = peak_memory(b, name, feeds_npz, threads,
                                            timeout=max(120.0, 10 * rec["time"][b]["ms"] / 1e3 + 60))
@@ -245,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: numpy's)")
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per backend and model")
+    ap.add_argument("--pause", type=float, default=0.0, help="seconds of sleep before each ORT/halfsim warm+timed pair")
     ap.add_argument("--ref-budget", type=float, default=60.0, help="the same for ReferenceEvaluator")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="skip halfsim's time per op type")
@@ -252,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", nargs=3, metavar=("BACKEND", "MODEL", "FEEDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or compute_threads()
+    os.environ["HALFSIM_THREADS"] = str(threads)  # halfsim's split kernels: ORT's intra-op count
     if args._child:
         child(args._child[0], args._child[1], args._child[2], threads)
         return 0
@@ -268,16 +317,21 @@ def main(argv: list[str] | None = None) -> int:
         for e in manifest:
             print(f"[{e['name']}] ...", file=sys.stderr, flush=True)
             recs.append(bench_model(e, args.runs, threads, args.ref_budget, args.budget, not args.no_memory,
-                                    not args.no_profile, td))
+                                    not args.no_profile, td, args.pause))
     print(table(recs))
     print(summary(recs))
     prof = [r for r in recs if r.get("halfsim_ops_ms")]
     if prof:
         print("halfsim time by op type (ms in one run, top 4):")
         for r in prof:
-            tot = sum(r["halfsim_ops_ms"].values())
-            top = list(r["halfsim_ops_ms"].items())[:4]
-            print(f"  {r['name']:<17} total {tot:8.1f}: " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in top))
+            ops = dict(r["halfsim_ops_ms"])
+            n = ops.pop("#steps")
+            tot = sum(ops.values())
+            top = list(ops.items())[:4]
+            o, h = _get(r, "time", "ort", "ms"), _get(r, "time", "halfsim", "ms")
+            per = f"; {n} steps/run, per step: ORT {1e3 * o / n:.1f} us, halfsim {1e3 * h / n:.1f} us" if o and h and n else ""
+            print(f"  {r['name']:<17} total {tot:8.1f}: " + ", ".join(f"{k} {v:.1f} ({100 * v / tot:.0f}%)" for k, v in top)
+                  + per)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"version": 1, "threads": threads, "models": recs}, f, indent=1)
