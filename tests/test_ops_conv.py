@@ -262,3 +262,22 @@ def test_conv_integer_exact_on_both_paths(cin):
     x[0, :, :3] = 255  # some windows reach the extreme sum
     check_op("ConvInteger", [x, w, np.array(0, np.uint8), np.array(0, np.int8)], {"pads": [1, 1, 1, 1]}, opset=10,
              initializers=(1, 3), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_global_average_pool_specials(dtype):
+    # The plain path sums planes with a BLAS matrix-vector product: NaN and inf propagate as in ORT.
+    x = r(2, 5, 6, 7, dtype=dtype)
+    x[0, 1, 2, 3] = np.nan
+    x[0, 2, 0, 0] = np.inf
+    x[1, 3, 1, 1], x[1, 3, 2, 2] = np.inf, -np.inf
+    x[1, 4] *= 1e30
+    if dtype == np.float32:
+        check_op("GlobalAveragePool", [x], rtol=1e-5, atol=1e-6)
+        return
+    # ORT has no float64 kernel: numpy's mean is the oracle.
+    import halfsim
+    from opcheck import make_model
+    got = halfsim.load(make_model("GlobalAveragePool", [x])).run({"in0": x})["out0"]
+    assert got.dtype == np.float64
+    np.testing.assert_allclose(got, np.mean(x, axis=(2, 3), keepdims=True), rtol=1e-12)

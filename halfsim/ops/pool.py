@@ -143,6 +143,11 @@ def average_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, count_include_pad=0,
 def global_average_pool(ctx, x):
     axes = tuple(range(2, x.ndim))
     n = math.prod(x.shape[2:])
+    if ctx.plain and x.dtype in (np.float32, np.float64) and x.size and x.flags.c_contiguous:
+        # Plane sums as one BLAS matrix-vector product with ones: 3x faster than np.sum over
+        # the spatial axes on the SE blocks of PP-OCR models (same sums up to order).
+        s = x.reshape(-1, n) @ np.ones(n, x.dtype)
+        return (s / x.dtype.type(n)).reshape(x.shape[:2] + (1,) * len(axes))
     return (ctx.sum(x, axis=axes, keepdims=True) / np.asarray(n, x.dtype)).astype(x.dtype, copy=False)
 
 
