@@ -1,26 +1,31 @@
 """Register-tiled tensor-core GEMM: the fp32-output, toward-zero block FMA of kernels.tensorcore
-(same bits as dot_scalar) for inputs whose nonzero values lie in [2**-30, 2**31).
+(same bits as dot_scalar) for inputs whose nonzero values lie in [2**-30, 2**31) and a C whose
+nonzero values lie in [2**-99, 2**100); tile_gemm says None otherwise.
 
 A tile of _TR rows x _TW columns of the output keeps its accumulators in AVX2 registers
-(<8 x float>) for the whole K loop; per block of blk products and per lane:
+(<8 x float>) for a chunk of K; per block of blk products and per lane:
   * the alignment exponent is an int32 maximum: emax = max(C's biased exponent field,
     ea_k + eb_k + 127 over the block, 28). Zero inputs carry the exponent -2^20, so they never
-    set it; the floor 28 (2^-99) only acts when every term is zero (a nonzero product is >= 2^-60,
-    a nonzero C >= 2^-99: C either comes from a block, and is then >= 2^-87, or is the caller's,
-    checked by tile_gemm);
-  * G = 2^(w - emax) and 2^(emax - w) are float32 bit patterns (normal for w <= 27);
+    set it. The floor 28 (2^-99) only acts when every term is zero: a nonzero product is
+    >= 2^-60 and a nonzero C >= 2^-99 (the caller's by the check, a block's as it is at least
+    one unit 2^(emax - w) >= 2^-87);
+  * G = 2^(w - emax) and 2^(emax - w) are float32 bit patterns, normal for 3 <= w <= 27;
   * each term trunc(a*b*G) and trunc(C*G) is an exact float32 product (at most 24 significant
-    bits, no overflow: < 2^(w+2)) converted to int32 toward zero, and the block sum S is an
-    int32: |S| < 2^(w+1) + blk * 2^(w+2). Where that bound passes 2^31 (K=16 with w=25: the
-    H100 fp16/bf16 units), the products alone still fit, and a lane whose sum leaves
-    [-2^30, 2^30] is marked and recomputed by dot_scalar (the "checked" kernel);
-  * the result RZ(S * 2^(emax - w)) is float32(|S|) stepped one ulp toward zero where the
-    conversion rounded up, the sign put back, times 2^(emax - w) (exact: the result is >= 2^-126
-    as emax >= 28), clamped to +-FLT_MAX (IEEE toward zero never overflows to inf).
+    bits, < 2^(w+2); a product below 1 truncates to 0 however it rounds) converted to int32
+    toward zero, and the block sum S is an int32: |S| < 2^(w+1) + blk * 2^(w+2). Where that
+    bound passes 2^31 (K=16 with w=25: the H100 fp16/bf16 units) the products alone still fit,
+    and a lane whose sum leaves [-2^30, 2^30] is marked NaN and recomputed by the caller
+    through dot_scalar (the "checked" kernel);
+  * the result RZ(S * 2^(emax - w)) is float32(S) rounded toward zero (by MXCSR's rounding
+    field on x86, else by stepping a nearest conversion back), times 2^(emax - w): exact, as
+    the result is >= 2^-126 and, since truncation only shrinks terms, below
+    |C| + sum |a*b| < 2^100 + K * 2^62: no subnormal and no overflow to handle.
 numba has no SIMD types and LLVM does not keep such a tile in registers by itself, so the tile
 is emitted as LLVM IR (as kernels.accumulate does for the strict fp16 GEMM).
 """
 from __future__ import annotations
+
+import platform
 
 import numpy as np
 from llvmlite import ir
@@ -28,21 +33,23 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_TR, _TV, _TL = 4, 1, 8  # tile rows, vectors per row, lanes per vector (AVX2)
+_TR, _TV, _TL = 6, 1, 8  # tile rows, vectors per row, lanes per vector (AVX2)
 _TW = _TV * _TL  # tile columns
 _KC = 128  # products per K chunk: a chunk of A's rows and of B stays in L2 across tiles
 _ZERO_E = -(1 << 20)  # exponent of zero inputs: sums with it stay far below every real one
-_C_MIN = 2.0 ** -99  # smallest nonzero |C| the tile takes (see the module docstring)
+_C_MIN, _C_MAX = 2.0 ** -99, 2.0 ** 100  # range of a nonzero C the tile takes (module docstring)
 _F32_MAX = float(np.finfo(np.float32).max)
 _F2 = types.Array(types.float32, 2, "C")
 _I2 = types.Array(types.int32, 2, "C")
 
 
-def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
+def _make_tile(checked: bool, rz_mode: bool):
     """Intrinsic tile(av, ae, bv, be, acc, i0, ka0, kb0, j0, nblk, blk, w): acc[i0:i0+_TR,
     j0:j0+_TW] <- nblk chained blocks of blk products (columns ka0.. of av/ae, rows kb0.. of
     bv/be), starting from the C held there. checked: lanes whose block sum may have left int32
-    come back NaN, and stay NaN in later chunks."""
+    come back NaN, and stay NaN in later chunks. rz_mode: the int32 -> float32 conversion of
+    the block sum rounds toward zero by itself, MXCSR's rounding field set for the tile's span
+    (x86 only); else it rounds to nearest and is corrected."""
     L = _TL
     i32 = ir.IntType(32)
     fv, iv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L)
@@ -95,29 +102,31 @@ def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
                     builder.store(x, acc[r][v])
                     builder.store(builder.sext(builder.fcmp_unordered("uno", x, x), iv), bad[r][v])
             arow = [builder.add(builder.mul(builder.add(i0_, idx(r)), Ka), ka0_) for r in R]
+            if rz_mode:
+                csr = cgutils.alloca_once(builder, i32)
+                i8p = ir.IntType(8).as_pointer()
+                fnty = ir.FunctionType(ir.VoidType(), [i8p])
+                stm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
+                ldm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
+                builder.call(stm, [builder.bitcast(csr, i8p)])
+                saved = builder.load(csr)
+                builder.store(builder.or_(saved, ir.Constant(i32, 0x6000)), csr)  # RC = toward zero
+                builder.call(ldm, [builder.bitcast(csr, i8p)])
             with cgutils.for_range(builder, nblk_) as blo:  # allocas become registers (mem2reg)
                 k0 = builder.mul(blo.index, blk_)
                 for r in R:
                     for v in V:  # C's exponent field (zero C: 0, below the floor)
                         cb = builder.bitcast(builder.load(acc[r][v]), iv)
                         builder.store(builder.and_(builder.lshr(cb, ci(23)), ci(0xFF)), em[r][v])
-                with cgutils.for_range(builder, blk_) as kl:
-                    k = builder.add(k0, kl.index)
+                def exps(k):  # em <- max(em, ea_k + eb_k)
                     brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
                     ebk = [builder.load(vptr(BE, builder.add(brow, idx(L * v)), iv), align=4) for v in V]
                     for r in R:
                         ea = splat(builder.load(builder.gep(AE.data, [builder.add(arow[r], k)])), iv)
                         for v in V:
                             builder.store(smax(builder.load(em[r][v]), builder.add(ea, ebk[v])), em[r][v])
-                for r in R:
-                    for v in V:
-                        e = smax(builder.load(em[r][v]), ci(28))
-                        g = builder.bitcast(builder.shl(builder.sub(g_bias, e), ci(23)), fv)
-                        builder.store(g, G[r][v])
-                        builder.store(builder.shl(builder.sub(e, s_bias), ci(23)), em[r][v])  # 2^(emax-w)
-                        builder.store(builder.fptosi(builder.fmul(builder.load(acc[r][v]), g), iv), S[r][v])
-                with cgutils.for_range(builder, blk_) as kl:
-                    k = builder.add(k0, kl.index)
+
+                def products(k):  # S <- S + trunc(a_k * b_k * G)
                     brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
                     bk = [builder.load(vptr(B, builder.add(brow, idx(L * v)), fv), align=4) for v in V]
                     for r in R:
@@ -125,21 +134,37 @@ def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
                         for v in V:
                             t = builder.fptosi(builder.fmul(builder.fmul(a, bk[v]), builder.load(G[r][v])), iv)
                             builder.store(builder.add(builder.load(S[r][v]), t), S[r][v])
+
+                def over_block(body):
+                    with cgutils.for_range(builder, blk_) as kl:
+                        body(builder.add(k0, kl.index))
+
+                over_block(exps)
+                for r in R:
+                    for v in V:
+                        e = smax(builder.load(em[r][v]), ci(28))
+                        g = builder.bitcast(builder.shl(builder.sub(g_bias, e), ci(23)), fv)
+                        builder.store(g, G[r][v])
+                        builder.store(builder.shl(builder.sub(e, s_bias), ci(23)), em[r][v])  # 2^(emax-w)
+                        builder.store(builder.fptosi(builder.fmul(builder.load(acc[r][v]), g), iv), S[r][v])
+                over_block(products)
                 for r in R:
                     for v in V:
                         s = builder.load(S[r][v])
-                        mag = builder.select(builder.icmp_signed("<", s, ci(0)), builder.sub(ci(0), s), s)
                         if checked:  # |S| > 2^30, or S = -2^31 (its magnitude wraps): maybe overflowed
-                            out = builder.icmp_signed(">", builder.sub(mag, ci(1)), ci((1 << 30) - 1))
-                            builder.store(builder.or_(builder.load(bad[r][v]), builder.sext(out, iv)), bad[r][v])
-                            mag = builder.select(builder.icmp_signed("<", mag, ci(1 << 30)), mag, ci(1 << 30))
-                        f = builder.sitofp(mag, fv)  # nearest: step back where it rounded up
-                        up = builder.sext(builder.icmp_signed(">", builder.fptosi(f, iv), mag), iv)
-                        fb = builder.add(builder.bitcast(f, iv), up)
-                        fb = builder.or_(fb, builder.and_(s, ci(-0x80000000)))
+                            mag = builder.select(builder.icmp_signed("<", s, ci(0)), builder.sub(ci(0), s), s)
+                            out = builder.sext(builder.icmp_signed(">", builder.sub(mag, ci(1)), ci((1 << 30) - 1)), iv)
+                            builder.store(builder.or_(builder.load(bad[r][v]), out), bad[r][v])
+                            s = builder.and_(s, builder.not_(out))  # a marked lane goes on from 0
+                        if rz_mode:  # the conversion itself rounds toward zero
+                            fb = builder.bitcast(builder.sitofp(s, fv), iv)
+                        else:  # |S| to nearest, one step back where it rounded up, the sign put back
+                            mag = builder.select(builder.icmp_signed("<", s, ci(0)), builder.sub(ci(0), s), s)
+                            f = builder.sitofp(mag, fv)
+                            up = builder.sext(builder.icmp_signed(">", builder.fptosi(f, iv), mag), iv)
+                            fb = builder.add(builder.bitcast(f, iv), up)
+                            fb = builder.or_(fb, builder.and_(s, ci(-0x80000000)))
                         x = builder.fmul(builder.bitcast(fb, fv), builder.bitcast(builder.load(em[r][v]), fv))
-                        x = builder.select(builder.fcmp_ordered("<", x, cf(_F32_MAX)), x, cf(_F32_MAX))
-                        x = builder.select(builder.fcmp_ordered(">", x, cf(-_F32_MAX)), x, cf(-_F32_MAX))
                         builder.store(x, acc[r][v])
             for r in R:
                 for v in V:
@@ -148,6 +173,9 @@ def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
                         x = builder.select(builder.icmp_signed("!=", builder.load(bad[r][v]), ci(0)),
                                            cf(float("nan")), x)
                     builder.store(x, vptr(O, builder.add(orow[r], idx(L * v)), fv), align=4)
+            if rz_mode:
+                builder.store(saved, csr)
+                builder.call(ldm, [builder.bitcast(csr, i8p)])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -155,7 +183,10 @@ def _make_tile(checked: bool, _TR: int = _TR, _TV: int = _TV):
     return tile
 
 
-_TILE, _TILE_CHECKED = _make_tile(False), _make_tile(True)
+# rounding-mode control through MXCSR: x86 only (numba compiles for the host)
+HW_RZ: bool = platform.machine().lower() in ("x86_64", "amd64")
+_T0, _T1 = _make_tile(False, False), _make_tile(True, False)
+_T2, _T3 = (_make_tile(False, True), _make_tile(True, True)) if HW_RZ else (_T0, _T1)
 
 
 @njit(cache=True, parallel=True)
@@ -233,7 +264,7 @@ def _put(x, mbits, emin, bias, v, e, r, c):
 @njit(cache=True, parallel=True)
 def _prepare_c(c, rows_to, cols_to):
     """C [nb, M, N] -> the padded accumulator [nb*rows_to, cols_to] (non-finite C as 0: those
-    outputs are recomputed), and whether every nonzero finite |C| is >= _C_MIN."""
+    outputs are recomputed), and whether every nonzero finite |C| lies in [_C_MIN, _C_MAX)."""
     nb, M, N = c.shape
     acc = np.zeros((nb * rows_to, cols_to), np.float32)
     bad = 0
@@ -244,14 +275,14 @@ def _prepare_c(c, rows_to, cols_to):
             x = c[bi, i, j]
             if np.isfinite(x):
                 acc[bi * rows_to + i, j] = x
-                bad += 1 if (x != 0 and abs(x) < _C_MIN) else 0
+                bad += 1 if (x != 0 and (abs(x) < _C_MIN or abs(x) >= _C_MAX)) else 0
     return acc, bad == 0
 
 
 @njit(cache=True, parallel=True)
-def _tiles(av, ae, bv, be, acc, nb, kp, blk, w, checked):
+def _tiles(av, ae, bv, be, acc, nb, kp, blk, w, mode):
     """Every tile of acc [nb*Mp, Np]: K in chunks (acc holds the chained C between them), each
-    chunk in parallel over row tiles."""
+    chunk in parallel over row tiles. mode: 1 checked, + 2 with MXCSR's rounding."""
     rows = acc.shape[0] // nb
     mt = acc.shape[0] // _TR
     nt = acc.shape[1] // _TW
@@ -262,10 +293,15 @@ def _tiles(av, ae, bv, be, acc, nb, kp, blk, w, checked):
             i0 = t * _TR
             kb0 = i0 // rows * kp + k0
             for jt in range(nt):
-                if checked:
-                    _TILE_CHECKED(av, ae, bv, be, acc, i0, k0, kb0, jt * _TW, nblk, blk, w)
+                j0 = jt * _TW
+                if mode == 0:
+                    _T0(av, ae, bv, be, acc, i0, k0, kb0, j0, nblk, blk, w)
+                elif mode == 1:
+                    _T1(av, ae, bv, be, acc, i0, k0, kb0, j0, nblk, blk, w)
+                elif mode == 2:
+                    _T2(av, ae, bv, be, acc, i0, k0, kb0, j0, nblk, blk, w)
                 else:
-                    _TILE(av, ae, bv, be, acc, i0, k0, kb0, jt * _TW, nblk, blk, w)
+                    _T3(av, ae, bv, be, acc, i0, k0, kb0, j0, nblk, blk, w)
 
 
 def _up(n: int, m: int) -> int:
@@ -278,7 +314,7 @@ def tile_area(m: int, n: int) -> int:
 
 
 def tile_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma: int, emin_a: int,
-              mb: int, emin_b: int) -> np.ndarray | None:
+              mb: int, emin_b: int, hw_rz: bool = HW_RZ) -> np.ndarray | None:
     """a [nb, M, K], b [nb, K, N], c [nb, M, N] float32 -> D [nb, M, N] with fp32 output and
     toward-zero block rounding, without the outputs that have non-finite inputs or C (the caller
     recomputes those, and NaN lanes); None where the tile's conditions fail (then nothing is
@@ -299,5 +335,5 @@ def tile_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma:
     if not ok:
         return None
     checked = (1 << (w + 1)) + blk * (1 << (w + 2)) > (1 << 31) - 1
-    _tiles(av, ae, bv, be, acc, nb, kp, blk, w, checked)
+    _tiles(av, ae, bv, be, acc, nb, kp, blk, w, int(checked) + 2 * int(hw_rz and HW_RZ))
     return acc.reshape(nb, mp, np_)[:, :M, :N]

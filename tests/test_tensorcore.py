@@ -578,12 +578,13 @@ def test_tiled_kernel_matches_dot_scalar(name):
     c[:, :, :2] = 0.0
     c[0, 1] = -c[0, 1]
     p = _params(model, fmts)
-    got = tc_tile.tile_gemm(a, b, c, *p[:6])
-    assert got is not None  # the tile took it
     want = _scalar_gemm(a, b, c, model, fmts)
-    nan = np.isnan(got)  # lanes the checked kernel hands back (H100 fp16/bf16 only)
-    assert not nan.any() or model.k * 2 ** (p[1] + 2) + 2 ** (p[1] + 1) > 2 ** 31 - 1
-    assert _same_bits(got[~nan], want[~nan]).all(), np.argwhere(~_same_bits(got, want) & ~nan)[:5]
+    for hw_rz in {tc_tile.HW_RZ, False}:  # block sums rounded by MXCSR's mode, or corrected
+        got = tc_tile.tile_gemm(a, b, c, *p[:6], hw_rz=hw_rz)
+        assert got is not None  # the tile took it
+        nan = np.isnan(got)  # lanes the checked kernel hands back (H100 fp16/bf16 only)
+        assert not nan.any() or model.k * 2 ** (p[1] + 2) + 2 ** (p[1] + 1) > 2 ** 31 - 1
+        assert _same_bits(got[~nan], want[~nan]).all(), np.argwhere(~_same_bits(got, want) & ~nan)[:5]
     assert _same_bits(gemm(a, b, model, c=c, in_format=fmts), want).all()
 
 
@@ -609,12 +610,15 @@ def test_tiled_kernel_orientation_batches_and_fallbacks():
     got = gemm(a, b, model, c=c)
     assert _same_bits(got, want).all()
     assert np.isinf(got[0, 9, 2]) and np.isnan(got[2, :, 1]).all()
-    # out of the tile's range: a nonzero C below 2^-99, an input beyond 2^31; same bits anyway
-    for where in ("c", "a"):
+    # out of the tile's range: a nonzero C below 2^-99 or from 2^100, an input beyond 2^31;
+    # same bits anyway
+    for where in ("c", "C", "a"):
         a2, c2 = np.where(np.isfinite(a), a, 1.0), np.where(np.isfinite(c), c, 1.0)
         b2 = np.where(np.isfinite(b), b, 1.0)
         if where == "c":
             c2[1, 2, 0] = 2.0 ** -120
+        elif where == "C":
+            c2[1, 2, 0] = -3.0e38  # near the top: a toward-zero overflow clamps to FLT_MAX
         else:
             a2[0, 0, 0] = 2.0 ** 40
         assert tc_tile.tile_gemm(a2, b2, c2, *p[:6]) is None
@@ -643,3 +647,23 @@ def test_tiled_kernel_checked_lanes_for_wide_blocks():
     assert _same_bits(got[0, :, 4:], want[0, :, 4:]).all()
     assert _same_bits(gemm(a, b, model, c=c), want).all()
     assert np.abs(want[0, :, :4]).min() > 64  # the recomputed lanes hold real sums
+
+
+def test_tiled_kernel_restores_the_rounding_mode():
+    # the tile sets MXCSR to toward-zero for its span (x86): afterwards, on the calling thread
+    # too, float32 arithmetic rounds to nearest again
+    import numba
+    from halfsim.kernels import tc_tile
+    rng = np.random.default_rng(5)
+    a = random_format_values(rng, (1, 12, 40), "fp16", -5, 5)
+    b = random_format_values(rng, (1, 40, 16), "fp16", -5, 5)
+    c = np.zeros((1, 12, 16), np.float32)
+    n = numba.get_num_threads()
+    numba.set_num_threads(1)  # the calling thread runs the tiles itself
+    try:
+        tc_tile.tile_gemm(a, b, c, 4, 23, 10, -14, 10, -14)
+    finally:
+        numba.set_num_threads(n)
+    one, frac = np.float32(1.0), np.float32(0.75 * 2.0 ** -23)
+    assert one + frac == np.float32(1.0 + 2.0 ** -23)  # toward zero would give 1.0
+    assert -one - frac == np.float32(-1.0 - 2.0 ** -23)
