@@ -375,6 +375,30 @@ def gru14(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, *, activatio
 # ---------------------------------------------------------------- LSTM -----------------------
 
 
+def _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, num_dir, hidden_size, cell):
+    """_run for LSTM without sequence_lens in layout 0 (streaming models: one step per
+    call), without its per-call index and mask arrays: the same cell calls, same results."""
+    H = _check(X, W, R, num_dir, 4, hidden_size, "LSTM")
+    T, Bn, I = X.shape
+    dt = X.dtype
+    init = []
+    for s in (initial_h, initial_c):
+        if s is not None and s.shape != (num_dir, Bn, H):
+            raise ExecutionError(f"LSTM: initial state has shape {list(s.shape)}, expected {[num_dir, Bn, H]}")
+        init.append(s)
+    Y = np.empty((T, num_dir, Bn, H), dtype=dt)
+    Yh, Yc = np.zeros((num_dir, Bn, H), dtype=dt), np.zeros((num_dir, Bn, H), dtype=dt)
+    for d in range(num_dir):
+        xw = ctx.matmul(np.ascontiguousarray(X).reshape(T * Bn, I), _wt(ctx, W[d])).reshape(T, Bn, 4 * H)
+        states = [np.zeros((Bn, H), dtype=dt) if s is None else np.asarray(s[d], dtype=dt) for s in init]
+        bd = None if bias is None else bias[d]
+        for t in (range(T - 1, -1, -1) if direction == "reverse" or d == 1 else range(T)):
+            states = cell(ctx, d, xw[t], states, bd)
+            Y[t, d] = states[0]
+        Yh[d], Yc[d] = states
+    return Y, Yh, Yc
+
+
 def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
           activations, clip, direction, hidden_size, input_forget, layout):
     num_dir = _num_dir(direction, "LSTM")
@@ -419,6 +443,9 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
             fg = 1 - i if coupled else ifo[:, 2 * H:]
             c_new = fg * c + i * np.tanh(pre[:, 3 * H:].astype(np.float64)).astype(pre.dtype)
             return [ifo[:, H:2 * H] * np.tanh(c_new.astype(np.float64)).astype(pre.dtype), c_new]
+        if sequence_lens is None and layout == 0:
+            return _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, num_dir, hidden_size,
+                                     lean)
         return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
                     hidden_size, 4, lean, 2)
 
