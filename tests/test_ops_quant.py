@@ -156,3 +156,24 @@ def test_quantize_bad_scale_shape():
                    initializers=(1,), opset=13)
     with pytest.raises(halfsim.errors.HalfsimError):
         halfsim.load(m).run({"in0": np.zeros((2, 3), np.float32)})
+
+
+@pytest.mark.parametrize("kind", ["normal", "positive", "negative", "zeros", "ties"])
+def test_dynamic_quantize_linear_large(kind):
+    # >= 16384 elements: the one-pass numba quantizer instead of numpy's
+    base = {"normal": rng.standard_normal(1000) * 3, "positive": rng.uniform(0.5, 3, 1000),
+            "negative": -rng.uniform(0.5, 3, 1000), "zeros": np.zeros(1000),
+            "ties": (np.arange(-51, 205) + 0.5) * (1 / 255 * 4)}[kind]
+    check_op("DynamicQuantizeLinear", [np.resize(base.astype(np.float32), (5, 4000))], n_outputs=3, opset=11)
+
+
+def test_dynamic_quantize_linear_large_non_finite_keeps_numpy_path():
+    from halfsim.ops import quant
+    x = rng.standard_normal(20000).astype(np.float32)
+    x[7] = np.inf
+    m = make_model("DynamicQuantizeLinear", [x], n_outputs=3, opset=11)
+    got = halfsim.load(m).run({"in0": x})
+    scale, zp = quant.dynamic_quant_params(x)
+    with np.errstate(invalid="ignore"):
+        want = quant.quantize(x, scale, zp, np.uint8)
+    np.testing.assert_array_equal(got["out0"], want)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ml_dtypes
 import numpy as np
+from numba import njit
 
 from ..errors import ExecutionError, ModelError
 from ..graph import np_dtype
@@ -144,8 +145,12 @@ def dequantize_linear_21(ctx, x, x_scale, x_zero_point=None, *, axis=1, block_si
 
 def dynamic_quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8]:
     """uint8 scale and zero point from the range of x widened to include 0 (ORT's rule)."""
-    lo = np.float32(min(0.0, float(x.min()))) if x.size else np.float32(0)
-    hi = np.float32(max(0.0, float(x.max()))) if x.size else np.float32(0)
+    return _range_params(x.min(), x.max()) if x.size else (np.float32(1), np.uint8(0))
+
+
+def _range_params(mn, mx) -> tuple[np.float32, np.uint8]:
+    lo = np.float32(min(0.0, float(mn)))
+    hi = np.float32(max(0.0, float(mx)))
     if hi == lo:  # all zeros: ORT reports scale 1, zero point 0
         return np.float32(1), np.uint8(0)
     scale = np.float32((hi - lo) / np.float32(255))
@@ -153,10 +158,29 @@ def dynamic_quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8]:
     return np.float32(scale), np.uint8(np.rint(zp))
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def _quantize_u8_nb(x, scale, zp, out):
+    # quantize(x, scale, zp, uint8) in one vectorized pass: the same float32 operations.
+    for i in range(x.size):
+        out[i] = np.uint8(min(np.float32(255.0), max(np.float32(0.0), np.rint(x[i] / scale) + zp)))
+
+
+# Below this many elements the numpy form: numba's first call maps ~45 MB of LLVM (see
+# recurrent.NUMBA_MIN), not worth it for a streaming model's few hundred values.
+_DQL_NUMBA_MIN = 1 << 14
+
+
 @op("DynamicQuantizeLinear", since=11)
 def dynamic_quantize_linear(ctx, x):
     if x.dtype != np.float32:
         raise ExecutionError(f"DynamicQuantizeLinear needs float32 input, got {x.dtype}")
-    scale, zp = dynamic_quant_params(x)
-    y = quantize(x, scale, np.uint8(zp), np.uint8)
+    mn, mx = (x.min(), x.max()) if x.size else (0, 0)
+    scale, zp = _range_params(mn, mx)
+    if x.size >= _DQL_NUMBA_MIN and np.isfinite(mn) and np.isfinite(mx):
+        # one pass instead of numpy's five (divide, rint, add, clip, cast); NaN/inf inputs keep
+        # numpy's handling
+        y = np.empty(x.shape, np.uint8)
+        _quantize_u8_nb(np.ascontiguousarray(x).reshape(-1), scale, np.float32(zp), y.reshape(-1))
+    else:
+        y = quantize(x, scale, np.uint8(zp), np.uint8)
     return y, np.asarray(scale, np.float32), np.asarray(zp, np.uint8)
