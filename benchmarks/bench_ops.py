@@ -15,6 +15,9 @@ than wall time there): 3x3 convs 1.4-2.2 (32x112x112 s1 1.6, s2 1.5, resnet 64x5
 MaxPool ~5.5, AveragePool 3.0, GlobalAveragePool 1.7, Gemm/MatMul/batched MatMul 0.9-1.2,
 Einsum 1.2-1.5, DynamicQuantizeMatMul 3.2. At 2 threads (quiet moment) the geomean of the
 table was 2.3: ORT's direct NCHWc convolutions scale better than im2col + OpenBLAS.
+The validation-model cases (rec/det/cls/magika shapes, Sigmoid, Clip, Relu) were added with
+the stride-1 depthwise kernel, the parallel conv tiles and the clip-ufunc/MLAS-sigmoid paths;
+`--only "("` runs just those.
 """
 from __future__ import annotations
 
@@ -89,6 +92,22 @@ def cases():
     c["avgpool 1x64x56x56 3x3 s1"] = model("AveragePool", r(1, 64, 56, 56), [],
                                            dict(kernel_shape=[3, 3], pads=[1] * 4, count_include_pad=0))
     c["globalavgpool 1x1280x7x7"] = model("GlobalAveragePool", r(1, 1280, 7, 7))
+    # Shapes of the validation models (PP-OCR det/rec/cls, magika, YOLO-style nudenet/ddddocr_det).
+    c["conv depthwise 1x240x12x94 5x5 (rec)"] = model("Conv", r(1, 240, 12, 94), [r(240, 1, 5, 5), r(240)],
+                                                      dict(pads=[2] * 4, group=240))
+    c["conv depthwise 1x192x8x26 5x5 (det)"] = model("Conv", r(1, 192, 8, 26), [r(192, 1, 5, 5), r(192)],
+                                                     dict(pads=[2] * 4, group=192))
+    c["conv depthwise 2x200x2x96 5x5 (cls)"] = model("Conv", r(2, 200, 2, 96), [r(200, 1, 5, 5), r(200)],
+                                                     dict(pads=[2] * 4, group=200))
+    c["conv 4x256x512x1 5x1 ->512 (magika)"] = model("Conv", r(4, 256, 512, 1), [r(512, 256, 5, 1), r(512)],
+                                                     dict(pads=[2, 0, 2, 0]))
+    c["conv 1x96x32x104 3x3 ->24 (det)"] = model("Conv", r(1, 96, 32, 104), [r(24, 96, 3, 3), r(24)],
+                                                 dict(pads=[1] * 4))
+    c["sigmoid 1x32x160x160 (yolo)"] = model("Sigmoid", r(1, 32, 160, 160))
+    c["clip 1x96x32x104 [0, 6] (ppocr)"] = model("Clip", r(1, 96, 32, 104), [np.float32(0).reshape(()),
+                                                                      np.float32(6).reshape(())], opset=13)
+    c["relu 1x64x56x56 (cls)"] = model("Relu", r(1, 64, 56, 56))
+    c["globalavgpool 1x480x3x94 (rec)"] = model("GlobalAveragePool", r(1, 480, 3, 94))
     c["gemm 1x1280 x 1280x1000"] = model("Gemm", r(1, 1280), [r(1000, 1280), r(1000)], dict(transB=1))
     c["matmul 128x768 x 768x3072"] = model("MatMul", r(1, 128, 768), [r(768, 3072)])
     c["matmul batched 12x128x64 x 12x64x128"] = model("MatMul", r(12, 128, 64), [r(12, 64, 128)])

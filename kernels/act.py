@@ -12,8 +12,10 @@ from .mlas import logistic_f32
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _logistic_range(x, out, lo, hi):
-    for i in range(lo, hi):
-        out[i] = logistic_f32(x[i])
+    # Zero-based loop over slices: LLVM vectorizes it (a loop from lo measured 4x slower).
+    xs, os_ = x[lo:hi], out[lo:hi]
+    for i in range(xs.size):
+        os_[i] = logistic_f32(xs[i])
 
 
 def logistic(x: np.ndarray) -> np.ndarray:
