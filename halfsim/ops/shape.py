@@ -255,16 +255,24 @@ def _split_sizes(dim: int, split, n_out: int, num_outputs=None) -> list[int]:
     return [dim // n_out] * n_out
 
 
+def _split_index(xshape: tuple, axis, split, n_out: int, num_outputs=None) -> list[tuple]:
+    ax = _axis(axis, len(xshape))
+    sizes = _split_sizes(xshape[ax], split, n_out, num_outputs)
+    idx = [slice(None)] * len(xshape)
+    out, a = [], 0
+    for n in sizes:
+        idx[ax] = slice(a, a + n)
+        out.append(tuple(idx))
+        a += n
+    return out
+
+
+def _split_apply(x, index: list[tuple]) -> tuple:
+    return tuple(np.ascontiguousarray(x[i]) for i in index)
+
+
 def _split(ctx, x, axis, split, num_outputs=None):
-    ax = _axis(axis, x.ndim)
-    sizes = _split_sizes(x.shape[ax], split, len(ctx.node.outputs), num_outputs)
-    offs = np.cumsum([0] + sizes)
-    idx = [slice(None)] * x.ndim
-    outs = []
-    for a, b in zip(offs[:-1], offs[1:]):
-        idx[ax] = slice(int(a), int(b))
-        outs.append(np.ascontiguousarray(x[tuple(idx)]))
-    return tuple(outs)
+    return _split_apply(x, _split_index(x.shape, axis, split, len(ctx.node.outputs), num_outputs))
 
 
 @op("Split", since=2, data_movement=True)
@@ -562,7 +570,19 @@ def _specialize_unsqueeze(node, consts):
     return None if p is None or p[0] is None else _by_shape(lambda shp: _unsqueeze_dims(shp, p[0]), _reshape_fn)
 
 
-for _f, _s in ((slice1, _specialize_slice), (slice10, _specialize_slice), (reshape, _specialize_reshape),
+def _specialize_split(node, consts):
+    split = node.attrs.get("split") if "split" in node.attrs else None
+    if split is None:
+        p = _params(node, consts, 1)
+        if p is None:
+            return None
+        split = p[0]
+    axis, n_out, num = node.attrs.get("axis", 0), len(node.outputs), node.attrs.get("num_outputs")
+    return _by_shape(lambda shp: _split_index(shp, axis, split, n_out, num), _split_apply)
+
+
+for _f, _s in ((split2, _specialize_split), (split13, _specialize_split), (split18, _specialize_split),
+               (slice1, _specialize_slice), (slice10, _specialize_slice), (reshape, _specialize_reshape),
                (reshape14, _specialize_reshape), (squeeze, _specialize_squeeze), (squeeze13, _specialize_squeeze),
                (unsqueeze, _specialize_unsqueeze), (unsqueeze13, _specialize_unsqueeze)):
     _f.specialize = _s
