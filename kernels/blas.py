@@ -75,16 +75,19 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     as in one call, up to the BLAS kernel's blocking."""
     if a.ndim < 2 or b.ndim < 2:
         return np.matmul(a, b)
-    if a.ndim > 2 and b.ndim == 2 and a.flags.c_contiguous and a.shape[-1] == b.shape[0]:
+    if a.ndim > 2 and b.ndim == 2 and math.prod(a.shape[:-2]) > 1 and a.flags.c_contiguous \
+            and a.shape[-1] == b.shape[0]:
         # [..., M, K] @ [K, N] is one [prod(...) * M, K] GEMM: numpy would call BLAS once per
         # leading index (transformer activations [batch, seq, K]: 1.5x slower).
         return matmul(a.reshape(-1, a.shape[-1]), b).reshape(a.shape[:-1] + b.shape[-1:])
     M, K = a.shape[-2:]
     N = b.shape[-1]
-    if M * N * K < _MIN_WORK // 64 or b.shape[-2] != K:  # cheap exit before the batch shape
+    mnk = M * N * K
+    # Cheap exits before the batch shape: the broadcast batch is at most the product of both.
+    if mnk * math.prod(a.shape[:-2]) * math.prod(b.shape[:-2]) < _MIN_WORK or b.shape[-2] != K:
         return np.matmul(a, b)
     batch = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
-    work = M * N * K * math.prod(batch)
+    work = mnk * math.prod(batch)
     if work < _MIN_WORK or threads() <= 1:
         return np.matmul(a, b)
     out = np.empty(batch + (M, N), dtype=np.result_type(a.dtype, b.dtype))
