@@ -4,9 +4,10 @@ nonzero values lie in [2**-99, 2**100); tile_gemm says None otherwise.
 
 A tile of _TR rows x _TW columns of the output keeps its accumulators in AVX2 registers
 (<8 x float>) for a chunk of K; per block of blk products and per lane:
-  * the alignment exponent is an int32 maximum: emax = max(C's biased exponent field,
-    ea_k + eb_k + 127 over the block, 28). Zero inputs carry the exponent -2^20, so they never
-    set it. The floor 28 (2^-99) only acts when every term is zero: a nonzero product is
+  * the alignment exponent is an integer maximum: emax = max(C's biased exponent field,
+    ea_k + eb_k + 127 over the block, 28), the products' part in int16 lanes (a tile row's 16
+    columns in one register). Zero inputs carry the exponent -16000, so they never set it. The
+    floor 28 (2^-99) only acts when every term is zero: a nonzero product is
     >= 2^-60 and a nonzero C >= 2^-99 (the caller's by the check, a block's as it is at least
     one unit 2^(emax - w) >= 2^-87);
   * G = 2^(w - emax) and 2^(emax - w) are float32 bit patterns, normal for 3 <= w <= 27;
@@ -33,14 +34,13 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-_TR, _TV, _TL = 6, 1, 8  # tile rows, vectors per row, lanes per vector (AVX2)
+_TR, _TV, _TL = 4, 2, 8  # tile rows, vectors per row, lanes per vector (AVX2)
 _TW = _TV * _TL  # tile columns
 _KC = 128  # products per K chunk: a chunk of A's rows and of B stays in L2 across tiles
-_ZERO_E = -(1 << 20)  # exponent of zero inputs: sums with it stay far below every real one
+_ZERO_E = -16000  # exponent of zero inputs: sums with it stay far below every real one, in int16
 _C_MIN, _C_MAX = 2.0 ** -99, 2.0 ** 100  # range of a nonzero C the tile takes (module docstring)
-_F32_MAX = float(np.finfo(np.float32).max)
 _F2 = types.Array(types.float32, 2, "C")
-_I2 = types.Array(types.int32, 2, "C")
+_H2 = types.Array(types.int16, 2, "C")
 
 
 def _make_tile(checked: bool, rz_mode: bool):
@@ -51,26 +51,24 @@ def _make_tile(checked: bool, rz_mode: bool):
     the block sum rounds toward zero by itself, MXCSR's rounding field set for the tile's span
     (x86 only); else it rounds to nearest and is corrected."""
     L = _TL
-    i32 = ir.IntType(32)
+    i16, i32 = ir.IntType(16), ir.IntType(32)
     fv, iv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L)
+    hv = ir.VectorType(i16, _TW)  # the tile row's exponents: int16 lanes, one AVX2 register
 
     def ci(x):
         return ir.Constant(iv, [x] * L)
 
-    def cf(x):
-        return ir.Constant(fv, [x] * L)
-
     @intrinsic
     def tile(typingctx, av, ae, bv, be, acc, i0, ka0, kb0, j0, nblk, blk, w):
-        sig = types.void(_F2, _I2, _F2, _I2, _F2, types.intp, types.intp, types.intp, types.intp,
+        sig = types.void(_F2, _H2, _F2, _H2, _F2, types.intp, types.intp, types.intp, types.intp,
                          types.intp, types.intp, types.intp)
 
         def codegen(context, builder, signature, args):
             av_, ae_, bv_, be_, acc_, i0_, ka0_, kb0_, j0_, nblk_, blk_, w_ = args
             A = context.make_array(_F2)(context, builder, av_)
-            AE = context.make_array(_I2)(context, builder, ae_)
+            AE = context.make_array(_H2)(context, builder, ae_)
             B = context.make_array(_F2)(context, builder, bv_)
-            BE = context.make_array(_I2)(context, builder, be_)
+            BE = context.make_array(_H2)(context, builder, be_)
             O = context.make_array(_F2)(context, builder, acc_)
             Ka = cgutils.unpack_tuple(builder, A.shape)[1]
             N = cgutils.unpack_tuple(builder, B.shape)[1]
@@ -81,7 +79,8 @@ def _make_tile(checked: bool, rz_mode: bool):
 
             def splat(x, vty):
                 v = builder.insert_element(ir.Constant(vty, ir.Undefined), x, ir.Constant(i32, 0))
-                return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined), ir.Constant(iv, [0] * L))
+                return builder.shuffle_vector(v, ir.Constant(vty, ir.Undefined),
+                                              ir.Constant(ir.VectorType(i32, vty.count), [0] * vty.count))
 
             def vptr(ary, off, vty):
                 return builder.bitcast(builder.gep(ary.data, [off]), vty.as_pointer())
@@ -89,19 +88,27 @@ def _make_tile(checked: bool, rz_mode: bool):
             def smax(x, y):
                 return builder.select(builder.icmp_signed(">", x, y), x, y)
 
+            def load(p):
+                return builder.load(p)
+
+            def store(x, p):
+                builder.store(x, p)
+
             w32 = builder.trunc(w_, i32)
             g_bias = splat(builder.add(w32, ir.Constant(i32, 254)), iv)  # G's biased exponent + emax
             s_bias = splat(w32, iv)
             R, V = range(_TR), range(_TV)
-            acc, em, G, S, bad = ([[cgutils.alloca_once(builder, t) for _ in V] for _ in R]
+            # per row r and vector v of 8 columns (allocas: registers after mem2reg)
+            acc, ce, G, S, bad = ([[cgutils.alloca_once(builder, t) for _ in V] for _ in R]
                                   for t in (fv, iv, fv, iv, iv))
+            em = [cgutils.alloca_once(builder, hv) for _ in R]  # the products' maximum, int16
             orow = [builder.add(builder.mul(builder.add(i0_, idx(r)), N), j0_) for r in R]
+            arow = [builder.add(builder.mul(builder.add(i0_, idx(r)), Ka), ka0_) for r in R]
             for r in R:
                 for v in V:
                     x = builder.load(vptr(O, builder.add(orow[r], idx(L * v)), fv), align=4)
-                    builder.store(x, acc[r][v])
-                    builder.store(builder.sext(builder.fcmp_unordered("uno", x, x), iv), bad[r][v])
-            arow = [builder.add(builder.mul(builder.add(i0_, idx(r)), Ka), ka0_) for r in R]
+                    store(x, acc[r][v])
+                    store(builder.sext(builder.fcmp_unordered("uno", x, x), iv), bad[r][v])
             if rz_mode:
                 csr = cgutils.alloca_once(builder, i32)
                 i8p = ir.IntType(8).as_pointer()
@@ -109,52 +116,54 @@ def _make_tile(checked: bool, rz_mode: bool):
                 stm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
                 ldm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
                 builder.call(stm, [builder.bitcast(csr, i8p)])
-                saved = builder.load(csr)
-                builder.store(builder.or_(saved, ir.Constant(i32, 0x6000)), csr)  # RC = toward zero
+                saved = load(csr)
+                store(builder.or_(saved, ir.Constant(i32, 0x6000)), csr)  # RC = toward zero
                 builder.call(ldm, [builder.bitcast(csr, i8p)])
-            with cgutils.for_range(builder, nblk_) as blo:  # allocas become registers (mem2reg)
+
+            def brow(k):
+                return builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
+
+            def a_at(ary, r, k):
+                return builder.load(builder.gep(ary.data, [builder.add(arow[r], k)]))
+
+            def exps(k):  # em <- max(em, ea_k + eb_k), all 16 columns in one int16 vector
+                ebk = builder.load(vptr(BE, brow(k), hv), align=2)
+                for r in R:
+                    store(smax(load(em[r]), builder.add(splat(a_at(AE, r, k), hv), ebk)), em[r])
+
+            def products(k):  # S <- S + trunc(a_k * b_k * G)
+                bk = [builder.load(vptr(B, builder.add(brow(k), idx(L * v)), fv), align=4) for v in V]
+                for r in R:
+                    a = splat(a_at(A, r, k), fv)
+                    for v in V:
+                        t = builder.fptosi(builder.fmul(builder.fmul(a, bk[v]), load(G[r][v])), iv)
+                        store(builder.add(load(S[r][v]), t), S[r][v])
+
+            with cgutils.for_range(builder, nblk_) as blo:
                 k0 = builder.mul(blo.index, blk_)
                 for r in R:
-                    for v in V:  # C's exponent field (zero C: 0, below the floor)
-                        cb = builder.bitcast(builder.load(acc[r][v]), iv)
-                        builder.store(builder.and_(builder.lshr(cb, ci(23)), ci(0xFF)), em[r][v])
-                def exps(k):  # em <- max(em, ea_k + eb_k)
-                    brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
-                    ebk = [builder.load(vptr(BE, builder.add(brow, idx(L * v)), iv), align=4) for v in V]
-                    for r in R:
-                        ea = splat(builder.load(builder.gep(AE.data, [builder.add(arow[r], k)])), iv)
-                        for v in V:
-                            builder.store(smax(builder.load(em[r][v]), builder.add(ea, ebk[v])), em[r][v])
-
-                def products(k):  # S <- S + trunc(a_k * b_k * G)
-                    brow = builder.add(builder.mul(builder.add(kb0_, k), N), j0_)
-                    bk = [builder.load(vptr(B, builder.add(brow, idx(L * v)), fv), align=4) for v in V]
-                    for r in R:
-                        a = splat(builder.load(builder.gep(A.data, [builder.add(arow[r], k)])), fv)
-                        for v in V:
-                            t = builder.fptosi(builder.fmul(builder.fmul(a, bk[v]), builder.load(G[r][v])), iv)
-                            builder.store(builder.add(builder.load(S[r][v]), t), S[r][v])
-
-                def over_block(body):
-                    with cgutils.for_range(builder, blk_) as kl:
-                        body(builder.add(k0, kl.index))
-
-                over_block(exps)
+                    store(ir.Constant(hv, [28] * _TW), em[r])  # the floor
+                with cgutils.for_range(builder, blk_) as kl:
+                    exps(builder.add(k0, kl.index))
                 for r in R:
                     for v in V:
-                        e = smax(builder.load(em[r][v]), ci(28))
+                        half = builder.shuffle_vector(load(em[r]), ir.Constant(hv, ir.Undefined),
+                                                      ir.Constant(iv, list(range(L * v, L * v + L))))
+                        c_field = builder.and_(builder.lshr(builder.bitcast(load(acc[r][v]), iv), ci(23)), ci(0xFF))
+                        e = smax(c_field, builder.sext(half, iv))
                         g = builder.bitcast(builder.shl(builder.sub(g_bias, e), ci(23)), fv)
-                        builder.store(g, G[r][v])
-                        builder.store(builder.shl(builder.sub(e, s_bias), ci(23)), em[r][v])  # 2^(emax-w)
-                        builder.store(builder.fptosi(builder.fmul(builder.load(acc[r][v]), g), iv), S[r][v])
-                over_block(products)
+                        store(g, G[r][v])
+                        store(builder.shl(builder.sub(e, s_bias), ci(23)), ce[r][v])  # 2^(emax - w)
+                        store(builder.fptosi(builder.fmul(load(acc[r][v]), g), iv), S[r][v])
+                with cgutils.for_range(builder, blk_) as kl:
+                    products(builder.add(k0, kl.index))
                 for r in R:
                     for v in V:
-                        s = builder.load(S[r][v])
+                        s = load(S[r][v])
                         if checked:  # |S| > 2^30, or S = -2^31 (its magnitude wraps): maybe overflowed
                             mag = builder.select(builder.icmp_signed("<", s, ci(0)), builder.sub(ci(0), s), s)
                             out = builder.sext(builder.icmp_signed(">", builder.sub(mag, ci(1)), ci((1 << 30) - 1)), iv)
-                            builder.store(builder.or_(builder.load(bad[r][v]), out), bad[r][v])
+                            store(builder.or_(load(bad[r][v]), out), bad[r][v])
                             s = builder.and_(s, builder.not_(out))  # a marked lane goes on from 0
                         if rz_mode:  # the conversion itself rounds toward zero
                             fb = builder.bitcast(builder.sitofp(s, fv), iv)
@@ -164,17 +173,16 @@ def _make_tile(checked: bool, rz_mode: bool):
                             up = builder.sext(builder.icmp_signed(">", builder.fptosi(f, iv), mag), iv)
                             fb = builder.add(builder.bitcast(f, iv), up)
                             fb = builder.or_(fb, builder.and_(s, ci(-0x80000000)))
-                        x = builder.fmul(builder.bitcast(fb, fv), builder.bitcast(builder.load(em[r][v]), fv))
-                        builder.store(x, acc[r][v])
+                        store(builder.fmul(builder.bitcast(fb, fv), builder.bitcast(load(ce[r][v]), fv)), acc[r][v])
             for r in R:
                 for v in V:
-                    x = builder.load(acc[r][v])
+                    x = load(acc[r][v])
                     if checked:
-                        x = builder.select(builder.icmp_signed("!=", builder.load(bad[r][v]), ci(0)),
-                                           cf(float("nan")), x)
+                        nan = ir.Constant(fv, [float("nan")] * L)
+                        x = builder.select(builder.icmp_signed("!=", load(bad[r][v]), ci(0)), nan, x)
                     builder.store(x, vptr(O, builder.add(orow[r], idx(L * v)), fv), align=4)
             if rz_mode:
-                builder.store(saved, csr)
+                store(saved, csr)
                 builder.call(ldm, [builder.bitcast(csr, i8p)])
             return context.get_dummy_value()
 
@@ -192,11 +200,11 @@ _T2, _T3 = (_make_tile(False, True), _make_tile(True, True)) if HW_RZ else (_T0,
 @njit(cache=True, parallel=True)
 def _prepare(x, mbits, emin, bias, rows_to, cols_to):
     """x [nb, R, C] (A or B) -> values [nb*rows_to, cols_to] float32 and alignment exponents +
-    bias, int32 (zero-padded; zeros and non-finite values: value 0, exponent _ZERO_E), and
+    bias, int16 (zero-padded; zeros and non-finite values: value 0, exponent _ZERO_E), and
     whether every nonzero finite value lies in [2**-30, 2**31)."""
     nb, R, C = x.shape
     v = np.zeros((nb * rows_to, cols_to), np.float32)
-    e = np.full((nb * rows_to, cols_to), _ZERO_E, np.int32)
+    e = np.full((nb * rows_to, cols_to), _ZERO_E, np.int16)
     bad = 0
     for r in prange(nb * R):
         bi = r // R
@@ -222,43 +230,10 @@ def _put_row(x, mbits, emin, bias, v, e):
         vb = np.int32(bits & ~((np.int32(1) << np.int32(drop if drop < 24 else 0)) - 1) & keep)
         nz = (vb & 0x7FFFFFFF) != 0
         v[j] = vb.view(np.float32)
-        e[j] = (ex if ex > emin else emin) + bias if nz else _ZERO_E
+        e[j] = np.int16((ex if ex > emin else emin) + bias if nz else _ZERO_E)
         vbe = (vb >> 23) & 0xFF
         bad += 1 if nz and (vbe < 97 or vbe > 157) else 0  # 2^-30 .. 2^31
     return bad
-
-
-@njit(cache=True, parallel=True)
-def _prepare_cols(x, mbits, emin, k_to, cols_to):
-    """x [nb, K, N] (B) -> values [nb*k_to, cols_to] and exponents + 127, as _prepare_rows."""
-    nb, K, N = x.shape
-    v = np.zeros((nb * k_to, cols_to), np.float32)
-    e = np.full((nb * k_to, cols_to), _ZERO_E, np.int32)
-    bad = 0
-    for r in prange(nb * K):
-        bi = r // K
-        k = r % K
-        for j in range(N):
-            bad += _put(x[bi, k, j], mbits, emin, 127, v, e, bi * k_to + k, j)
-    return v, e, bad == 0
-
-
-@njit(cache=True, inline="always")
-def _put(x, mbits, emin, bias, v, e, r, c):
-    """v[r, c], e[r, c] <- x's value in the format and its alignment exponent + bias; returns 1
-    where x is out of the tile's range."""
-    bits = np.float32(x).view(np.int32)
-    be = (bits >> 23) & 0xFF
-    ex = be - 127 if be > 0 else -126
-    ex = ex if ex > emin else emin
-    # drop the fraction bits below the format's last one (exact for values in the format)
-    val = np.float32(np.trunc(np.float64(x) * 2.0 ** (mbits - ex)) * 2.0 ** (ex - mbits))
-    if be == 0xFF or val == 0:
-        return 0
-    v[r, c] = val
-    e[r, c] = ex + bias
-    av = abs(val)
-    return 1 if (av < 2.0 ** -30 or av >= 2.0 ** 31) else 0
 
 
 @njit(cache=True, parallel=True)
