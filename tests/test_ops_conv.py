@@ -118,6 +118,12 @@ CONVT_CASES = [
     ((2, 3, 7), (3, 4, 3), dict(strides=[2], pads=[1, 0])),                         # 1D
     ((1, 2, 3, 3, 4), (2, 2, 2, 3, 3), dict(strides=[2, 1, 2], pads=[0, 1, 1, 1, 0, 0])),  # 3D
     ((1, 3, 4, 4), (3, 2, 1, 1), {}),
+    # stride == kernel: non-overlapping taps (one transposing copy in plain fp32)
+    ((2, 4, 5, 6), (4, 3, 2, 2), dict(strides=[2, 2], group=2)),
+    ((1, 3, 5, 6), (3, 2, 2, 3), dict(strides=[2, 3], auto_pad="SAME_UPPER")),
+    ((1, 3, 5, 6), (3, 2, 2, 2), dict(strides=[2, 2], output_padding=[1, 0])),
+    ((2, 3, 7), (3, 4, 3), dict(strides=[3])),
+    ((1, 2, 3, 3, 4), (2, 2, 2, 2, 2), dict(strides=[2, 2, 2])),
 ]
 
 
