@@ -129,6 +129,9 @@ def _in_pair(model: TensorCoreModel, in_format: Union[None, str, Sequence[str]])
 
 def _to_format(x: np.ndarray, fmt: str) -> np.ndarray:
     # tf32 units read the top 19 bits of an fp32 operand: truncation, not rounding
+    if fmt == "tf32" and x.dtype == np.float32:  # a mask on the bits (NaNs stay NaN)
+        t = (x.view(np.uint32) & np.uint32(0xFFFFE000)).view(np.float32)
+        return np.where(np.isnan(x), x, t)
     rounding = "toward-zero" if fmt == "tf32" else "nearest-even"
     return _formats.round(x, fmt, rounding=rounding)
 

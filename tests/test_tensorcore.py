@@ -370,6 +370,21 @@ def test_tf32_inputs_truncated_not_rounded():
     assert r[0, 0] == np.float32(1.0 + 2.0 ** -10)
 
 
+def test_tf32_truncation_of_float32_is_the_format_rounding():
+    # halfsim.tensorcore truncates float32 operands to tf32 with a bit mask; same values as the
+    # general toward-zero rounding of halfsim.formats, over every kind of bit pattern
+    from halfsim import formats
+    from halfsim.tensorcore import _to_format
+    rng = np.random.default_rng(8)
+    bits = rng.integers(0, 2 ** 32, 200_000, dtype=np.uint64).astype(np.uint32)
+    bits[:8] = [0, 0x80000000, 0x7F800000, 0xFF800000, 0x7F800001, 0x00001FFF, 0x80002001, 0x7F7FFFFF]
+    x = bits.view(np.float32).reshape(400, 500)
+    got = _to_format(x[:, ::2], "tf32")  # a strided view too
+    want = formats.round(x[:, ::2], "tf32", rounding="toward-zero")
+    assert _same_bits(got, want).all()
+    assert np.isnan(_to_format(x, "tf32").reshape(-1)[4])  # a NaN whose payload lies in the dropped bits
+
+
 def test_inputs_rounded_to_format_first():
     rng = np.random.default_rng(3)
     a = rng.standard_normal((4, 20))
