@@ -13,14 +13,16 @@ product is ea+eb, not the exponent of the exact product (the latter misses hundr
 Subnormal inputs take the format's minimum exponent (what the hardware sees in the exponent
 field).
 
-Two implementations of the same arithmetic, checked against each other and against the GPU data:
+Implementations of the same arithmetic, checked against each other and against the GPU data:
   * dot_scalar: the reference, integer significands and exponents, window sums in int64; it
     also handles inf/NaN. block_fma_batch runs it row-wise.
-  * _gemm_kernel: the GEMM, vectorized over output columns and parallel over rows; it holds the
-    window's integers in float64, where they are exact (argument at the fast-path section), and
-    hands elements with non-finite values to dot_scalar. When the inputs' range allows (always
-    for fp16/fp8) the products' passes run in float32/int32 instead (_gemm_core32), twice the
-    SIMD width, with the same bits.
+  * _gemm_kernel: the GEMM. fp32 output rounded toward zero (every preset's own output) with
+    inputs in [2**-30, 2**31) (always for fp16/fp8) goes to the register-tiled kernel of
+    kernels.tc_tile (int32 block sums in AVX2 registers, see there). Otherwise it is vectorized
+    over output columns and parallel over rows; it holds the window's integers in float64,
+    where they are exact (argument at the fast-path section), or, when the inputs' range
+    allows, runs the products' passes in float32/int32 (_gemm_core32), with the same bits.
+    Elements with non-finite values go to dot_scalar.
 
 Formats are given by code: see FORMATS. Values handed to the kernels must be representable in
 their format, except that a raw fp32 for tf32 is truncated to 10 fraction bits, as the
