@@ -95,8 +95,9 @@ def _make_tile(checked: bool, rz_mode: bool):
                 builder.store(x, p)
 
             w32 = builder.trunc(w_, i32)
-            g_bias = splat(builder.add(w32, ir.Constant(i32, 254)), iv)  # G's biased exponent + emax
-            s_bias = splat(w32, iv)
+            # G's biased exponent field + emax's, and w, both in the exponent field's place
+            g_bias = splat(builder.shl(builder.add(w32, ir.Constant(i32, 254)), ir.Constant(i32, 23)), iv)
+            s_bias = splat(builder.shl(w32, ir.Constant(i32, 23)), iv)
             R, V = range(_TR), range(_TV)
             # per row r and vector v of 8 columns (allocas: registers after mem2reg)
             acc, ce, G, S, bad = ([[cgutils.alloca_once(builder, t) for _ in V] for _ in R]
@@ -149,11 +150,13 @@ def _make_tile(checked: bool, rz_mode: bool):
                     for v in V:
                         half = builder.shuffle_vector(load(em[r]), ir.Constant(hv, ir.Undefined),
                                                       ir.Constant(iv, list(range(L * v, L * v + L))))
-                        c_field = builder.and_(builder.lshr(builder.bitcast(load(acc[r][v]), iv), ci(23)), ci(0xFF))
-                        e = smax(c_field, builder.sext(half, iv))
-                        g = builder.bitcast(builder.shl(builder.sub(g_bias, e), ci(23)), fv)
+                        # emax in place in the exponent field: C's field as it is, the products'
+                        # shifted there; then G and 2^(emax - w) are one subtraction each
+                        c_field = builder.and_(builder.bitcast(load(acc[r][v]), iv), ci(0x7F800000))
+                        e = smax(c_field, builder.shl(builder.sext(half, iv), ci(23)))
+                        g = builder.bitcast(builder.sub(g_bias, e), fv)
                         store(g, G[r][v])
-                        store(builder.shl(builder.sub(e, s_bias), ci(23)), ce[r][v])  # 2^(emax - w)
+                        store(builder.sub(e, s_bias), ce[r][v])  # 2^(emax - w)
                         store(builder.fptosi(builder.fmul(load(acc[r][v]), g), iv), S[r][v])
                 with cgutils.for_range(builder, blk_) as kl:
                     products(builder.add(k0, kl.index))
