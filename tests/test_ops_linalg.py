@@ -175,6 +175,26 @@ def test_matmul_integer_2d():
     check_op("MatMulInteger", [a, b, np.array(128, np.uint8)], opset=10)
 
 
+@pytest.mark.parametrize("case", ["l1_bound", "worst_case"])
+def test_matmul_integer_long_k_exact(case):
+    """K = 2048 with |A|·|B|·K far above 2**24: exact int32 against an int64 numpy oracle,
+    through one float32 GEMM where every row's sum of |a| keeps partial sums below 2**24
+    (activations near their zero point) and through K-slices where it does not."""
+    K = 2048
+    if case == "l1_bound":  # a few extreme values, the rest near the zero point
+        a = rng.integers(120, 137, (4, K)).astype(np.uint8)
+        a[:, ::97] = 255
+    else:
+        a = np.full((4, K), 255, np.uint8)
+    b = rng.integers(-128, 128, (K, 6)).astype(np.int8)
+    azp = np.array(128, np.uint8)
+    ins = [a, b, azp]
+    m = make_model("MatMulInteger", ins, opset=10, initializers=(1,))
+    got = halfsim.load(m).run(feeds_of(m, ins))["out0"]
+    want = ((a.astype(np.int64) - 128) @ b.astype(np.int64)).astype(np.int32)
+    np.testing.assert_array_equal(got, want)
+
+
 # ----------------------------------------------------------------------- QLinearMatMul
 @pytest.mark.parametrize("dt", [np.uint8, np.int8])
 @pytest.mark.parametrize("per_col", [False, True])
