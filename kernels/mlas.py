@@ -40,23 +40,20 @@ def _fma(typingctx, a, b, c):
     return types.float32(types.float32, types.float32, types.float32), codegen
 
 
-# MLAS's constants (MlasLogisticConstants, MlasTanhConstants), rounded to float32 as MLAS stores them.
+# MLAS's constants (MlasLogisticConstants, MlasTanhConstants), rounded to float32 as MLAS stores
+# them: clamp bounds, numerator and denominator coefficients from the highest power down.
 _f = np.float32
 _LOG_LO, _LOG_HI = _f(-18.0), _f(18.0)
-_LOG_A9, _LOG_A7, _LOG_A5, _LOG_A3, _LOG_A1 = (
-    _f(4.37031012579801e-11), _f(1.15627324459942e-07), _f(6.08574864600143e-05),
-    _f(8.51377133304701e-03), _f(2.48287947061529e-01))
-_LOG_B10, _LOG_B8, _LOG_B6, _LOG_B4, _LOG_B2, _LOG_B0 = (
-    _f(6.10247389755681e-13), _f(5.76102136993427e-09), _f(6.29106785017040e-06),
-    _f(1.70198817374094e-03), _f(1.16817656904453e-01), _f(9.93151921023180e-01))
+_LOG_P = (_f(4.37031012579801e-11), _f(1.15627324459942e-07), _f(6.08574864600143e-05),
+          _f(8.51377133304701e-03), _f(2.48287947061529e-01))
+_LOG_Q = (_f(6.10247389755681e-13), _f(5.76102136993427e-09), _f(6.29106785017040e-06),
+          _f(1.70198817374094e-03), _f(1.16817656904453e-01), _f(9.93151921023180e-01))
 _TANH_LO, _TANH_HI = _f(-9.0), _f(9.0)
-_TANH_A13, _TANH_A11, _TANH_A9, _TANH_A7, _TANH_A5, _TANH_A3, _TANH_A1 = (
-    _f(-2.76076847742355e-16), _f(2.00018790482477e-13), _f(-8.60467152213735e-11),
-    _f(5.12229709037114e-08), _f(1.48572235717979e-05), _f(6.37261928875436e-04),
-    _f(4.89352455891786e-03))
-_TANH_B6, _TANH_B4, _TANH_B2, _TANH_B0 = (
-    _f(1.19825839466702e-06), _f(1.18534705686654e-04), _f(2.26843463243900e-03),
-    _f(4.89352518554385e-03))
+_TANH_P = (_f(-2.76076847742355e-16), _f(2.00018790482477e-13), _f(-8.60467152213735e-11),
+           _f(5.12229709037114e-08), _f(1.48572235717979e-05), _f(6.37261928875436e-04),
+           _f(4.89352455891786e-03))
+_TANH_Q = (_f(1.19825839466702e-06), _f(1.18534705686654e-04), _f(2.26843463243900e-03),
+           _f(4.89352518554385e-03))
 _ZERO, _HALF = _f(0.0), _f(0.5)
 
 
@@ -67,39 +64,30 @@ def _clamp(x, lo, hi):
     return hi if hi < v else v
 
 
+@njit(inline="always")
+def _odd_ratio(v, p, q):
+    """v * P(v*v) / Q(v*v), each polynomial by fused Horner steps (MLAS's order)."""
+    s = v * v
+    num = p[0]
+    for j in range(1, len(p)):
+        num = _fma(s, num, p[j])
+    den = q[0]
+    for j in range(1, len(q)):
+        den = _fma(s, den, q[j])
+    return (v * num) / den
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def logistic_f32(x):
     """MLAS sigmoid of one float32 (numba-callable)."""
-    v = _clamp(np.float32(x), _LOG_LO, _LOG_HI)
-    s = v * v
-    p = _fma(s, _LOG_A9, _LOG_A7)
-    p = _fma(s, p, _LOG_A5)
-    p = _fma(s, p, _LOG_A3)
-    p = _fma(s, p, _LOG_A1)
-    q = _fma(s, _LOG_B10, _LOG_B8)
-    q = _fma(s, q, _LOG_B6)
-    q = _fma(s, q, _LOG_B4)
-    q = _fma(s, q, _LOG_B2)
-    q = _fma(s, q, _LOG_B0)
-    y = (v * p) / q + _HALF
+    y = _odd_ratio(_clamp(np.float32(x), _LOG_LO, _LOG_HI), _LOG_P, _LOG_Q) + _HALF
     return _ZERO if _ZERO > y else y
 
 
 @njit(cache=True, inline="always", error_model="numpy")
 def tanh_f32(x):
     """MLAS tanh of one float32 (numba-callable)."""
-    v = _clamp(np.float32(x), _TANH_LO, _TANH_HI)
-    s = v * v
-    p = _fma(s, _TANH_A13, _TANH_A11)
-    p = _fma(s, p, _TANH_A9)
-    p = _fma(s, p, _TANH_A7)
-    p = _fma(s, p, _TANH_A5)
-    p = _fma(s, p, _TANH_A3)
-    p = _fma(s, p, _TANH_A1)
-    q = _fma(s, _TANH_B6, _TANH_B4)
-    q = _fma(s, q, _TANH_B2)
-    q = _fma(s, q, _TANH_B0)
-    return (v * p) / q
+    return _odd_ratio(_clamp(np.float32(x), _TANH_LO, _TANH_HI), _TANH_P, _TANH_Q)
 
 
 @njit(cache=True, error_model="numpy")
