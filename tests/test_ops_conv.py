@@ -61,6 +61,10 @@ DEPTHWISE_CASES = [
     ((1, 3, 70, 101), (3, 1, 3, 3), dict(group=3, pads=[1, 1, 1, 1])),
     ((1, 2, 45, 130), (2, 1, 5, 5), dict(group=2, pads=[2, 2, 2, 2], dilations=[1, 2])),
     ((2, 3, 5, 6), (3, 1, 1, 3), dict(group=3)),
+    # planes lower than the kernel: kernel rows that would read only padding are skipped
+    ((2, 4, 2, 30), (4, 1, 5, 5), dict(group=4, pads=[2, 2, 2, 2])),
+    ((1, 3, 3, 20), (3, 1, 5, 3), dict(group=3, dilations=[2, 1], pads=[4, 1, 3, 1])),
+    ((1, 2, 1, 9), (2, 1, 3, 3), dict(group=2, pads=[2, 1, 0, 1])),
 ]
 
 
