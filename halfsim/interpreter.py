@@ -263,16 +263,35 @@ class _FastGraph:
     (node, fn, inputs, attrs, outputs, tensors dead after it, has subgraphs)."""
     __slots__ = ("folded", "env0", "steps", "steps_exact", "outputs", "outer", "code", "_code_steps")
 
-    def __init__(self, graph: G.Graph, runner: "_Runner"):
-        const = _constant_nodes(graph)
-        env: dict[str, Any] = dict(graph.initializers)
+    def __init__(self, graph: G.Graph, runner: "_Runner", outer_consts: Mapping[str, Any] | None = None):
+        # A body's outer-scope reads of the enclosing graph's weights and folded tensors are
+        # constants too (silero's If bodies concatenate their LSTM weights on every call).
+        outer = {t: outer_consts[t] for t in graph.outer_names if t in outer_consts} if outer_consts else {}
+        const = _constant_nodes(graph, outer)
+        env: dict[str, Any] = {**outer, **graph.initializers}
+        unfolded: set[str] = set()
         for n in graph.nodes:
             if n.index in const:
-                runner.exec_node(n, env)
+                if outer_consts is None:
+                    runner.exec_node(n, env)
+                    continue
+                # In a body (a branch that may never run) a failing constant node is left to
+                # fail at run time, as before, and so is everything that reads it.
+                try:
+                    if unfolded.intersection(n.inputs):
+                        raise ExecutionError("reads an unfolded tensor")
+                    runner.exec_node(n, env)
+                except HalfsimError:
+                    const.discard(n.index)
+                    unfolded.update(n.outputs)
+        for n in graph.nodes:  # bodies now, with this graph's constants known
+            if n.index not in const:
+                for sg in n.subgraphs:
+                    runner.model._fast[id(sg)] = _FastGraph(sg, runner, env)
         self.folded = {o: _frozen(env[o]) for n in graph.nodes if n.index in const for o in n.outputs if o}
         self.env0 = env
         self.outputs = graph.output_names
-        self.outer = tuple(sorted(graph.outer_names))
+        self.outer = tuple(sorted(t for t in graph.outer_names if t not in outer))  # the rest: env0
         keep = set(self.outputs) | set(env)
         # Exact steps, one per node (runs that keep a trace need every tensor); `steps` has
         # Conv -> BatchNormalization -> Relu/Clip chains fused into one step, as ORT fuses them.
@@ -494,9 +513,10 @@ _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "Rando
                      "Bernoulli"}
 
 
-def _constant_nodes(g: G.Graph) -> set[int]:
-    """Indices of main-graph nodes whose every input is a weight or another such node's output."""
-    known = set(g.initializers)
+def _constant_nodes(g: G.Graph, known_outer: Iterable[str] = ()) -> set[int]:
+    """Indices of nodes whose every input is a weight (the graph's, or `known_outer` constants
+    of enclosing graphs) or another such node's output."""
+    known = set(g.initializers) | set(known_outer)
     out = set()
     for n in g.nodes:
         if n.subgraphs or n.op_type in _NONDETERMINISTIC or n.domain not in ("", "com.microsoft"):

@@ -447,3 +447,26 @@ def test_sequence_graph_input_and_output():
     nodes = [mk("SequenceInsert", ["s", "x"], ["s1"]), mk("ConcatFromSequence", ["s1"], ["cat"], axis=0)]
     m = model(nodes, [seq_vi("s"), vi("x", F, [2])], [seq_vi("s1"), vi("cat")], 13)
     compare(m, {"s": [f32(2), f32(3)], "x": f32(2)})
+
+
+def test_if_branch_folds_outer_weights_and_tolerates_a_dead_branch():
+    """Body nodes that read only the enclosing graph's weights are folded once per model in
+    fp32 schedules (silero's branches concatenate their LSTM weights); a constant node that
+    cannot run (here a bad Reshape) in a branch never taken does not break loading."""
+    w1, w2 = RNG.standard_normal((3, 4)).astype(np.float32), RNG.standard_normal((2, 4)).astype(np.float32)
+    then_g = graph([mk("Concat", ["w1", "w2"], ["wc"], axis=0), mk("MatMul", ["x", "wc"], ["yt"], name="mm")],
+                   [], [vi("yt")], "then")
+    bad_shape = onnx.numpy_helper.from_array(np.array([7, 7], np.int64), "bad")
+    else_g = graph([mk("Reshape", ["w1", "bad"], ["yr"]), mk("Add", ["yr", "x"], ["ye"])], [], [vi("ye")],
+                   "else", inits=[bad_shape])
+    m = model([mk("If", ["cond"], ["y"], then_branch=then_g, else_branch=else_g)],
+              [vi("cond", BOOL, []), vi("x", F, [2, 5])], [vi("y")],
+              inits=[onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(w2, "w2")])
+    hm = halfsim.load(m)
+    x = RNG.standard_normal((2, 5)).astype(np.float32)
+    for _ in range(2):
+        got = hm.run({"cond": np.array(True), "x": x})["y"]
+        np.testing.assert_allclose(got, x @ np.concatenate([w1, w2]), rtol=1e-6, atol=1e-6)
+    assert any("wc" in fg.folded for fg in hm._fast.values())
+    with pytest.raises(HalfsimError, match="Reshape"):
+        hm.run({"cond": np.array(False), "x": x})
