@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import halfsim
-from opcheck import check_op, make_model
+from opcheck import check_op, make_model, run_ort
 
 rng = np.random.default_rng(1)
 F = np.float32
@@ -168,3 +168,21 @@ def test_gather_scalar_index_of_a_shape(idx):
     check_op("Gather", [np.array([2, 5, 7], np.int64), np.array(idx, np.int64)], {"axis": 0}, opset=13)
     check_op("Gather", [r(3, 4), np.array(idx, np.int32)], {"axis": 0}, opset=13)
     raises("Gather", [r(3, 4), np.array(idx + (4 if idx >= 0 else -4), np.int64)], {"axis": 0})
+
+
+def test_gather_constant_indices_on_changing_shapes():
+    """fp32 schedules keep constant Gather indices wrapped per axis size: one model fed two
+    shapes matches ORT on both, and an index out of bounds for a third still fails."""
+    from onnx import TensorProto, helper
+    idx = np.array([[0, -1], [2, -3]], np.int64)
+    g = helper.make_graph([helper.make_node("Gather", ["x", "i"], ["y"], axis=1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, "n"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [helper.make_tensor("i", TensorProto.INT64, idx.shape, idx.reshape(-1))])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    hm = halfsim.load(m)
+    for n in (5, 3, 5):
+        x = np.arange(2 * n, dtype=np.float32).reshape(2, n)
+        np.testing.assert_array_equal(hm.run({"x": x})["y"], run_ort(m, {"x": x})[0])
+    with pytest.raises(halfsim.HalfsimError, match="out of bounds"):
+        hm.run({"x": np.zeros((2, 2), np.float32)})

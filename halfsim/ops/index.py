@@ -44,6 +44,30 @@ def gather(ctx, data, indices, *, axis=0):
     return np.take(data, idx, axis=ax)
 
 
+def _specialize_gather(node, consts: dict):
+    """fp32 schedules, constant indices (shape arithmetic: Gather(Shape(x), [k])): the wrapped,
+    bounds-checked indices are kept per size of the gathered axis."""
+    if 1 not in consts or consts[1].ndim == 0:  # a scalar index has its own fast path
+        return None
+    indices = consts[1]
+    axis = node.attrs.get("axis", 0)
+    cache: dict = {}
+
+    def fn(ctx, data, _indices, **attrs):
+        ax = _axis(axis, data.ndim)
+        dim = data.shape[ax]
+        idx = cache.get(dim)
+        if idx is None:
+            if len(cache) >= 64:
+                cache.clear()
+            idx = cache[dim] = _norm_idx(indices, dim, "Gather")
+        return np.take(data, idx, axis=ax)
+    return fn
+
+
+gather.specialize = _specialize_gather
+
+
 @op("GatherElements", since=11, data_movement=True)
 def gather_elements(ctx, data, indices, *, axis=0):
     ax = _axis(axis, data.ndim)
