@@ -297,11 +297,13 @@ def tile_gemm(a: np.ndarray, b: np.ndarray, c: np.ndarray, blk: int, w: int, ma:
     toward-zero block rounding, without the outputs that have non-finite inputs or C (the caller
     recomputes those, and NaN lanes); None where the tile's conditions fail (then nothing is
     computed): a window beyond 27 bits, products whose sum may leave int32, inputs outside
-    [2**-30, 2**31) or a nonzero C below 2**-99."""
+    [2**-30, 2**31) or a nonzero C outside [2**-99, 2**100)."""
     if w > 27 or blk * (1 << (w + 2)) > (1 << 31):
         return None
     nb, M, K = a.shape
     N = b.shape[2]
+    if nb * M * N == 0:
+        return np.empty((nb, M, N), np.float32)
     mp, kp, np_ = _up(M, _TR), _up(K, blk), _up(N, _TW)
     acc, ok = _prepare_c(c, mp, np_)
     if not ok:

@@ -682,3 +682,13 @@ def test_tiled_kernel_restores_the_rounding_mode():
     one, frac = np.float32(1.0), np.float32(0.75 * 2.0 ** -23)
     assert one + frac == np.float32(1.0 + 2.0 ** -23)  # toward zero would give 1.0
     assert -one - frac == np.float32(-1.0 - 2.0 ** -23)
+
+
+@pytest.mark.parametrize("name", ["tc-v100-fp16", "tc-a100-tf32", "tc-a100-fp16"])
+def test_empty_dimensions(name):
+    # numpy matmul shapes; an empty inner dimension leaves C (rounded to the output format)
+    for sa, sb in [((3, 0), (0, 4)), ((0, 5), (5, 4)), ((3, 5), (5, 0)), ((0, 3, 5), (0, 5, 4))]:
+        a, b = np.ones(sa, np.float32), np.ones(sb, np.float32)
+        want = np.matmul(a, b) + np.float32(0.5)
+        got = gemm(a, b, name, c=np.float32(0.5))
+        assert got.shape == want.shape and (got == want).all()
