@@ -3,6 +3,8 @@ by side in one run: interleaved pairs (numpy, then the tensor-core GEMM) after a
 first call also compiles); medians of each and the median of the per-pair ratios (issue #9's
 target: within 20x). The tensor-core time includes rounding the inputs to the model's format.
 --pause: seconds between the calls of a pair (OpenBLAS's threads spin after a call).
+--one-thread: numpy and the kernels on one thread, timed in process CPU time: the figure least
+disturbed when other processes load the machine. The load average is printed before and after.
 
     python benchmarks/bench_tensorcore.py [--size 512] [--runs 7] [--models tc-a100-fp16,...] [--one-thread]
 """
@@ -42,6 +44,8 @@ def main() -> None:
     for name in args.models.split(","):
         t_np, t_tc, ratio = paired_ms(lambda: a @ b, lambda: gemm(a, b, name), args.runs, args.pause)
         print(f"{name:16s} tensor-core {t_tc:8.1f} ms   numpy float32 {t_np:6.2f} ms   ratio {ratio:6.1f}x")
+    if hasattr(os, "getloadavg"):
+        print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
