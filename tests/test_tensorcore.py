@@ -81,7 +81,15 @@ def test_measured_gpu_vectors_bit_exact(gpu, fmt, k, name, out):
     # both code paths: the int64 block path and the vectorized GEMM path (batch of 1x1 products)
     via_block = block_fma(a, b, c, name, out=out)
     via_gemm = gemm(a[:, None, :], b[:, :, None], name, c=c[:, None, None], out=out)[:, 0, 0]
-    for got in (via_block, via_gemm):
+    paths = [via_block, via_gemm]
+    if out == "fp32":  # every case lies in the register-tiled kernel's range: it alone, too
+        from halfsim.kernels.tc_tile import tile_gemm
+        from halfsim.tensorcore import _params, _to_format
+        a3, b3 = (np.ascontiguousarray(_to_format(x, fmt)) for x in (a[:, None, :], b[:, :, None]))
+        tiled = tile_gemm(a3, b3, np.ascontiguousarray(c[:, None, None]), *_params(get_model(name), (fmt, fmt))[:6])
+        assert tiled is not None
+        paths.append(tiled[:, 0, 0])
+    for got in paths:
         bad = np.flatnonzero(~_same_bits(got, d))
         assert bad.size == 0, f"{bad.size} mismatches, first case {bad[:1]}: {got[bad[:3]]} vs {d[bad[:3]]}"
 
