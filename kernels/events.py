@@ -3,9 +3,12 @@ threshold, and values flushed to zero. Serial on purpose: right after a BLAS cal
 threads still spin, and parallel numba kernels competing with them ran a whole fp16 model
 1.5-1.8x slower (measured on 2 cores)."""
 import numpy as np
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
 
-from .halfcvt import f32_to_f16_f32
+from .halfcvt import HW_F16C, f32_to_f16_f32
 from .rounding import _rne_bits32
 
 _QNAN32 = 0x7FC00000
@@ -72,12 +75,71 @@ def _round_count_inplace(x, s, half_m1, lsb1, be_min, up_scale, down_scale, maxb
     return nan, big, under
 
 
+@intrinsic
+def _f16_round_vec(typingctx, x, n):
+    """x[:n] (n a multiple of 8) rounded to fp16 in place as _f16_one does, in <8 x float>
+    steps through the F16C conversions, the counts kept in vector registers; returns (NaNs,
+    overflows, underflows). LLVM does not vectorise the scalar loop through the conversion
+    intrinsic (measured ~4x slower)."""
+    if not (isinstance(x, types.Array) and x.dtype == types.float32 and x.ndim == 1):
+        return None
+    L = 8
+    i32, i64 = ir.IntType(32), ir.IntType(64)
+    fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
+    ret = types.UniTuple(types.int64, 3)
+
+    def ci(v):
+        return ir.Constant(iv, [v] * L)
+
+    def codegen(context, builder, signature, args):
+        arr = context.make_array(signature.args[0])(context, builder, args[0])
+        n = args[1]
+        counts = [cgutils.alloca_once_value(builder, ci(0)) for _ in range(3)]  # registers after mem2reg
+        inf, zero = ci(0x7F800000), ir.Constant(fv, [0.0] * L)
+        with cgutils.for_range_slice(builder, ir.Constant(n.type, 0), n, ir.Constant(n.type, L)) as (i, _):
+            ptr = builder.bitcast(builder.gep(arr.data, [i]), fv.as_pointer())
+            v = builder.load(ptr, align=4)
+            r = builder.fpext(builder.fptrunc(v, hv), fv)
+            vb, rb = builder.bitcast(v, iv), builder.bitcast(r, iv)
+            nan = builder.fcmp_unordered("uno", v, v)
+            qnan = builder.or_(builder.and_(vb, ci(-0x80000000)), ci(_QNAN32))
+            builder.store(builder.bitcast(builder.select(nan, qnan, rb), fv), ptr, align=4)
+            big = builder.and_(builder.icmp_signed("!=", builder.and_(vb, ci(0x7FFFFFFF)), inf),
+                               builder.icmp_signed("==", builder.and_(rb, ci(0x7FFFFFFF)), inf))
+            under = builder.and_(builder.fcmp_unordered("!=", v, zero), builder.fcmp_ordered("==", r, zero))
+            for c, m in zip(counts, (nan, big, under)):
+                builder.store(builder.sub(builder.load(c), builder.sext(m, iv)), c)  # a true lane is -1
+        out = []
+        for c in counts:
+            vec = builder.load(c)
+            tot = ir.Constant(i64, 0)
+            for lane in range(L):
+                tot = builder.add(tot, builder.zext(builder.extract_element(vec, ir.Constant(i32, lane)), i64))
+            out.append(tot)
+        return context.make_tuple(builder, ret, out)
+
+    return ret(x, types.intp), codegen
+
+
 @njit(cache=True, nogil=True)
 def _f16_count_inplace(x):
     # A twin of the loop above, not one loop with an fp16 flag: LLVM then vectorised neither
     # path (measured 6x slower for bf16).
     nan = big = under = 0
     for i in range(x.size):
+        r, n, b, u = _f16_one(x[i])
+        x[i] = np.uint32(r).view(np.float32)
+        nan, big, under = nan + n, big + b, under + u
+    return nan, big, under
+
+
+@njit(cache=True, nogil=True)
+def _f16_count_inplace_vec(x):
+    """_f16_count_inplace in 8-lane steps (only where the CPU has F16C), the tail scalar.
+    Lane counts are 32-bit: fine below 2**34 elements."""
+    n8 = x.size - x.size % 8
+    nan, big, under = _f16_round_vec(x, n8)
+    for i in range(n8, x.size):
         r, n, b, u = _f16_one(x[i])
         x[i] = np.uint32(r).view(np.float32)
         nan, big, under = nan + n, big + b, under + u
@@ -92,6 +154,6 @@ def round_count(src: np.ndarray, dst: np.ndarray, p, th: float, strict: bool) ->
     if dst is not src:
         np.copyto(dst, src)  # then in place: a copy costs less than a second pair of kernels
     if p.fp16:
-        return _f16_count_inplace(dst)
+        return _f16_count_inplace_vec(dst) if HW_F16C else _f16_count_inplace(dst)
     return _round_count_inplace(dst, p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits,
                                 p.has_inf, np.float32(th), strict)
