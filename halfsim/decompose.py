@@ -247,10 +247,10 @@ def run_decomposed(runner: Any, node: G.Node, args: list) -> list | None:
     plan = runner.plan
     prec_of = getattr(plan, "node_precision", None)
     assign = getattr(plan, "set_node_precision", None)
-    if prec_of is None or assign is None or not has_body(node):
+    if prec_of is None or assign is None:
         return None
     prec = prec_of(node)
-    if prec.fused:
+    if prec.fused or not has_body(node):  # the cheap test first: most precisions are fused
         return None
     body = body_for(runner.model, node, args)
     if body is None:

@@ -74,6 +74,8 @@ class PrecisionPlan:
         self.io_fmt = self.fmt(policy.io) if policy.io else None
         self.output_names = set(model.graph.output_names)
         self._folds: _PlanFolds | None = None
+        self._resolved: dict | None = None
+        self._policy_key: str | None = None
         if policy.coreml_constants:
             self._coreml_keep_fp32(model.graph)
 
@@ -119,8 +121,32 @@ class PrecisionPlan:
     def node_precision(self, node) -> OpPrecision:
         p = self._precs.get(id(node))
         if p is None:
-            p = self._precs[id(node)] = self.policy.resolve(node)
+            p = self._precs[id(node)] = self._resolve(node)
         return p
+
+    def _resolve(self, node) -> OpPrecision:
+        """policy.resolve(node), kept on the model per policy (a plan lives for one run; matching
+        every rule against every node again cost ~4 us a node a run). The rules' hit counts
+        (unused-rule warnings) are replayed on a hit."""
+        if self._resolved is None:
+            self._resolved = _per_policy(self, "_policy_resolved", dict)
+        rules = self.policy.rules
+        hit = self._resolved.get(id(node))
+        if hit is not None and hit[0] is node:
+            for i in hit[2]:
+                rules[i].hits += 1
+            return hit[1]
+        before = [r.hits for r in rules]
+        p = self.policy.resolve(node)
+        self._resolved[id(node)] = (node, p, [i for i, r in enumerate(rules) if r.hits != before[i]])
+        return p
+
+    @property
+    def policy_key(self) -> str:
+        """The policy's content as text: what per-model caches of policy-dependent work key on."""
+        if self._policy_key is None:
+            self._policy_key = json.dumps(self.policy.to_dict(), sort_keys=True)
+        return self._policy_key
 
     def set_node_precision(self, node, prec: OpPrecision) -> None:
         """Give `node` this precision instead of the policy's (the steps of a decomposed
@@ -216,11 +242,20 @@ class PrecisionPlan:
             if lowout:
                 fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
             if fmt is not FP32 and not exact:
-                # Round in place only an array the op made fresh (not one of its inputs).
-                fresh = o.flags.owndata and o.flags.writeable
-                if fresh:
+                # Round in place only an array the op made fresh: one it owns that is none of its
+                # inputs, or a view (a Conv's reshaped GEMM output) into none of their memory
+                # (not for If/Loop/Scan, whose outputs may be views of outer-scope tensors).
+                fresh = o.flags.writeable
+                if fresh and o.flags.owndata:
                     for a in args:
                         if o is a:
+                            fresh = False
+                            break
+                elif fresh and node.subgraphs:
+                    fresh = False
+                elif fresh:
+                    for a in args:
+                        if isinstance(a, np.ndarray) and np.may_share_memory(o, a):
                             fresh = False
                             break
                 o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
@@ -348,12 +383,19 @@ class PrecisionPlan:
             from .kernels import events
             kp = _KPARAMS[fmt.name] = (fmt, _format_params(fmt)) + _overflow_threshold(fmt) + (events,)
         _, params, th, strict, events = kp
-        flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
         if subnormals == "keep" and overflow == "inf" and fmt.has_inf and x.dtype == np.float32:
-            # The hot path: round and count in one pass, in place when allowed.
-            y = x if (inplace and x.flags.c_contiguous and x.flags.writeable) else np.empty(x.shape, np.float32)
-            nan_x, big, under = events.round_count(flat, flat if y is x else y.reshape(-1), params, th, strict)
+            # The hot path: round and count in one pass, in place in x when allowed, else in a
+            # fresh copy (a strided view, e.g. a Conv output, is copied once, not twice).
+            if not x.flags.c_contiguous:
+                y = np.ascontiguousarray(x)
+                src = dst = y.reshape(-1)
+            else:
+                src = x.reshape(-1)
+                y = x if inplace and x.flags.writeable else np.empty(x.shape, np.float32)
+                dst = src if y is x else y.reshape(-1)
+            nan_x, big, under = events.round_count(src, dst, params, th, strict)
         else:
+            flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
             nan_x, big, nz_x = events.stats(flat, th, strict)
             y = round_fmt(x, fmt, overflow=overflow, subnormals=subnormals)
             under = nz_x - int(np.count_nonzero(y))
@@ -381,6 +423,18 @@ class PrecisionPlan:
 _FOLD_POLICIES = 3
 
 
+def _per_policy(plan: PrecisionPlan, attr: str, make):
+    """The entry of the plan's policy in the model's store `attr` (made by make() on first use),
+    the store keeping the most recently used _FOLD_POLICIES policies."""
+    store = plan.model.__dict__.setdefault(attr, OrderedDict())
+    key = plan.policy_key
+    mine = store.pop(key, None)
+    store[key] = mine = mine if mine is not None else make()
+    while len(store) > _FOLD_POLICIES:
+        store.popitem(last=False)
+    return mine
+
+
 class _PlanFolds:
     """Weight-only nodes computed once per model and policy, as the fp32 path folds them. The
     interpreter calls ensure(node, env, execute) for such a node and then reads its outputs
@@ -391,13 +445,7 @@ class _PlanFolds:
 
     def __init__(self, plan: PrecisionPlan):
         self.plan = plan
-        store = plan.model.__dict__.setdefault("_policy_folds", OrderedDict())
-        key = json.dumps(plan.policy.to_dict(), sort_keys=True)
-        mine = store.pop(key, None)
-        store[key] = mine if mine is not None else ({}, {})
-        while len(store) > _FOLD_POLICIES:
-            store.popitem(last=False)
-        self.values, self.meta = store[key]
+        self.values, self.meta = _per_policy(plan, "_policy_folds", lambda: ({}, {}))
 
     def ensure(self, node, env: dict, execute) -> None:
         plan = self.plan
