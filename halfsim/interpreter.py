@@ -674,11 +674,11 @@ def _bn_foldable(bn: G.Node, env: dict, w: np.ndarray) -> bool:
 
 def _inplace_act(node: G.Node, env: dict, dtype: np.dtype):
     """An in-place f(y) with the op's own arithmetic (max, then min for Clip), or None."""
-    t = np.dtype(dtype).type
+    dtype = np.dtype(dtype)
+    t = dtype.type
     if node.op_type == "Relu":
-        zero = np.zeros((), dtype)
-        return lambda y: np.maximum(y, zero, out=y)
-    if node.opset < 11:
+        lo, hi = np.zeros((), dtype), np.asarray(np.inf if dtype.kind == "f" else np.iinfo(dtype).max, dtype)
+    elif node.opset < 11:
         lo, hi = node.attrs.get("min", -3.4028234663852886e38), node.attrs.get("max", 3.4028234663852886e38)
         lo, hi = t(lo), t(hi)
     else:
@@ -693,6 +693,10 @@ def _inplace_act(node: G.Node, env: dict, dtype: np.dtype):
                 return None
             bounds.append(v.reshape(()))
         lo, hi = bounds
+    if dtype in (np.float32, np.float64):
+        # The Relu/Clip ops' own ufunc, so a fused chain keeps their bits (-0.0 included).
+        from .ops.elementwise import clip_ufunc
+        return lambda y: clip_ufunc(y, lo, hi, out=y)
 
     def clip(y):
         np.maximum(y, lo, out=y)

@@ -66,9 +66,10 @@ def _check_int_div(b: np.ndarray, what: str) -> None:
 # half-precision loops are slow either way and their -0.0 behaviour is left as it was.
 _F32_64 = (np.dtype(np.float32), np.dtype(np.float64))
 try:
-    from numpy._core.umath import clip as _clip
+    from numpy._core.umath import clip as clip_ufunc
 except ImportError:  # pragma: no cover  (numpy 1.x)
-    from numpy.core.umath import clip as _clip
+    from numpy.core.umath import clip as clip_ufunc
+_clip = clip_ufunc
 
 
 # -- fast float32 kernels -------------------------------------------------------------------
