@@ -39,12 +39,16 @@ rnd() there is branch-free: with e = max(exponent(x), emin) and c = 1.5 * 2**(e+
 (x + c) - c rounds x to a multiple of 2**(e-M) nearest-even in hardware (see _rnd32); for the
 fp16 format (e5m10) it is the F16C conversion pair where the CPU has it (kernels.halfcvt), the
 same correct rounding. Full 4 x 16 tiles of the output keep their accumulators in AVX2
-registers for the whole k loop (_make_tile, LLVM IR); edges go row by row (_row_step).
-Other rows use the general float64 path.
+registers for the whole k loop (_make_tile, LLVM IR), edges through zero-padded tiles.
+Other rows, and columns of b holding inf or NaN, use the general float64 path. A batch of
+products (broadcast matmul, grouped convolutions) is one call of each kernel, and outputs
+narrower than a tile are computed as (b^T a^T)^T: products commute exactly, so every output is
+the same sum in the same order.
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numba
 import numpy as np
@@ -62,6 +66,7 @@ _SIGN64 = np.int64(-(1 << 63))
 _INF64 = 0x7FF0000000000000
 _EXP_LIMIT = 48  # partial expansions of float32-derived float64 values stay far below this
 _PARALLEL_SUM_MIN = 1 << 18  # elements from which a per-step-rounded reduction is worth threads
+_PARALLEL_MM_MIN = 1 << 19  # multiply-adds (B*M*N*K) from which a matmul_acc is worth threads
 
 
 # ---------------------------------------------------------------- format parameters
@@ -195,75 +200,66 @@ def _add_odd32(acc, p):
 
 # ---------------------------------------------------------------- pre-pass
 
+@njit(cache=True, inline="always")
+def _exp32(i):
+    """Exponent of the int32 i (0 < i < 2**24) as float32 gives it: floor(log2(i)); -127 for 0."""
+    return (np.float32(i).view(np.int32) >> 23) - np.int32(127)
+
+
 @njit(cache=True, parallel=True)
-def _row_stats(x, maxabs, maxsig, minlsb, finite):
-    """Per row of the 2-D float32 x: max |x|, max significand (|x| / lsb(x), an integer below
-    2**24), smallest lsb of a nonzero element, and whether all are finite. Branch-free in the
-    element loop (it runs over every input of each GEMM)."""
+def _row_stats(x, maxabs, maxspan, minlsb, finite):
+    """Per row of the 2-D float32 x, over its finite nonzero elements: max |x|, the widest
+    significand (bits from the leading to the lowest set one), the exponent of the smallest
+    lsb (lowest set bit of a significand), and whether all elements are finite. Integer-only
+    and branch-free in the element loop so that it vectorises (it runs over every input of
+    each GEMM; a float64 division here cost ~3 ns an element)."""
     R, C = x.shape
+    one, big = np.int32(1), np.int32(1 << 20)
     for r in prange(R):
-        ma = 0.0
-        ms = 0.0
-        ml = np.inf
-        bad = 0
+        row = x[r].view(np.int32)
+        ma = np.int32(0)
+        ms = np.int32(0)
+        ml = big
+        bad = np.int32(0)
         for c in range(C):
-            u = np.int64(np.float32(x[r, c]).view(np.int32)) & 0x7FFFFFFF
+            u = row[c] & np.int32(0x7FFFFFFF)
             be = u >> 23
-            bad += 1 if be == 0xFF else 0
+            bad += np.int32(be == 0xFF)
             use = (u != 0) & (be != 0xFF)
-            sig = (u & 0x7FFFFF) | (0x800000 if be > 0 else 0)
-            low = sig & (-sig)  # lowest set bit of the significand
-            lsb = np.float64(low) * np.int64((max(be, 1) - 150 + 1023) << 52).view(np.float64)
-            av = np.float64(abs(x[r, c]))
-            ma = max(ma, av if use else 0.0)
-            ms = max(ms, np.float64(sig) / np.float64(low) if use else 0.0)
-            ml = min(ml, lsb if use else np.inf)
-        maxabs[r] = ma
-        maxsig[r] = ms
+            sig = (u & np.int32(0x7FFFFF)) | (np.int32(0x800000) if be > 0 else np.int32(0))
+            el = _exp32(sig & -sig)
+            ma = max(ma, u if use else np.int32(0))  # |x| ordered as its bit pattern
+            ms = max(ms, np.int32(_exp32(sig) - el + one) if use else np.int32(0))
+            ml = min(ml, np.int32(max(be, one) - np.int32(150) + el) if use else big)
+        maxabs[r] = np.float64(np.int32(ma).view(np.float32))
+        maxspan[r] = ms
         minlsb[r] = ml
         finite[r] = bad == 0
 
 
 # ---------------------------------------------------------------- matmul kernels
 
-@njit(cache=True, inline="always")
-def _row_step(acc, bk, aik, two_emin, magic, mode):
-    """acc[j] <- one sequential step with the product aik * bk[j], for all j (vectorised)."""
-    # Without fma the signs of zeros need no care: acc starts at +0 and a sum of two format
-    # values is 0 or at least the smallest subnormal, so acc is never -0 and a -0 product adds
-    # like +0. With fma, acc + p can round to -0.
-    if mode == 0:
-        for j in range(acc.size):
-            rp = _rnd32(aik * bk[j], two_emin, magic)
-            acc[j] = _rnd32(acc[j] + rp, two_emin, magic)
-    elif mode == 1:
-        for j in range(acc.size):
-            rp = _rnd32(aik * bk[j], two_emin, magic)
-            acc[j] = _rnd32(_add_odd32(acc[j], rp), two_emin, magic)
-    elif mode == 2:
-        for j in range(acc.size):
-            acc[j] = _rnd32z(_add_odd32(acc[j], aik * bk[j]), two_emin, magic)
-    else:
-        for j in range(acc.size):
-            acc[j] = acc[j] + aik * bk[j]
-
-
 # ---- register-tiled fast path ------------------------------------------------------------
 # numba has no SIMD types and LLVM does not keep a tile of accumulators in registers across
 # the k loop on its own (the accumulators live in memory it cannot prove private), so the inner
 # kernel is written in LLVM IR: a _TR x (8*_TV) tile of accumulators held in <8 x float>
-# vectors for the whole k loop, the same float32 steps as _row_step lane by lane.
+# vectors for the whole k loop.
 _TR, _TV, _TL = 4, 2, 8  # tile rows, vectors per row, lanes per vector (AVX2)
 _TW = _TV * _TL  # tile columns
 _ARR2 = types.Array(types.float32, 2, "C")
 
 
 def _make_tile(mode: int, hw16: bool):
-    """Intrinsic tile(a, b, out, i0, j0, two_emin, magic): out[i0:i0+_TR, j0:j0+_TW] = the
-    sequential float32 fast path (modes as _row_step) of those rows and columns. hw16: the
-    format is fp16 and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in
-    the fast path's range: both round correctly; the zero-sign difference of _rnd32 cannot
-    show, see _row_step)."""
+    """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
+    sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
+    C-contiguous panel of b's columns (packed: one stream of loads, where b's own rows lie a
+    whole row apart: ~3x the cost a multiply-add at K=1280). Modes as _mm_fast: 0 acc =
+    rnd(acc + rnd(p)); 1 the same through round-to-odd; 2 acc = rnd(odd(acc + p)) keeping a
+    zero's sign; 3 plain float32. Without fma the signs of zeros need no care: acc starts at +0
+    and a sum of two format values is 0 or at least the smallest subnormal, so acc is never -0
+    and a -0 product adds like +0; with fma, acc + p can round to -0. hw16: the format is fp16
+    and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in the fast path's
+    range: both round correctly)."""
     L = _TL
     i32 = ir.IntType(32)
     fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
@@ -276,16 +272,16 @@ def _make_tile(mode: int, hw16: bool):
         return builder.shuffle_vector(v, ir.Constant(fv, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
 
     @intrinsic
-    def tile(typingctx, a, b, out, i0, j0, two_emin, magic):
-        sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.float32, types.float32)
+    def tile(typingctx, a, b, out, i0, oi, j0, two_emin, magic):
+        sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.intp, types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            a_, b_, o_, i0_, j0_, te_, mg_ = args
+            a_, b_, o_, i0_, oi_, j0_, te_, mg_ = args
             A = context.make_array(_ARR2)(context, builder, a_)
             B = context.make_array(_ARR2)(context, builder, b_)
             O = context.make_array(_ARR2)(context, builder, o_)
             K = cgutils.unpack_tuple(builder, A.shape)[1]
-            N = cgutils.unpack_tuple(builder, B.shape)[1]
+            N = cgutils.unpack_tuple(builder, O.shape)[1]
             te, mg = splat(builder, te_), splat(builder, mg_)
 
             def idx(x):
@@ -319,7 +315,7 @@ def _make_tile(mode: int, hw16: bool):
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
             with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
                 k = loop.index
-                brow = builder.add(builder.mul(k, N), j0_)
+                brow = builder.mul(k, idx(_TW))  # the packed panel: row k of the tile's columns
                 bv = [builder.load(vptr(B, builder.add(brow, idx(L * v))), align=4) for v in range(_TV)]
                 for r in range(_TR):
                     ai = builder.add(builder.mul(builder.add(i0_, idx(r)), K), k)
@@ -337,7 +333,7 @@ def _make_tile(mode: int, hw16: bool):
                             acc = builder.fadd(acc, p)
                         builder.store(acc, accs[r][v])
             for r in range(_TR):
-                orow = builder.add(builder.mul(builder.add(i0_, idx(r)), N), j0_)
+                orow = builder.add(builder.mul(builder.add(oi_, idx(r)), N), j0_)
                 for v in range(_TV):
                     builder.store(builder.load(accs[r][v]), vptr(O, builder.add(orow, idx(L * v))), align=4)
             return context.get_dummy_value()
@@ -352,62 +348,84 @@ _TILE16_0, _TILE16_2 = _make_tile(0, HW_F16C), _make_tile(2, HW_F16C)  # fp16 fo
 
 
 @njit(cache=True, inline="always")
-def _tile(a, b, out, i0, j0, two_emin, magic, mode):
+def _tile(a, b, out, i0, oi, j0, two_emin, magic, mode):
     # modes 4, 5: fp16 format with modes 0, 2 through the conversion pair where the CPU has one
     if mode == 0:
-        _TILE0(a, b, out, i0, j0, two_emin, magic)
+        _TILE0(a, b, out, i0, oi, j0, two_emin, magic)
     elif mode == 1:
-        _TILE1(a, b, out, i0, j0, two_emin, magic)
+        _TILE1(a, b, out, i0, oi, j0, two_emin, magic)
     elif mode == 2:
-        _TILE2(a, b, out, i0, j0, two_emin, magic)
+        _TILE2(a, b, out, i0, oi, j0, two_emin, magic)
     elif mode == 3:
-        _TILE3(a, b, out, i0, j0, two_emin, magic)
+        _TILE3(a, b, out, i0, oi, j0, two_emin, magic)
     elif mode == 4:
-        _TILE16_0(a, b, out, i0, j0, two_emin, magic)
+        _TILE16_0(a, b, out, i0, oi, j0, two_emin, magic)
     else:
-        _TILE16_2(a, b, out, i0, j0, two_emin, magic)
+        _TILE16_2(a, b, out, i0, oi, j0, two_emin, magic)
 
 
 @njit(cache=True, parallel=True)
 def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
-    """Sequential order in float32 for the rows with rowok set (see module docstring).
+    """Sequential order in float32 for the rows with rowok set (see module docstring), over a
+    batch: a (B, M, K), b (B, K, N), out (B, M, N), rowok (B, M).
     mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23;
-    4, 5: modes 0, 2 for fp16. Full _TR x _TW tiles go through the register-tiled kernel (a
-    tile with a rowok-false row computes it anyway: _mm_general overwrites it), the edges row by
-    row. Parallel over row tiles (finer than column panels: better balanced when another process
-    shares a core; b stays in L2 either way at moderate sizes)."""
-    M, K = a.shape
-    N = b.shape[1]
-    mt, nt = M // _TR, N // _TW
-    for t in prange(mt + (M - mt * _TR)):
-        if t < mt:
-            ok = False
-            for r in range(_TR):
-                ok |= rowok[t * _TR + r]
-            if ok:
-                for jt in range(nt):
-                    _tile(a, b, out, t * _TR, jt * _TW, two_emin, magic, mode)
-            continue
-        i = mt * _TR + t - mt  # a row below the last full tile row: all columns
-        if rowok[i]:
-            _row_edge(a, b, out, i, 0, two_emin, magic, mode)
-    # columns right of the last full panel, for the tiled rows
-    if nt * _TW < N:
-        for i in prange(mt * _TR):
-            if rowok[i]:
-                _row_edge(a, b, out, i, nt * _TW, two_emin, magic, mode)
+    4, 5: modes 0, 2 for fp16. Everything goes through the register-tiled kernel: b's last
+    partial panel and a's last partial row tile are zero-padded (zero products leave the other
+    rows and columns as they are) and written through a scratch tile; a tile with a rowok-false
+    row computes it anyway (_mm_general overwrites it). Parallel over (batch, row tile) items:
+    balanced when another process shares a core, and a batch of small products (grouped
+    convolutions) is one call instead of one per group."""
+    nb, M, K = a.shape
+    items = -(-M // _TR)
+    bp = _pack_panels(b)
+    for w in prange(nb * items):
+        bt = w // items
+        t = w - bt * items
+        _fast_item(a[bt], bp[bt], out[bt], rowok[bt], t, two_emin, magic, mode)
+
+
+@njit(cache=True)
+def _pack_panels(b):
+    """b (B, K, N) as contiguous _TW-column panels (B, ceil(N / _TW), K, _TW), the last one
+    padded with zeros."""
+    nb, K, N = b.shape
+    nt = -(-N // _TW)
+    bp = np.zeros((nb, nt, K, _TW), np.float32)
+    for bt in range(nb):
+        for jt in range(nt):
+            w = min(_TW, N - jt * _TW)
+            for k in range(K):
+                for c in range(w):
+                    bp[bt, jt, k, c] = b[bt, k, jt * _TW + c]
+    return bp
 
 
 @njit(cache=True, inline="always")
-def _row_edge(a, b, out, i, j0, two_emin, magic, mode):
-    """out[i, j0:] by _row_step, k by k."""
-    K = a.shape[1]
-    N = b.shape[1]
-    acc = np.zeros(N - j0, np.float32)
-    m = mode if mode < 4 else (0 if mode == 4 else 2)
-    for k in range(K):
-        _row_step(acc, b[k, j0:], a[i, k], two_emin, magic, m)
-    out[i, j0:] = acc
+def _fast_item(a, bp, out, rowok, t, two_emin, magic, mode):
+    """Row tile t of one 2-D product (a, packed b) into out."""
+    M, K = a.shape
+    N = out.shape[1]
+    i0 = t * _TR
+    rows = min(_TR, M - i0)
+    ok = False
+    for r in range(rows):
+        ok |= rowok[i0 + r]
+    if not ok:
+        return
+    src, si = a, i0
+    if rows < _TR:  # a's last rows, zero-padded to a full tile
+        src = np.zeros((_TR, K), np.float32)
+        src[:rows] = a[i0:]
+        si = 0
+    scratch = np.empty((_TR, _TW), np.float32)
+    for jt in range(bp.shape[0]):
+        j0 = jt * _TW
+        if rows == _TR and j0 + _TW <= N:
+            _tile(src, bp[jt], out, si, i0, j0, two_emin, magic, mode)
+        else:
+            _tile(src, bp[jt], scratch, si, 0, 0, two_emin, magic, mode)
+            w = min(_TW, N - j0)
+            out[i0:i0 + rows, j0:j0 + w] = scratch[:rows, :w]
 
 
 @njit(cache=True, inline="always")
@@ -475,20 +493,28 @@ def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits, from_f
 
 
 @njit(cache=True, parallel=True)
-def _mm_general(a, b, out, rowdone, order, block, fma, m, emin, maxbits):
-    """Any order, any values, float64 with exact products; rows with rowdone set are skipped."""
-    M, K = a.shape
-    N = b.shape[1]
-    for i in prange(M):
-        if rowdone[i]:
+def _mm_general(a, b, out, rowdone, colbad, order, block, fma, m, emin, maxbits):
+    """Any order, any values, float64 with exact products, over a batch (shapes as _mm_fast).
+    Rows with rowdone set are done except for their columns with colbad set (B, N): columns
+    of b holding inf or NaN, which the fast path cannot take."""
+    nb, M, K = a.shape
+    N = b.shape[2]
+    for w in prange(nb * M):
+        bt = w // M
+        i = w - bt * M
+        done = rowdone[bt, i]
+        bad = colbad[bt]
+        if done and not bad.any():
             continue
         vals = np.empty(max(K, 1), np.float64)
         buf = np.empty(max(K, 1), np.float64)
         parts = np.empty(_EXP_LIMIT, np.float64)
         for j in range(N):
+            if done and not bad[j]:
+                continue
             for k in range(K):
-                vals[k] = np.float64(a[i, k]) * np.float64(b[k, j])
-            out[i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits, False))
+                vals[k] = np.float64(a[bt, i, k]) * np.float64(b[bt, k, j])
+            out[bt, i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits, False))
 
 
 @njit(cache=True, parallel=True)
@@ -520,24 +546,28 @@ def _as_f32(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def _fast_rows(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> np.ndarray:
-    """Rows of a for which the float32 fast path is proven exact (module docstring)."""
-    M, K = a.shape
-    amax, asig, alsb = np.empty(M), np.empty(M), np.empty(M)
-    afin = np.empty(M, np.bool_)
-    _row_stats(a, amax, asig, alsb, afin)
-    kb = b.shape[0]
-    bmax, bsig, blsb = np.empty(kb), np.empty(kb), np.empty(kb)
-    bfin = np.empty(kb, np.bool_)
-    _row_stats(b, bmax, bsig, blsb, bfin)  # per row of b, then over all of b
-    if not bfin.all():
-        return np.zeros(M, np.bool_)
+def _fast_split(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> tuple[np.ndarray, np.ndarray]:
+    """For a (B, M, K) @ b (B, K, N): the rows of each a for which the float32 fast path is
+    proven exact (module docstring) on every column of b that holds no inf or NaN, and those
+    columns that do (B, N; rows on the fast path take them through the general path). A layer
+    fed NaN or inf in a few positions thus keeps the fast path for its other columns."""
+    nb, M, K = a.shape
+    N = b.shape[2]
+    amax, aspan, alsb = np.empty(nb * M), np.empty(nb * M, np.int32), np.empty(nb * M, np.int32)
+    afin = np.empty(nb * M, np.bool_)
+    _row_stats(a.reshape(nb * M, K), amax, aspan, alsb, afin)
+    bmax, bspan, blsb = np.empty(nb * K), np.empty(nb * K, np.int32), np.empty(nb * K, np.int32)
+    bfin = np.empty(nb * K, np.bool_)
+    _row_stats(b.reshape(nb * K, N), bmax, bspan, blsb, bfin)  # per row of b (finite entries), then per batch
+    amax, aspan, alsb, afin = (v.reshape(nb, M) for v in (amax, aspan, alsb, afin))
+    bmax, bspan, blsb = (v.reshape(nb, K) for v in (bmax, bspan, blsb))
+    colbad = np.zeros((nb, N), np.bool_) if bfin.all() else ~np.isfinite(b).all(axis=1)
     # sum_k |a_ik b_kj| <= sum_k |a_ik| max_j |b_kj|: one float64 matvec, far tighter than
     # K * max|a_i| * max|b| on real layers (whose b rows differ in scale), and exact enough
     # (float64 relative error ~K * 2^-53, covered by the growth margin below).
     with np.errstate(over="ignore", invalid="ignore"):
-        abs_dot = np.abs(a).astype(np.float64) @ bmax
-    bmax, bsig, blsb = bmax.max(keepdims=True), bsig.max(keepdims=True), blsb.min(keepdims=True)
+        abs_dot = np.matmul(np.abs(a).astype(np.float64), bmax[:, :, None])[:, :, 0]
+    bmax, bspan, blsb = bmax.max(axis=1)[:, None], bspan.max(axis=1)[:, None], blsb.min(axis=1)[:, None]
     u = 2.0 ** -(fmt.m + 1)
     # |acc_k| <= (1+u)^(2k) (sum|p| + k*qmin): each rounding scales by (1+u) and adds at most qmin/2.
     growth = math.exp(2.0 * K * u * 1.0001) * (1.0 + 1e-12)
@@ -545,32 +575,64 @@ def _fast_rows(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> np.ndarray:
     limit = min(fmt.maxfinite, 2.0 ** (104 + fmt.m))
     with np.errstate(over="ignore", invalid="ignore"):
         ok = afin & (bound < limit)
-        ok &= asig * bsig[0] < 2.0 ** 24
-        ok &= (alsb * blsb[0] >= 2.0 ** -149) | (amax == 0.0) | (bmax[0] == 0.0)
-    return ok
+        ok &= aspan + bspan <= 24  # significands of at most 24 bits together: products exact
+        ok &= (alsb + blsb >= -149) | (amax == 0.0) | (bmax == 0.0)  # no product bit below 2**-149
+    return ok, colbad
 
 
-def _matmul2d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, fma: bool) -> np.ndarray:
-    M, K = a.shape
-    N = b.shape[1]
-    out = np.zeros((M, N), np.float32)
-    if M == 0 or N == 0 or K == 0:
+def _fast_rows(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> np.ndarray:
+    """_fast_split's rows for one 2-D product (tests and callers with one matrix)."""
+    return _fast_split(np.ascontiguousarray(a)[None], np.ascontiguousarray(b)[None], fmt)[0][0]
+
+
+@contextmanager
+def _one_thread_if(small: bool):
+    """Parallel kernels called inside run on the calling thread alone when the work is small.
+    Waking the kernels' threads cost up to ~16 ms a call on a loaded 2-core machine, against
+    0.1 ms of work for a LayerNorm's rows or a depthwise convolution's groups (measured);
+    numba's thread count is per calling thread."""
+    if not small:
+        yield
+        return
+    nt = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(nt)
+
+
+def _matmul3d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, fma: bool) -> np.ndarray:
+    """The batch of products a (B, M, K) @ b (B, K, N), both C-contiguous float32."""
+    nb, M, K = a.shape
+    N = b.shape[2]
+    if N < _TW and M > N:
+        # Narrow outputs (matrix-vector products) as (b^T a^T)^T: the same sums of the same
+        # products in the same order (products commute exactly), with the long side across
+        # the vectorised columns instead of one edge row per output row.
+        t = _matmul3d(np.ascontiguousarray(b.transpose(0, 2, 1)), np.ascontiguousarray(a.transpose(0, 2, 1)),
+                      fmt, order, block, fma)
+        return np.ascontiguousarray(t.transpose(0, 2, 1))
+    out = np.zeros((nb, M, N), np.float32)
+    if nb == 0 or M == 0 or N == 0 or K == 0:
         return out
-    done = np.zeros(M, np.bool_)
-    if order == SEQUENTIAL and fmt.m != 22:
-        done = _fast_rows(a, b, fmt)
-        if fmt.m == 23:
-            mode = 3
-        elif fma:
-            mode = 2
-        else:
-            mode = 0 if fmt.m <= 10 else 1
-        if (fmt.e, fmt.m) == (5, 10) and mode in (0, 2):
-            mode = 4 if mode == 0 else 5
-        if done.any():
-            _mm_fast(a, b, out, done, fmt.two_emin32, fmt.magic32, mode)
-    if not done.all():
-        _mm_general(a, b, out, done, order, int(block), bool(fma), fmt.m, fmt.emin, fmt.maxbits64)
+    with _one_thread_if(nb * M * N * K < _PARALLEL_MM_MIN):
+        done = np.zeros((nb, M), np.bool_)
+        colbad = np.zeros((nb, N), np.bool_)
+        if order == SEQUENTIAL and fmt.m != 22:
+            done, colbad = _fast_split(a, b, fmt)
+            if fmt.m == 23:
+                mode = 3
+            elif fma:
+                mode = 2
+            else:
+                mode = 0 if fmt.m <= 10 else 1
+            if (fmt.e, fmt.m) == (5, 10) and mode in (0, 2):
+                mode = 4 if mode == 0 else 5
+            if done.any():
+                _mm_fast(a, b, out, done, fmt.two_emin32, fmt.magic32, mode)
+        if not done.all() or colbad.any():
+            _mm_general(a, b, out, done, colbad, order, int(block), bool(fma), fmt.m, fmt.emin, fmt.maxbits64)
     return out
 
 
@@ -593,9 +655,7 @@ def matmul_acc(a: np.ndarray, b: np.ndarray, ebits: int, mbits: int, order: str 
     nbatch = int(np.prod(batch, dtype=np.int64))
     ab = np.broadcast_to(a2, batch + (M, K)).reshape(nbatch, M, K)
     bb = np.broadcast_to(b2, batch + (K, N)).reshape(nbatch, K, N)
-    out = np.empty((ab.shape[0], M, N), np.float32)
-    for t in range(ab.shape[0]):
-        out[t] = _matmul2d(np.ascontiguousarray(ab[t]), np.ascontiguousarray(bb[t]), fmt, o, block, fma)
+    out = _matmul3d(np.ascontiguousarray(ab), np.ascontiguousarray(bb), fmt, o, block, fma)
     out = out.reshape(batch + (M, N))
     if a.ndim == 1:
         out = out[..., 0, :]
@@ -631,18 +691,8 @@ def sum_acc(x: np.ndarray, axis: int | tuple[int, ...] | None = None, keepdims: 
     rows = np.ascontiguousarray(np.transpose(x, keep + list(axes))).reshape(nrows, n)
     res = np.zeros(rows.shape[0], np.float32)
     if n > 0 and rows.shape[0] > 0:
-        if rows.size >= _PARALLEL_SUM_MIN:
+        with _one_thread_if(rows.size < _PARALLEL_SUM_MIN):
             _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
-        else:
-            # Waking the parallel kernel's threads cost up to ~16 ms a call on a loaded 2-core
-            # machine, against 0.1 ms of work for a LayerNorm's rows (measured): small
-            # reductions run on the calling thread (numba's thread count is per thread).
-            nt = numba.get_num_threads()
-            numba.set_num_threads(1)
-            try:
-                _sum_rows(rows, res, o, int(block), fmt.m, fmt.emin, fmt.maxbits64)
-            finally:
-                numba.set_num_threads(nt)
     res = res.reshape(kept_shape)
     if keepdims:
         res = res.reshape(tuple(1 if d in axes else x.shape[d] for d in range(nd)))

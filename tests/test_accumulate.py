@@ -126,7 +126,8 @@ def same_bits(x, y):
 def path(request, monkeypatch):
     """Run each test through the float32 fast path and through the general float64 path."""
     if request.param == "general":
-        monkeypatch.setattr(acc_mod, "_fast_rows", lambda a, b, fmt: np.zeros(a.shape[0], np.bool_))
+        monkeypatch.setattr(acc_mod, "_fast_split", lambda a, b, fmt: (np.zeros(a.shape[:2], np.bool_),
+                                                                          np.zeros((a.shape[0], b.shape[2]), np.bool_)))
     return request.param
 
 
@@ -494,8 +495,74 @@ def test_fp16_conversion_tiles_equal_portable_tiles(mode_pair):
     assert ok.all()
     outs = []
     for mode in mode_pair:
-        out = np.zeros((M, N), np.float32)
-        acc_mod._mm_fast(a, b, out, ok, fmt.two_emin32, fmt.magic32, mode)
+        out = np.zeros((1, M, N), np.float32)
+        acc_mod._mm_fast(a[None], b[None], out, ok[None], fmt.two_emin32, fmt.magic32, mode)
         outs.append(out)
     assert same_bits(outs[0], outs[1])
     assert (np.abs(outs[0]) < 2.0 ** -14).any()  # the subnormal range was reached
+
+
+# ---------------------------------------------------------------- batches, narrow outputs, non-finite columns
+
+def test_batched_broadcast_matmul_matches_numpy_float16_per_product(path):
+    # one kernel call covers every product of a broadcast batch (grouped convolutions); each
+    # product is checked against the numpy float16 oracle on its own
+    rng = np.random.default_rng(20)
+    a = rand_fmt_values(rng, (2, 1, 5, 9), *F16, lo=-8, hi=1)
+    b = rand_fmt_values(rng, (3, 9, 6), *F16, lo=-8, hi=1)
+    for fma, step in ((False, f16_seq), (True, f16_seq_fma)):
+        got = matmul_acc(a, b, *F16, fma=fma)
+        assert got.shape == (2, 3, 5, 6)
+        for i in range(2):
+            for j in range(3):
+                assert same_bits(got[i, j], mm_oracle(a[i, 0], b[j], step))
+
+
+@pytest.mark.parametrize("shape", [(37, 29, 3), (40, 21, 1), (8, 5, 2)])
+def test_narrow_outputs_match_numpy_float16(shape, path):
+    # outputs narrower than a register tile are computed transposed: same sums, same order
+    M, K, N = shape
+    rng = np.random.default_rng(21 + N)
+    a = rand_fmt_values(rng, (M, K), *F16, lo=-8, hi=2)
+    b = rand_fmt_values(rng, (K, N), *F16, lo=-8, hi=2)
+    for fma, step in ((False, f16_seq), (True, f16_seq_fma)):
+        assert same_bits(matmul_acc(a, b, *F16, fma=fma), mm_oracle(a, b, step))
+    # a 1-D right operand (matrix-vector product) gives the vector of the same sums
+    assert same_bits(matmul_acc(a, b[:, 0], *F16, fma=False), mm_oracle(a, b[:, :1], f16_seq)[:, 0])
+
+
+def test_nonfinite_columns_of_b_leave_the_other_columns_on_the_fast_path(monkeypatch):
+    rng = np.random.default_rng(22)
+    M, K, N = 9, 40, 3 * acc_mod._TW + 5
+    a = rand_fmt_values(rng, (M, K), *F16, lo=-8, hi=0)
+    b = rand_fmt_values(rng, (K, N), *F16, lo=-8, hi=0)
+    b[3, 2], b[17, 20], b[0, N - 1] = np.nan, np.inf, -np.inf
+    fmt = acc_mod._Fmt(*F16)
+    ok, bad = acc_mod._fast_split(a[None], b[None], fmt)
+    assert ok.all() and sorted(np.flatnonzero(bad[0])) == [2, 20, N - 1]
+    for fma, step in ((False, f16_seq), (True, f16_seq_fma)):
+        got = matmul_acc(a, b, *F16, fma=fma)
+        good = np.ones(N, bool)
+        good[[2, 20, N - 1]] = False
+        with np.errstate(invalid="ignore", over="ignore"):
+            want = mm_oracle(a, b, step)
+        assert same_bits(got[:, good], want[:, good])
+        assert np.isnan(got[:, 2]).all()
+        # the non-finite columns are exactly what the general path alone gives
+        with monkeypatch.context() as m:
+            m.setattr(acc_mod, "_fast_split", lambda a3, b3, f: (np.zeros(a3.shape[:2], np.bool_),
+                                                                 np.zeros((a3.shape[0], b3.shape[2]), np.bool_)))
+            general = matmul_acc(a, b, *F16, fma=fma)
+        assert same_bits(got, general)
+
+
+def test_fast_path_refuses_products_below_the_float32_subnormal_grid():
+    # 2**-80 * (1 + 2**-10) times 2**-60: the product's lowest bit is 2**-150, below float32's
+    # smallest subnormal, so float32 products would not be exact: the general path runs
+    a = np.float32([[2.0 ** -80 * (1 + 2.0 ** -10), 1.0]])
+    b = np.float32([[2.0 ** -60], [0.5]])
+    fmt = acc_mod._Fmt(8, 23)
+    assert not acc_mod._fast_rows(a, b, fmt)[0]
+    assert acc_mod._fast_rows(np.float32([[2.0 ** -80, 1.0]]), b, fmt)[0]  # lowest bit 2**-140
+    want = mm_oracle(a, b, lambda r, c: seq_exact(r, c, 8, 23, False))
+    assert same_bits(matmul_acc(a, b, 8, 23, fma=False), want)
