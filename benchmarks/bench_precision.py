@@ -2,22 +2,29 @@
 validation models and the bundled digits model, side by side in one run (median of N after a
 warm-up). Targets (issue 4): fp16 <= 2x fp32, fp16-acc16 <= 8x.
 
-Run: PYTHONPATH=. python benchmarks/bench_precision.py [--runs 5] [--models a,b] [--presets p,q]
+Run: PYTHONPATH=. python benchmarks/bench_precision.py [--runs 5] [--models a,b] [--presets p,q] [--one-thread]
 
-BLAS threads: fp32 runs hold OpenBLAS at one thread and split large GEMMs themselves
-(kernels/blas.py); precision plans call np.matmul with OpenBLAS's own threads, which wait for
-each other at every GEMM when the cores are busy (on the shared 2-core machine this alone made
-fp16 5-20x fp32). OPENBLAS_NUM_THREADS=1 compares the two paths at equal BLAS threading."""
+--one-thread: halfsim, numba and OpenBLAS on one thread, presets interleaved run by run and
+timed in process CPU time: on the shared 2-core machine far steadier than wall-clock medians.
+
+BLAS threads: every run, fp32 or emulated, holds OpenBLAS at one thread and splits large GEMMs
+itself (kernels/blas.py), so both sides of a ratio use the same GEMM threading."""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
+import time
 
-import numpy as np
-import onnx
+if "--one-thread" in sys.argv:  # before numpy and numba start their thread pools
+    os.environ.update(OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", HALFSIM_THREADS="1")
 
-import halfsim
-from halfsim.demo import data_path
-from timing import median_ms
+import numpy as np  # noqa: E402
+import onnx  # noqa: E402
+
+import halfsim  # noqa: E402
+from halfsim.demo import data_path  # noqa: E402
+from timing import median_ms  # noqa: E402
 
 PRESETS = ("fp32", "fp16", "bf16", "tf32", "fp16-acc16", "tc-a100-fp16")
 
@@ -33,18 +40,38 @@ def cases(names):
         yield e["name"], halfsim.load(path), recipes.build_inputs(e["recipe"], onnx.load(path))
 
 
+def interleaved_cpu_ms(model, feeds, presets, runs: int) -> dict[str, float]:
+    """Median process CPU time (ms) per preset, the presets taking turns run by run after one
+    warm-up run each."""
+    ts: dict[str, list[float]] = {p: [] for p in presets}
+    for p in presets:
+        model.run(feeds, precision=p)
+    for _ in range(runs):
+        for p in presets:
+            t = time.process_time()
+            model.run(feeds, precision=p)
+            ts[p].append(time.process_time() - t)
+    return {p: 1e3 * float(np.median(v)) for p, v in ts.items()}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--models", default="dtln_model_2,magika,rapidocr_det,rapidocr_rec,minilm_int8")
     ap.add_argument("--presets", default=",".join(PRESETS[1:]), help="compared with fp32 (always run)")
+    ap.add_argument("--one-thread", action="store_true", help="one thread everywhere, interleaved, CPU time")
     args = ap.parse_args()
     names = set(args.models.split(",")) if args.models else None
     presets = ("fp32",) + tuple(p for p in args.presets.split(",") if p and p != "fp32")
-    print(f"{'model':<16}" + "".join(f"{p:>14}" for p in presets) + "   (ms; x = ratio to fp32)")
+    clock = "CPU ms, one thread, interleaved" if args.one_thread else "ms"
+    print(f"load average {os.getloadavg()[0]:.1f}")
+    print(f"{'model':<16}" + "".join(f"{p:>14}" for p in presets) + f"   ({clock}; x = ratio to fp32)")
     for name, model, feeds in cases(names):
-        t = {p: median_ms(lambda p=p: model.run(feeds, precision=p), args.runs if p != "fp16-acc16" else max(1, args.runs // 2))
-             for p in presets}
+        if args.one_thread:
+            t = interleaved_cpu_ms(model, feeds, presets, args.runs)
+        else:
+            t = {p: median_ms(lambda p=p: model.run(feeds, precision=p), args.runs if p != "fp16-acc16" else max(1, args.runs // 2))
+                 for p in presets}
         cells = [f"{t['fp32']:>14.1f}"] + [f"{t[p]:>8.1f} {t[p] / t['fp32']:>4.1f}x" for p in presets[1:]]
         print(f"{name:<16}" + "".join(cells), flush=True)
 
