@@ -44,6 +44,10 @@ class _Placement(Policy):
             self.coreml_constants = False
         self._base, self._keep, self._only = base, keep, only
 
+    def cache_key(self) -> str:
+        only = "-" if self._only is None else sorted(self._only)
+        return f"{self._base.cache_key()} keep={sorted(self._keep)} only={only}"
+
     def resolve(self, node) -> OpPrecision:
         i = id(node)
         if i in self._keep:

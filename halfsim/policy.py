@@ -206,6 +206,12 @@ class Policy:
     def unused_rules(self) -> list[Rule]:
         return [r for r in self.rules if r.hits == 0]
 
+    def cache_key(self) -> str:
+        """Text that fixes how this policy resolves every node: per-model caches of
+        policy-dependent work key on it. A subclass that resolves by more than its rules
+        (bisect's node placements) must add that to the key."""
+        return json.dumps(self.to_dict(), sort_keys=True)
+
     # -- files -----------------------------------------------------------------------
     def to_dict(self) -> dict:
         d: dict[str, Any] = {"name": self.name}

@@ -10,7 +10,6 @@ model (fp16-converted models) are widened exactly to float32 for the op and stor
 their own type, so Cast really rounds and every op has true low-precision semantics."""
 from __future__ import annotations
 
-import json
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from typing import Any
@@ -145,7 +144,7 @@ class PrecisionPlan:
     def policy_key(self) -> str:
         """The policy's content as text: what per-model caches of policy-dependent work key on."""
         if self._policy_key is None:
-            self._policy_key = json.dumps(self.policy.to_dict(), sort_keys=True)
+            self._policy_key = self.policy.cache_key()
         return self._policy_key
 
     def set_node_precision(self, node, prec: OpPrecision) -> None:
