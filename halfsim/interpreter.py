@@ -677,7 +677,7 @@ def _inplace_act(node: G.Node, env: dict, dtype: np.dtype):
     dtype = np.dtype(dtype)
     t = dtype.type
     if node.op_type == "Relu":
-        lo, hi = np.zeros((), dtype), np.asarray(np.inf if dtype.kind == "f" else np.iinfo(dtype).max, dtype)
+        lo, hi = np.zeros((), dtype), np.asarray(np.inf, dtype)  # a Conv's output: always float
     elif node.opset < 11:
         lo, hi = node.attrs.get("min", -3.4028234663852886e38), node.attrs.get("max", 3.4028234663852886e38)
         lo, hi = t(lo), t(hi)

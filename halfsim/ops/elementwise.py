@@ -69,7 +69,6 @@ try:
     from numpy._core.umath import clip as clip_ufunc
 except ImportError:  # pragma: no cover  (numpy 1.x)
     from numpy.core.umath import clip as clip_ufunc
-_clip = clip_ufunc
 
 
 # -- fast float32 kernels -------------------------------------------------------------------
@@ -123,7 +122,7 @@ _MLAS_MIN = 16384
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.float32 and x.size >= _MLAS_MIN:
-        from ..kernels.act import logistic
+        from ..kernels.mlas import logistic
         return logistic(x)
     if x.dtype == np.float32:
         # 1 / (1 + exp(-x)) in place on one fresh array: exp overflow gives 1/inf = 0, no NaN
@@ -261,7 +260,7 @@ def isinf(ctx, x, *, detect_negative=1, detect_positive=1):
 @op("Relu", since=6)
 def relu(ctx, x):
     if x.dtype in _F32_64:
-        return _clip(x, x.dtype.type(0), x.dtype.type(np.inf))
+        return clip_ufunc(x, x.dtype.type(0), x.dtype.type(np.inf))
     return np.maximum(x, np.zeros((), x.dtype))
 
 
@@ -416,7 +415,7 @@ def clip6(ctx, x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
     xf = up(x)
     t = xf.dtype.type
     if xf.dtype in _F32_64:
-        return down(_clip(xf, t(min), t(max)), x.dtype)
+        return down(clip_ufunc(xf, t(min), t(max)), x.dtype)
     return down(np.minimum(np.maximum(xf, t(min)), t(max)), x.dtype)
 
 
@@ -429,7 +428,7 @@ def clip11(ctx, x, lo=None, hi=None):
     lo = np.asarray(info.min, dtype=x.dtype) if lo is None else (lo.reshape(()) if lo.size == 1 else lo)
     hi = np.asarray(info.max, dtype=x.dtype) if hi is None else (hi.reshape(()) if hi.size == 1 else hi)
     if x.dtype in _F32_64:
-        return _clip(x, lo, hi)
+        return clip_ufunc(x, lo, hi)
     y = np.maximum(x, lo)
     return np.minimum(y, hi, out=y if y.shape == np.broadcast_shapes(y.shape, np.shape(hi)) else None)
 
