@@ -18,14 +18,15 @@ is why emulating ORT needs this rather than numpy.
 
 logistic / tanh work on whole float32 arrays (loops LLVM vectorizes 8 lanes wide on AVX2, with
 the fma as the llvm.fma intrinsic: one instruction on FMA hosts, a correctly rounded libm call
-elsewhere). logistic_f32 / tanh_f32 are the scalar forms, callable from other @njit kernels
-(fused recurrent steps)."""
+elsewhere), split across the kernel threads when large. logistic_f32 / tanh_f32 are the
+scalar forms, callable from other @njit kernels (fused recurrent steps)."""
 from __future__ import annotations
 
 import numpy as np
-from llvmlite import ir
 from numba import njit, types
 from numba.extending import intrinsic
+
+from .conv import run_split
 
 
 @intrinsic
@@ -90,16 +91,19 @@ def tanh_f32(x):
     return _odd_ratio(_clamp(np.float32(x), _TANH_LO, _TANH_HI), _TANH_P, _TANH_Q)
 
 
-@njit(cache=True, error_model="numpy")
-def _logistic_loop(x, out):
-    for i in range(x.size):
-        out[i] = logistic_f32(x[i])
+@njit(cache=True, nogil=True, error_model="numpy")
+def _logistic_range(x, out, lo, hi):
+    # Zero-based loop over slices: LLVM vectorizes it (a loop from lo measured 4x slower).
+    xs, os_ = x[lo:hi], out[lo:hi]
+    for i in range(xs.size):
+        os_[i] = logistic_f32(xs[i])
 
 
-@njit(cache=True, error_model="numpy")
-def _tanh_loop(x, out):
-    for i in range(x.size):
-        out[i] = tanh_f32(x[i])
+@njit(cache=True, nogil=True, error_model="numpy")
+def _tanh_range(x, out, lo, hi):
+    xs, os_ = x[lo:hi], out[lo:hi]
+    for i in range(xs.size):
+        os_[i] = tanh_f32(xs[i])
 
 
 def _apply(loop, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
@@ -108,15 +112,18 @@ def _apply(loop, x: np.ndarray, out: np.ndarray | None) -> np.ndarray:
         out = np.empty_like(x)
     elif out.shape != x.shape or out.dtype != np.float32 or not out.flags.c_contiguous:
         raise ValueError("out must be a C-contiguous float32 array of the input's shape")
-    loop(x.reshape(-1), out.reshape(-1))
+    n = x.size
+    # ~0.6 ns per element serially: split across the kernel threads from 256k elements
+    # (~0.15 ms) on, where waking a helper costs much less than the work it takes.
+    run_split(loop, (x.reshape(-1), out.reshape(-1)), n, n, min_work=1 << 18)
     return out
 
 
 def logistic(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """ORT CPU Sigmoid of a float32 array, bit-exact (out may be x itself for in place)."""
-    return _apply(_logistic_loop, x, out)
+    return _apply(_logistic_range, x, out)
 
 
 def tanh(x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """ORT CPU Tanh of a float32 array, bit-exact (out may be x itself for in place)."""
-    return _apply(_tanh_loop, x, out)
+    return _apply(_tanh_range, x, out)
