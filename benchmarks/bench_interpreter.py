@@ -292,7 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="ORT intra-op threads (default: numpy's)")
     ap.add_argument("--budget", type=float, default=30.0, help="seconds of timed runs per backend and model")
-    ap.add_argument("--pause", type=float, default=0.0, help="seconds of sleep before each ORT/halfsim warm+timed pair")
+    # ORT's idle intra-op workers spin for ~60 ms after every run (measured: 60 ms of process
+    # CPU during a sleep after a minilm run, 2 threads), taking a core from whatever runs next:
+    # halfsim right after ORT ran 33 ms against 27 ms after itself. The pause lets them settle.
+    ap.add_argument("--pause", type=float, default=0.1,
+                    help="seconds of sleep before each ORT/halfsim warm+timed pair (default 0.1: ORT's pool stops spinning)")
     ap.add_argument("--ref-budget", type=float, default=60.0, help="the same for ReferenceEvaluator")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="skip halfsim's time per op type")
@@ -311,6 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime as ort
     print(f"onnxruntime {ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, {threads} threads",
           file=sys.stderr)
+    load0 = os.getloadavg()
     import tempfile
     recs = []
     with tempfile.TemporaryDirectory(prefix="halfsim-bench-") as td:
@@ -320,6 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                                     not args.no_profile, td, args.pause))
     print(table(recs))
     print(summary(recs))
+    print("load average (1, 5, 15 min): before %.2f %.2f %.2f, after %.2f %.2f %.2f" % (load0 + os.getloadavg()))
     prof = [r for r in recs if r.get("halfsim_ops_ms")]
     if prof:
         print("halfsim time by op type (ms in one run, top 4):")
