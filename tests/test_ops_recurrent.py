@@ -144,18 +144,21 @@ def test_activations(op_type, acts, alpha, beta):
     check_op(op_type, _inputs(op_type, num_dir=nd), attrs, n_outputs=_outs(op_type), opset=13)
 
 
-def _node_model(op_type, ins, outs, attrs, opset=14):
+def _node_model(op_type, ins, outs, attrs, opset=14, initializers=()):
     names = ["X", "W", "R", "B", "sl", "h0", "c0", "P"][:len(ins)]
-    g_in, node_in = [], []
-    for n, a in zip(names, ins):
+    g_in, node_in, inits = [], [], []
+    for i, (n, a) in enumerate(zip(names, ins)):
         node_in.append(n if a is not None else "")
-        if a is not None:
+        if a is not None and i in initializers:
+            inits.append(onnx.numpy_helper.from_array(a, n))
+        elif a is not None:
             g_in.append(helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(a.dtype), list(a.shape)))
     node = helper.make_node(op_type, node_in, outs, **attrs)
     g_out = [onnx.ValueInfoProto(name=o) for o in outs if o]
-    m = helper.make_model(helper.make_graph([node], "g", g_in, g_out), opset_imports=[helper.make_opsetid("", opset)])
+    m = helper.make_model(helper.make_graph([node], "g", g_in, g_out, initializer=inits),
+                          opset_imports=[helper.make_opsetid("", opset)])
     m.ir_version = 8
-    feeds = {n: a for n, a in zip(names, ins) if a is not None}
+    feeds = {n: a for i, (n, a) in enumerate(zip(names, ins)) if a is not None and i not in initializers}
     return m, feeds
 
 
@@ -263,3 +266,23 @@ def test_random_configurations(seed):
     if op_type == "GRU":
         attrs["linear_before_reset"] = int(r.integers(2))
     check_op(op_type, ins, attrs, n_outputs=_outs(op_type), opset=14)
+
+
+@pytest.mark.parametrize("direction,T,bias,init,forget", [
+    ("forward", 1, True, True, 0), ("reverse", 3, True, False, 0), ("bidirectional", 4, False, True, 0),
+    ("forward", 2, True, True, 1)])
+def test_lstm_constant_weights_specialized(direction, T, bias, init, forget):
+    # Streaming shape (batch 1) with weights as initializers: the fp32 schedule runs the
+    # prepared LSTM; it must match ORT and keep the node-by-node path's bits.
+    nd = 2 if direction == "bidirectional" else 1
+    ins = _inputs("LSTM", T=T, B=1, I=7, H=6, num_dir=nd, bias=bias, init=init)
+    attrs = {"hidden_size": 6, "direction": direction, "input_forget": forget}
+    got = check_op("LSTM", ins, attrs, n_outputs=3, opset=14, initializers=(1, 2, 3) if bias else (1, 2))
+    m, feeds = _node_model("LSTM", ins, ["y", "yh", "yc"], attrs, initializers=(1, 2, 3) if bias else (1, 2))
+    model = halfsim.load(m)
+    fast = model.run(feeds)
+    steps = model._fast[id(model.graph)].steps
+    assert steps[0][1] is not steps[0][0].impl.fn  # the prepared form ran
+    general = model.run(feeds, observe=["y"])  # node by node through the op itself
+    for k in ("y", "yh", "yc"):
+        np.testing.assert_array_equal(fast[k], general[k])

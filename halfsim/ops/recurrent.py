@@ -399,6 +399,18 @@ def _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, n
     return Y, Yh, Yc
 
 
+def _lean_step(pre: np.ndarray, c: np.ndarray, bd, H: int, coupled: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One plain-fp32 LSTM step after the matmuls (pre = x.W^T + h.R^T, gates i, o, f, c):
+    float64 activations rounded once, the three sigmoid gates in one pass. Returns (h, c)."""
+    if bd is not None:
+        pre += bd
+    ifo = _sigmoid64(pre[:, :3 * H])
+    i = ifo[:, :H]
+    fg = 1 - i if coupled else ifo[:, 2 * H:]
+    c_new = fg * c + i * np.tanh(pre[:, 3 * H:].astype(np.float64)).astype(pre.dtype)
+    return ifo[:, H:2 * H] * np.tanh(c_new.astype(np.float64)).astype(pre.dtype), c_new
+
+
 def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
           activations, clip, direction, hidden_size, input_forget, layout):
     num_dir = _num_dir(direction, "LSTM")
@@ -435,14 +447,7 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
         # step; streaming models run one step per call.
         def lean(ctx, d, xw, states, bd):
             h, c = states
-            pre = xw + ctx.matmul(h, Rt[d])
-            if bd is not None:
-                pre += bd
-            ifo = _sigmoid64(pre[:, :3 * H])
-            i = ifo[:, :H]
-            fg = 1 - i if coupled else ifo[:, 2 * H:]
-            c_new = fg * c + i * np.tanh(pre[:, 3 * H:].astype(np.float64)).astype(pre.dtype)
-            return [ifo[:, H:2 * H] * np.tanh(c_new.astype(np.float64)).astype(pre.dtype), c_new]
+            return list(_lean_step(xw + ctx.matmul(h, Rt[d]), c, bd, H, coupled))
         if sequence_lens is None and layout == 0:
             return _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, num_dir, hidden_size,
                                      lean)
@@ -500,3 +505,68 @@ def lstm14(ctx, X, W, R, B=None, sequence_lens=None, initial_h=None, initial_c=N
            hidden_size=None, input_forget=0, layout=0):
     return _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
                  activations, clip, direction, hidden_size, input_forget, layout)
+
+
+def _specialize_lstm(node, consts: dict):
+    """fp32 schedules: an LSTM with constant W, R (and B), default activations, no peepholes,
+    clip or sequence_lens gets its summed bias and weight views once per model and a direct
+    time loop (streaming models call it once per frame with T = 1: the per-call set-up of the
+    general driver was ~25 us of ~60). Same matmuls and step arithmetic as the `lean` path,
+    so the same bits; other inputs (large batch, other dtypes) go to the op itself."""
+    ins, a = node.inputs, node.attrs
+    W, R, B = consts.get(1), consts.get(2), consts.get(3)
+
+    def given(i):
+        return len(ins) > i and bool(ins[i])
+    if W is None or R is None or (given(3) and B is None) or given(4) or given(7):
+        return None
+    if a.get("clip") is not None or a.get("layout", 0) != 0 or a.get("activation_alpha") or a.get("activation_beta"):
+        return None
+    direction = a.get("direction", "forward")
+    if direction not in ("forward", "reverse", "bidirectional"):
+        return None
+    nd = 2 if direction == "bidirectional" else 1
+    acts = [x.lower() for x in (a.get("activations") or [])]
+    if acts not in ([], ["sigmoid", "tanh", "tanh"] * nd):
+        return None
+    dt = W.dtype
+    if not isinstance(W, np.ndarray) or dt not in (np.float32, np.float64) or R.dtype != dt or W.ndim != 3 \
+            or (B is not None and B.dtype != dt):
+        return None
+    H = R.shape[-1]
+    I = W.shape[2]
+    if (a.get("hidden_size") is not None and int(a["hidden_size"]) != H) or W.shape != (nd, 4 * H, I) \
+            or R.shape != (nd, 4 * H, H) or (B is not None and B.shape != (nd, 8 * H)):
+        return None  # the op reports it
+    from ..kernels.blas import matmul
+    base = node.impl.fn
+    Wt = [W[d].T for d in range(nd)]  # the views _wt hands BLAS under plain fp32
+    Rt = [R[d].T for d in range(nd)]
+    bias = None if B is None else B[:, :4 * H] + B[:, 4 * H:]
+    coupled = bool(a.get("input_forget", 0))
+    backward = [direction == "reverse" or d == 1 for d in range(nd)]
+
+    def lstm(ctx, X, W_, R_, B_=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **attrs):
+        init = (initial_h, initial_c)
+        if (not ctx.identity or X.dtype != dt or X.ndim != 3 or X.shape[2] != I or sequence_lens is not None
+                or X.shape[1] * H >= NUMBA_MIN // 4
+                or any(s is not None and (s.shape != (nd, X.shape[1], H) or s.dtype != dt) for s in init)):
+            return base(ctx, X, W_, R_, B_, sequence_lens, initial_h, initial_c, P, **attrs)
+        T, Bn = X.shape[:2]
+        Y = np.empty((T, nd, Bn, H), dtype=dt)
+        Yh, Yc = np.zeros((nd, Bn, H), dtype=dt), np.zeros((nd, Bn, H), dtype=dt)
+        x2 = np.ascontiguousarray(X).reshape(T * Bn, I)
+        for d in range(nd):
+            xw = matmul(x2, Wt[d]).reshape(T, Bn, 4 * H)
+            h = np.zeros((Bn, H), dtype=dt) if initial_h is None else initial_h[d]
+            c = np.zeros((Bn, H), dtype=dt) if initial_c is None else initial_c[d]
+            r, bd = Rt[d], None if bias is None else bias[d]
+            for t in (range(T - 1, -1, -1) if backward[d] else range(T)):
+                h, c = _lean_step(xw[t] + np.matmul(h, r), c, bd, H, coupled)
+                Y[t, d] = h
+            Yh[d], Yc[d] = h, c
+        return Y, Yh, Yc
+    return lstm
+
+
+lstm7.specialize = lstm14.specialize = _specialize_lstm
