@@ -241,6 +241,9 @@ def body_for(model: Any, node: G.Node, args: list) -> G.Graph | None:
     return g
 
 
+DECOMPOSED = "decomposed"  # what a recording plan (plan_schedule) notes for a node run through its body
+
+
 def run_decomposed(runner: Any, node: G.Node, args: list) -> list | None:
     """Run `node` through its function body when its precision is decomposed; returns its
     outputs, or None to let the node run its own implementation."""
@@ -264,5 +267,8 @@ def run_decomposed(runner: Any, node: G.Node, args: list) -> list | None:
         outs = runner.run_subgraph(body, feeds)
     finally:
         runner.hook, runner.observe = hook, observe
+    rec = getattr(plan, "_rec", None)
+    if rec is not None:
+        rec[id(node)] = (node, DECOMPOSED, None)
     by_name = dict(zip(body.output_names, outs))
     return [by_name.get(t) if t else None for t in node.outputs]

@@ -75,6 +75,7 @@ class PrecisionPlan:
         self._folds: _PlanFolds | None = None
         self._resolved: dict | None = None
         self._policy_key: str | None = None
+        self._rec: dict | None = None  # where a recording run keeps its decisions (plan_schedule)
         if policy.coreml_constants:
             self._coreml_keep_fp32(model.graph)
 
@@ -168,104 +169,146 @@ class PrecisionPlan:
             self.tags[name] = self.io_fmt
         return x
 
+    def run_compiled(self, model, feeds: dict) -> dict | None:
+        """The run's tensors from the compiled schedule of this policy (plan_schedule), or None
+        when the interpreter must take the general path (which records the schedule)."""
+        if type(self) is not PrecisionPlan:  # subclasses may decide differently per run
+            return None
+        from .plan_schedule import run
+        return run(self, model, feeds)
+
     def on_inputs(self, node, args: list) -> tuple[list, Any]:
         prec = self._precs.get(id(node)) or self.node_precision(node)
+        d = self.decide_inputs(node, args, prec)
+        new = self.apply_inputs(d, node, args) if d.widen or d.rounds else list(args)
+        return new, (d.prec, d, new)
+
+    def on_outputs(self, node, outs: list, state) -> list:
+        _, d, args = state
+        od = self.decide_outputs(node, outs, d)
+        if self._rec is not None:
+            self._rec[id(node)] = (node, d, od)
+        return self.apply_outputs(od, d, node, outs, args) if od.acts else outs
+
+    # The two hooks above are split into a decision (what to round, to which format, and the
+    # format tags it sets: a function of the policy, the tensors' dtypes and the tags of the
+    # inputs) and its application (the rounding and events). The compiled plan schedule
+    # (plan_schedule.py) keeps the decisions of a run and applies them on later runs.
+    def decide_inputs(self, node, args: list, prec: OpPrecision) -> "_InDecision":
+        tags = self.tags
         typed = None
         typed_idx = []
+        widen = []
+        set_tags: dict[str, Format] = {}
         movement = node.impl.data_movement
-        new = list(args)
-        for i, (t, a) in enumerate(zip(node.inputs, args)):
-            if not isinstance(a, np.ndarray):
-                continue
-            low = _LOW_DTYPES.get(a.dtype)
+        dts = [a.dtype if isinstance(a, np.ndarray) else None for a in args]
+        for i, (t, dt) in enumerate(zip(node.inputs, dts)):
+            low = _LOW_DTYPES.get(dt) if dt is not None else None
             if low is not None:
                 typed = typed or low
                 typed_idx.append(i)
                 # CastLike's second input only carries the target type: keep its dtype.
                 if not movement and not (node.op_type == "CastLike" and i == 1):
-                    new[i] = a.astype(np.float32)
-                self.tags[t] = self.fmt(low)
-        storage = self._storage(prec, node, new, typed)
+                    widen.append(i)
+                tags[t] = set_tags[t] = self.fmt(low)
+        storage = self._storage(prec, node, args, typed)
         exact = False
+        rounds = []
         if storage is not FP32:
             exact = (typed is None and node.op_type in _SELECTING_OPS and storage.has_inf and prec.overflow == "inf"
                      and prec.subnormals == "keep" and (node.op_type != "Clip" or (len(node.inputs) == 3 and all(node.inputs))))
             skip_some = node.op_type in _NO_ROUND_OPS
-            for i, (t, a) in enumerate(zip(node.inputs, new)):
-                if isinstance(a, np.ndarray) and a.dtype == np.float32:
+            for i, (t, dt) in enumerate(zip(node.inputs, dts)):
+                if dt is None:
+                    continue
+                if dt == np.float32 or i in widen:
                     if skip_some and (node.op_type, i) in _NO_ROUND_INPUTS:
                         exact = False
                         continue
-                    tag = self.tags.get(t)
+                    tag = tags.get(t)
                     if tag is not storage and (tag is None or not _within(tag, storage)):
-                        new[i] = self._round_input(t, a, storage, node)
-                elif isinstance(a, np.ndarray) and a.dtype.kind == "f":
+                        rounds.append(i)
+                elif dt.kind == "f":
                     exact = False
         if prec.storage != storage.name:
             prec = replace(prec, storage=storage.name)
         follow = _follows_input_type(node, tuple(typed_idx)) if typed else None
-        return new, (prec, storage, typed, follow, new, exact)
+        return _InDecision(prec, storage, typed, follow, exact, tuple(widen), tuple(rounds), set_tags, dts)
 
-    def on_outputs(self, node, outs: list, state) -> list:
-        prec, storage, typed, follow, args, exact = state
+    def apply_inputs(self, d: "_InDecision", node, args: list) -> list:
+        new = list(args)
+        for i in d.widen:
+            new[i] = new[i].astype(np.float32)
+        for i in d.rounds:
+            new[i] = self._round_input(node.inputs[i], new[i], d.storage, node)
+        return new
+
+    def decide_outputs(self, node, outs: list, d: "_InDecision") -> "_OutDecision":
+        tags = self.tags
+        set_tags: dict[str, Format] = {}
+        acts = []
+        dts = [o.dtype if isinstance(o, np.ndarray) else None for o in outs]
         if node.op_type == "Constant":
             # Constants are weights: they are rounded where consumed, with the weights'
             # overflow behaviour (saturating by default), exactly like initializers.
-            for t, o in zip(node.outputs, outs):
-                if t and isinstance(o, np.ndarray) and o.dtype.kind == "f":
-                    self._widen(t, o)
-            return outs
-        if node.impl.data_movement:
+            for t, dt in zip(node.outputs, dts):
+                if t and dt is not None:
+                    low = _LOW_DTYPES.get(dt)
+                    if low is not None:
+                        set_tags[t] = self.fmt(low)
+                    elif dt == np.float32:
+                        set_tags[t] = FP32
+        elif node.impl.data_movement:
             tag = self._input_tag(node)
-            for t, o in zip(node.outputs, outs):
-                if t and isinstance(o, np.ndarray) and o.dtype.kind == "f":
-                    low = _LOW_DTYPES.get(o.dtype)
-                    self.tags[t] = self.fmt(low) if low else tag
-            return outs
+            for t, dt in zip(node.outputs, dts):
+                if t and dt is not None and dt.kind == "f":
+                    low = _LOW_DTYPES.get(dt)
+                    set_tags[t] = self.fmt(low) if low else tag
+        else:
+            storage, typed, follow, exact = d.storage, d.typed, d.follow, d.exact
+            for i, (t, dt) in enumerate(zip(node.outputs, dts)):
+                if not t or dt is None or dt.kind != "f":
+                    continue
+                low = _LOW_DTYPES.get(dt)
+                if low is not None:  # a Cast to float16/bfloat16: numpy rounded it already
+                    if node.op_type.startswith("Cast"):
+                        acts.append((i, t, _CAST_EVENTS, False, None))
+                    set_tags[t] = self.fmt(low)
+                    continue
+                if dt != np.float32:
+                    set_tags[t] = FP32
+                    continue
+                # Outputs typed like a float16/bfloat16 input hold that format; others (a Cast,
+                # the float32 statistics of LayerNormalization) keep their own type.
+                lowout = bool(typed and follow[i] and node.op_type not in ("Cast", "CastLike"))
+                fmt = storage
+                if lowout:
+                    fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
+                rnd = fmt if fmt is not FP32 and not exact else None
+                io = self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt)
+                lowdt = (np.float16 if typed == "fp16" else _mld.bfloat16) if lowout else None
+                if rnd is not None or io or lowdt is not None:
+                    acts.append((i, t, rnd, io, lowdt))
+                set_tags[t] = self.io_fmt if io else fmt
+        tags.update(set_tags)
+        return _OutDecision(tuple(acts), set_tags, dts)
+
+    def apply_outputs(self, od: "_OutDecision", d: "_InDecision", node, outs: list, args: list) -> list:
         res = list(outs)
-        for i, (t, o) in enumerate(zip(node.outputs, outs)):
-            if not t or not isinstance(o, np.ndarray) or o.dtype.kind != "f":
-                continue
-            if o.dtype in _LOW_DTYPES:  # a Cast to float16/bfloat16: numpy rounded it already
-                tag = self.fmt(_LOW_DTYPES[o.dtype])
+        prec = d.prec
+        for i, t, rnd, io, lowdt in od.acts:
+            o = res[i]
+            if rnd is _CAST_EVENTS:
                 self._count_cast_events(node, t, o)
-                self.tags[t] = tag
                 continue
-            if o.dtype != np.float32:
-                self.tags[t] = FP32
-                continue
-            # Outputs typed like a float16/bfloat16 input hold that format; others (a Cast, the
-            # float32 statistics of LayerNormalization) keep their own type.
-            lowout = bool(typed and follow[i] and node.op_type not in ("Cast", "CastLike"))
-            fmt = storage
-            if lowout:
-                fmt = storage if _within(storage, self.fmt(typed)) else self.fmt(typed)
-            if fmt is not FP32 and not exact:
-                # Round in place only an array the op made fresh: one it owns that is none of its
-                # inputs, or a view (a Conv's reshaped GEMM output) into none of their memory
-                # (not for If/Loop/Scan, whose outputs may be views of outer-scope tensors).
-                fresh = o.flags.writeable
-                if fresh and o.flags.owndata:
-                    for a in args:
-                        if o is a:
-                            fresh = False
-                            break
-                elif fresh and node.subgraphs:
-                    fresh = False
-                elif fresh:
-                    for a in args:
-                        if isinstance(a, np.ndarray) and np.may_share_memory(o, a):
-                            fresh = False
-                            break
-                o = self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
-                                inputs=args, inplace=fresh)
-            if self.io_fmt is not None and t in self.output_names and not _within(fmt, self.io_fmt):
+            if rnd is not None:
+                o = self._round(o, rnd, prec.overflow, prec.subnormals, t, node.label, node.op_type, False,
+                                inputs=args, inplace=_fresh(o, args, node))
+            if io:
                 o = self._round(o, self.io_fmt, "inf", "keep", t, node.label, node.op_type, False)
-                fmt = self.io_fmt
-            if lowout:
-                o = o.astype(np.float16 if typed == "fp16" else _mld.bfloat16)
+            if lowdt is not None:
+                o = o.astype(lowdt)
             res[i] = o
-            self.tags[t] = fmt
         return res
 
     # -- accumulate-aware primitives -----------------------------------------------
@@ -416,6 +459,46 @@ class PrecisionPlan:
         inf = np.isinf(o)
         if inf.any():
             self.events.append(Event(node.label, node.op_type, t, "overflow", int(np.count_nonzero(inf))))
+
+
+_CAST_EVENTS = object()  # an output action: count the infinities a Cast to a narrow type made
+
+
+class _InDecision:
+    """What on_inputs does for one node, given its inputs' dtypes (`dtypes`) and format tags."""
+    __slots__ = ("prec", "storage", "typed", "follow", "exact", "widen", "rounds", "tags", "dtypes")
+
+    def __init__(self, prec, storage, typed, follow, exact, widen, rounds, tags, dtypes):
+        self.prec, self.storage, self.typed, self.follow, self.exact = prec, storage, typed, follow, exact
+        self.widen, self.rounds, self.tags, self.dtypes = widen, rounds, tags, dtypes
+
+
+class _OutDecision:
+    """What on_outputs does for one node, given its outputs' dtypes: per output
+    (index, tensor, format to round to | None | _CAST_EVENTS, round to io format, narrow dtype)."""
+    __slots__ = ("acts", "tags", "dtypes")
+
+    def __init__(self, acts, tags, dtypes):
+        self.acts, self.tags, self.dtypes = acts, tags, dtypes
+
+
+def _fresh(o: np.ndarray, args: list, node) -> bool:
+    """Whether an op output may be rounded in place: an array the op made fresh, one it owns
+    that is none of its inputs, or a view (a Conv's reshaped GEMM output) into none of their
+    memory (not for If/Loop/Scan, whose outputs may be views of outer-scope tensors)."""
+    if not o.flags.writeable:
+        return False
+    if o.flags.owndata:
+        for a in args:
+            if o is a:
+                return False
+        return True
+    if node.subgraphs:
+        return False
+    for a in args:
+        if isinstance(a, np.ndarray) and np.may_share_memory(o, a):
+            return False
+    return True
 
 
 # Policies whose folded weights a model keeps (bisection tries many policies: bound the memory).

@@ -1,0 +1,260 @@
+"""Compiled schedules for precision plans: plain runs (no hook, observer, trace or cone re-run)
+under a policy replay the per-node decisions of an earlier run instead of taking them again.
+
+The general path (interpreter.exec_node -> PrecisionPlan.on_inputs / on_outputs) decides for
+every node, on every run, which inputs to widen or round and to which format, how to round its
+outputs and which format tags to set: about 8 us of Python a node. Those decisions depend only
+on the policy, the graph and the dtypes of the tensors (tags follow from them), so a run
+records them (PrecisionPlan._rec), and later runs execute a per-graph step list that applies
+them: the same rounding calls (PrecisionPlan.apply_inputs / apply_outputs), so the same
+outputs, events and tags, bit for bit, with the per-node Python cut to argument plumbing and a
+dtype guard. A guard that fails (a tensor of another dtype than when recorded) abandons the
+compiled run of that graph: its events are dropped and the graph runs the general path, which
+records afresh; a graph that keeps missing stays on the general path.
+
+Main-graph nodes that read only weights are folded as on the general path (the plan's
+fold_cache: values computed once, their events replayed in node order). If/Loop/Scan bodies and
+decomposed function bodies get their own schedules, built after their first general run."""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import numpy as np
+
+from . import graph as G
+from .decompose import DECOMPOSED, has_body, run_decomposed
+from .errors import ExecutionError, HalfsimError
+from .interpreter import _DEBUG, OpContext, _normalize, _op_failed, _Runner
+from .precision import _per_policy
+
+_FOLD, _NODE, _DECOMPOSED = 0, 1, 2
+_DEAD = "dead"              # a graph left on the general path
+_MAX_MISSES = 3
+
+
+class _Miss(Exception):
+    """A tensor's dtype differs from the recorded run's: this schedule does not apply."""
+
+
+class _Schedule:
+    """The steps of one graph under one policy, and what a run replays before them."""
+    __slots__ = ("steps", "env0", "init_events", "init_tags", "hits", "outer", "outputs", "misses")
+
+    def __init__(self, steps, env0, init_events, init_tags, hits, outer, outputs):
+        self.steps, self.env0, self.init_events, self.init_tags = steps, env0, init_events, init_tags
+        self.hits, self.outer, self.outputs, self.misses = hits, outer, outputs, 0
+
+
+def _stores(plan) -> tuple[dict, dict]:
+    """The model's (records, schedules) of the plan's policy."""
+    return _per_policy(plan, "_plan_records", dict), _per_policy(plan, "_plan_schedules", dict)
+
+
+def run(plan, model, feeds: Mapping[str, np.ndarray]) -> dict | None:
+    """Run `model` under `plan` through its compiled schedule; None when there is none yet (or
+    it does not apply): the caller then runs the general path, which records the decisions."""
+    records, schedules = _stores(plan)
+    plan._rec = records
+    g = model.graph
+    sched = schedules.get(id(g))
+    if sched is None:
+        sched = _build(plan, model, g, records, top=True)
+        if sched is None:
+            return None
+        schedules[id(g)] = sched
+    elif sched is _DEAD:
+        return None
+    runner = _PlanRunner(model, plan, records, schedules)
+    events, tags = plan.events, plan.tags
+    mark, tags0 = len(events), dict(tags)
+    events.extend(sched.init_events)
+    tags.update(sched.init_tags)
+    env = dict(sched.env0)
+    for k, v in feeds.items():
+        env[k] = plan.on_graph_input(k, v)
+    try:
+        _execute(plan, runner, sched.steps, env)
+    except _Miss:
+        _missed(schedules, g, sched)
+        del events[mark:]
+        plan.tags = tags0
+        return None
+    runner.add_hits(sched)
+    return env
+
+
+def _missed(schedules: dict, g: G.Graph, sched: _Schedule) -> None:
+    sched.misses += 1
+    # Rebuilt from the general run's new records next time, unless it keeps missing.
+    schedules[id(g)] = _DEAD if sched.misses >= _MAX_MISSES else None
+    if schedules[id(g)] is None:
+        del schedules[id(g)]
+
+
+class _PlanRunner(_Runner):
+    """Runs bodies (If/Loop/Scan, decomposed functions) through their schedules."""
+
+    def __init__(self, model, plan, records: dict, schedules: dict):
+        super().__init__(model, plan, None, None)
+        self.records, self.schedules = records, schedules
+        self._hit_scheds: set[int] = set()
+
+    def add_hits(self, sched: _Schedule) -> None:
+        """The policy rules' hit counts that resolving the schedule's nodes adds (once a run,
+        as the plan resolves each node once)."""
+        if sched.hits and id(sched) not in self._hit_scheds:
+            self._hit_scheds.add(id(sched))
+            rules = self.plan.policy.rules
+            for i, c in sched.hits:
+                rules[i].hits += c
+
+    def run_subgraph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        sched = self.schedules.get(id(graph))
+        if sched is None:
+            sched = _build(self.plan, self.model, graph, self.records, top=False)
+            if sched is not None:
+                self.schedules[id(graph)] = sched
+        if sched is not None and sched is not _DEAD:
+            inits = self._sub_inits.get(id(graph))
+            if inits is None:  # weights rounded (events raised) once a run, as on the general path
+                inits = self._sub_inits[id(graph)] = {k: self.plan.on_initializer(k, v)
+                                                      for k, v in graph.initializers.items()}
+            env = dict(inits)
+            for t in sched.outer:
+                for scope in reversed(self.scopes):
+                    if t in scope:
+                        env[t] = scope[t]
+                        break
+            for vi in graph.inputs:
+                if vi.name in feeds:
+                    env[vi.name] = feeds[vi.name]
+            events = self.plan.events
+            mark = len(events)
+            try:
+                _execute(self.plan, self, sched.steps, env)
+            except _Miss:
+                _missed(self.schedules, graph, sched)
+                del events[mark:]
+            else:
+                self.add_hits(sched)
+                try:
+                    return [env[o] for o in sched.outputs]
+                except KeyError as e:
+                    raise ExecutionError(f"tensor {e.args[0]!r} is not available") from None
+        return super().run_subgraph(graph, feeds)
+
+
+def _build(plan, model, g: G.Graph, records: dict, top: bool) -> _Schedule | None:
+    """The schedule of `g` from the recorded decisions, None while a node has none."""
+    folds = plan.fold_cache if top else None
+    const = model._const_nodes if top else ()
+    resolved = _per_policy(plan, "_policy_resolved", dict)
+    outputs = set(g.output_names)
+    steps: list = []
+    hits: dict[int, int] = {}
+    fold_events: list = []
+    fold_tags: dict = {}
+    env0: dict[str, Any] = {}
+    for n in g.nodes:
+        if n.index in const:
+            meta = folds.meta.get(n.index)
+            if meta is None:
+                return None
+            fold_events.extend(meta[0])
+            fold_tags.update(meta[1])
+            for o in n.outputs:
+                if o:
+                    env0[o] = folds[o]
+            continue
+        if fold_events or fold_tags:
+            steps.append((_FOLD, tuple(fold_events), dict(fold_tags)))
+            fold_events, fold_tags = [], {}
+        r = records.get(id(n))
+        if r is None or r[0] is not n:
+            return None
+        reads = [t for t in n.inputs if t] + [t for sg in n.subgraphs for t in sg.outer_names]
+        dead = tuple(dict.fromkeys(t for t in reads if g.last_use.get(t) == n.index and t not in outputs)) if top else ()
+        if r[1] is DECOMPOSED:
+            steps.append((_DECOMPOSED, n, None, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, None, None, True))
+            continue
+        d, od = r[1], r[2]
+        # A node that could decompose but whose body did not compile keeps asking run_decomposed
+        # (its body depends on the input types), exactly as exec_node does.
+        try_dec = not d.prec.fused and has_body(n)
+        if not try_dec and id(n) not in plan._precs:
+            hit = resolved.get(id(n))
+            if hit is not None and hit[0] is n:
+                for i in hit[2]:
+                    hits[i] = hits.get(i, 0) + 1
+        steps.append((_NODE, n, n.impl.fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, d, od, try_dec))
+    if fold_events or fold_tags:
+        steps.append((_FOLD, tuple(fold_events), dict(fold_tags)))
+    init_events: tuple = ()
+    init_tags: dict = {}
+    if top:
+        # The weights as the general path rounds them at the start of every run (from the
+        # model's cache): computed here once, their events and tags replayed per run.
+        events, mark = plan.events, len(plan.events)
+        for k, v in g.initializers.items():
+            env0[k] = plan.on_initializer(k, v)
+            if k in plan.tags:
+                init_tags[k] = plan.tags[k]
+        init_events = tuple(events[mark:])
+        del events[mark:]
+    outer = tuple(sorted(g.outer_names))
+    return _Schedule(steps, env0, init_events, init_tags, tuple(hits.items()), outer, g.output_names)
+
+
+def _execute(plan, runner: _PlanRunner, steps: list, env: dict) -> None:
+    """The step loop: exec_node's work with the decisions taken, and a dtype guard per node."""
+    events, tags = plan.events, plan.tags
+    nd = np.ndarray
+    for st in steps:
+        kind = st[0]
+        if kind is _FOLD:
+            if st[1]:
+                events.extend(st[1])
+            tags.update(st[2])
+            continue
+        _, node, fn, ins, attrs, outs, dead, d, od, try_dec = st
+        try:
+            args = [env[t] if t else None for t in ins]
+        except KeyError as e:
+            raise ExecutionError(f"tensor {e.args[0]!r} is not available") from None
+        res = None
+        if try_dec:
+            res = run_decomposed(runner, node, args)
+            if res is None and kind is _DECOMPOSED:
+                raise _Miss
+        if res is None:
+            if [a.dtype if isinstance(a, nd) else None for a in args] != d.dtypes:
+                raise _Miss
+            if d.tags:
+                tags.update(d.tags)
+            new = plan.apply_inputs(d, node, args) if d.widen or d.rounds else args
+            ctx = OpContext(node, d.prec, runner)
+            if node.subgraphs:
+                runner.scopes.append(env)
+            try:
+                res = fn(ctx, *new, **attrs)
+            except HalfsimError:
+                raise
+            except Exception as e:
+                if _DEBUG:
+                    raise
+                raise _op_failed(node, e) from None
+            finally:
+                if node.subgraphs:
+                    runner.scopes.pop()
+            res = _normalize(res, len(outs))
+            if [o.dtype if isinstance(o, nd) else None for o in res] != od.dtypes:
+                raise _Miss
+            if od.acts:
+                res = plan.apply_outputs(od, d, node, res, new)
+            if od.tags:
+                tags.update(od.tags)
+        for name, val in zip(outs, res):
+            if name:
+                env[name] = val
+        for t in dead:
+            env.pop(t, None)
