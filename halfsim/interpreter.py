@@ -423,7 +423,13 @@ class Model:
                 env.update(feeds)
                 runner.run_fast(fg, env, free=not keep_trace)
             else:
-                env = self._run_general(runner, feeds, reuse, dirty, keep_trace, overrides)
+                env = None
+                compiled = getattr(plan, "run_compiled", None)
+                if compiled is not None and hook is None and obs is None and reuse is None and not keep_trace \
+                        and not overrides:  # a plan's compiled schedule (plan_schedule.py), when it has one
+                    env = compiled(self, feeds)
+                if env is None:
+                    env = self._run_general(runner, feeds, reuse, dirty, keep_trace, overrides)
         result = RunResult()
         for name in g.output_names:
             try:
