@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
-from typing import Iterator
 
 import numpy as np
 
@@ -22,6 +20,7 @@ _lock = threading.Lock()
 _depth = 0
 _saved: list = []
 _controllers = None
+_fns = None
 
 
 def _blas_controllers() -> list:
@@ -35,29 +34,58 @@ def _blas_controllers() -> list:
     return _controllers
 
 
-@contextmanager
-def single_threaded_blas() -> Iterator[None]:
+def _thread_fns() -> list:
+    """(get, set) thread-count functions per BLAS: OpenBLAS's own C entry points where
+    threadpoolctl found them (threadpoolctl's wrappers cost ~2 us a call, 4 calls a run: a
+    tenth of a streaming model's run), else the controller's methods."""
+    global _fns
+    if _fns is None:
+        fns = []
+        for c in _blas_controllers():
+            get = set_ = None
+            if getattr(c, "internal_api", "") == "openblas" and getattr(c, "threading_layer", "") != "openmp":
+                sym = getattr(c, "_get_symbol", None)  # applies numpy's scipy_openblas64_ prefix/suffix
+                try:
+                    get, set_ = sym("openblas_get_num_threads"), sym("openblas_set_num_threads")
+                except Exception:
+                    get = set_ = None
+            if get is None or set_ is None:
+                get, set_ = c.get_num_threads, c.set_num_threads
+            fns.append((get, set_))
+        _fns = fns
+    return _fns
+
+
+class _SingleThreadedBlas:
     """BLAS at one thread inside the block (re-entrant and thread-safe: the first entrant
     sets it, the last one out restores the previous count)."""
-    global _depth
-    with _lock:
-        if _depth == 0:
-            ctl = _blas_controllers()
-            _saved[:] = [(c, c.get_num_threads()) for c in ctl]
-            for c, n in _saved:
-                if n != 1:
-                    c.set_num_threads(1)
-        _depth += 1
-    try:
-        yield
-    finally:
+    __slots__ = ()
+
+    def __enter__(self) -> None:
+        global _depth
+        with _lock:
+            if _depth == 0:
+                _saved[:] = [(set_, n) for get, set_ in _thread_fns() for n in (get(),) if n != 1]
+                for set_, _ in _saved:
+                    set_(1)
+            _depth += 1
+
+    def __exit__(self, *exc) -> None:
+        global _depth
         with _lock:
             _depth -= 1
             if _depth == 0:
-                for c, n in _saved:
-                    if n != 1:
-                        c.set_num_threads(n)
+                for set_, n in _saved:
+                    set_(n)
                 _saved.clear()
+
+
+_SINGLE = _SingleThreadedBlas()
+
+
+def single_threaded_blas() -> _SingleThreadedBlas:
+    """A context manager holding BLAS at one thread (see _SingleThreadedBlas)."""
+    return _SINGLE
 
 
 # Written through out=: numpy hands BLAS the strided block of `out` (ldc = N), no copy.
