@@ -15,7 +15,7 @@ import numpy as np
 import scipy.special as _sp
 
 from ..errors import ExecutionError, HalfsimError, ModelError
-from .registry import op
+from .registry import op, quiet
 
 try:  # onnx itself depends on ml_dtypes; keep the import soft anyway
     import ml_dtypes as _mld
@@ -50,7 +50,7 @@ def is_float(x: np.ndarray) -> bool:
 def _float_unary(fn):
     """Wrap a float32/float64 ufunc-style function: narrow floats go through float32."""
     def impl(ctx, x):
-        with np.errstate(all="ignore"):
+        with quiet():
             return down(fn(up(x)), x.dtype)
     return impl
 
@@ -136,25 +136,25 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 # -- binary arithmetic ----------------------------------------------------------------------
 @op("Add", since=7)
 def add(ctx, a, b):
-    with np.errstate(all="ignore"):
+    with quiet():
         return np.add(a, b)
 
 
 @op("Sub", since=7)
 def sub(ctx, a, b):
-    with np.errstate(all="ignore"):
+    with quiet():
         return np.subtract(a, b)
 
 
 @op("Mul", since=7)
 def mul(ctx, a, b):
-    with np.errstate(all="ignore"):
+    with quiet():
         return np.multiply(a, b)
 
 
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     # C++ integer division truncates toward zero; numpy floor-divides.
-    with np.errstate(all="ignore"):
+    with quiet():
         q = np.floor_divide(a, b)
         if a.dtype.kind == "i":
             fix = (np.remainder(a, b) != 0) & ((a < 0) != (b < 0))
@@ -167,7 +167,7 @@ def div(ctx, a, b):
     if a.dtype.kind in "iu":
         _check_int_div(b, "Div")
         return _int_div(a, b)
-    with np.errstate(all="ignore"):
+    with quiet():
         return np.divide(a, b)
 
 
@@ -175,16 +175,16 @@ def div(ctx, a, b):
 def mod(ctx, a, b, *, fmod=0):
     if a.dtype.kind in "iu":
         _check_int_div(b, "Mod")
-        with np.errstate(all="ignore"):
+        with quiet():
             return np.fmod(a, b) if fmod else np.mod(a, b)
-    with np.errstate(all="ignore"):
+    with quiet():
         # fmod=0 is only defined for integers before opset 28; Python-style mod for floats
         return down(np.fmod(up(a), up(b)) if fmod else np.mod(up(a), up(b)), a.dtype)
 
 
 @op("Pow", since=7)
 def pow_(ctx, x, y):
-    with np.errstate(all="ignore"):
+    with quiet():
         if is_float(x):
             xf = up(x)
             return down(np.power(xf, y.astype(xf.dtype, copy=False)), x.dtype)
@@ -211,7 +211,7 @@ def sign(ctx, x):
 
 @op("Reciprocal", since=6)
 def reciprocal(ctx, x):
-    with np.errstate(all="ignore"):
+    with quiet():
         return down(np.reciprocal(up(x)), x.dtype)
 
 
@@ -268,7 +268,7 @@ def relu(ctx, x):
 def leaky_relu(ctx, x, *, alpha=0.01):
     xf = up(x)
     a = xf.dtype.type(alpha)
-    with np.errstate(all="ignore"):
+    with quiet():
         if 0 <= alpha <= 1:  # branch-free: np.where is slow on unpredictable masks
             return down(np.maximum(xf, xf * a), x.dtype)
         return down(np.where(xf < 0, xf * a, xf), x.dtype)
@@ -278,7 +278,7 @@ def leaky_relu(ctx, x, *, alpha=0.01):
 def prelu(ctx, x, slope):
     xf = up(x)
     sl = up(slope)
-    with np.errstate(all="ignore"):
+    with quiet():
         if is_float(x) and np.isfinite(sl).all():  # branch-free form (np.where is slow)
             y = np.minimum(xf, xf.dtype.type(0)) * sl
             y += np.maximum(xf, xf.dtype.type(0))
@@ -295,7 +295,7 @@ def thresholded_relu(ctx, x, *, alpha=1.0):
 @op("Elu", since=6)
 def elu(ctx, x, *, alpha=1.0):
     xf = up(x)
-    with np.errstate(all="ignore"):
+    with quiet():
         neg = ctx.round(np.expm1(xf)) * xf.dtype.type(alpha)
         return down(np.where(xf < 0, ctx.round(neg), xf), x.dtype)
 
@@ -304,7 +304,7 @@ def elu(ctx, x, *, alpha=1.0):
 def selu(ctx, x, *, alpha=1.6732632423543772848170429916717, gamma=1.0507009873554804934193349852946):
     xf = up(x)
     t = xf.dtype.type
-    with np.errstate(all="ignore"):
+    with quiet():
         neg = ctx.round(ctx.round(np.expm1(xf)) * t(alpha))
         return down(ctx.round(np.where(xf <= 0, neg, xf)) * t(gamma), x.dtype)
 
@@ -313,7 +313,7 @@ def selu(ctx, x, *, alpha=1.6732632423543772848170429916717, gamma=1.05070098735
 def celu(ctx, x, *, alpha=1.0):
     xf = up(x)
     t = xf.dtype.type
-    with np.errstate(all="ignore"):
+    with quiet():
         neg = ctx.round(ctx.round(np.expm1(ctx.round(xf / t(alpha)))) * t(alpha))
         return down(np.where(xf < 0, neg, xf), x.dtype)
 
@@ -330,7 +330,7 @@ def hard_sigmoid(ctx, x, *, alpha=0.2, beta=0.5):
 def hard_swish(ctx, x):
     xf = up(x)
     t = xf.dtype.type
-    with np.errstate(all="ignore"):
+    with quiet():
         hs = np.clip(ctx.round(ctx.round(xf * t(1 / 6)) + t(0.5)), t(0), t(1))
         return down(xf * hs, x.dtype)
 
@@ -339,21 +339,21 @@ def hard_swish(ctx, x):
 def softplus(ctx, x):
     # log(1 + exp(x)) without overflow: logaddexp(x, 0)
     xf = up(x)
-    with np.errstate(all="ignore"):
+    with quiet():
         return down(np.logaddexp(xf, xf.dtype.type(0)), x.dtype)
 
 
 @op("Softsign", since=1)
 def softsign(ctx, x):
     xf = up(x)
-    with np.errstate(all="ignore"):
+    with quiet():
         return down(xf / ctx.round(np.abs(xf) + xf.dtype.type(1)), x.dtype)
 
 
 @op("Mish", since=18)
 def mish(ctx, x):
     xf = up(x)
-    with np.errstate(all="ignore"):
+    with quiet():
         sp = ctx.round(np.logaddexp(xf, xf.dtype.type(0)))
         return down(xf * ctx.round(np.tanh(sp)), x.dtype)
 
@@ -397,7 +397,7 @@ def gelu(ctx, x, *, approximate="none"):
     if approximate not in ("none", "tanh"):
         raise ModelError(f"Gelu: unknown approximate={approximate!r} (expected 'none' or 'tanh')")
     xf = up(x)
-    with np.errstate(all="ignore"):
+    with quiet():
         return down((gelu_tanh if approximate == "tanh" else gelu_erf)(ctx, xf), x.dtype)
 
 
@@ -560,7 +560,7 @@ def _float_to_int(x: np.ndarray, dt: np.dtype) -> np.ndarray:
             return x.astype(np.int64 if dt.itemsize > 4 else np.int32).astype(dt, copy=False)
     xf = np.asarray(x, dtype=np.float64)
     bits = dt.itemsize * 8
-    with np.errstate(all="ignore"):
+    with quiet():
         if dt == np.int64:
             r = _cvt64(xf)
         elif dt == np.uint64:
@@ -670,7 +670,7 @@ def cast_array(x: np.ndarray, dt, saturate: int = 1) -> np.ndarray:
         return _float_to_int(x.astype(np.float32) if src in _NARROW else x, dt)
     if src in _NARROW and dt in _NARROW:
         return x.astype(np.float32).astype(dt)
-    with np.errstate(all="ignore"):
+    with quiet():
         return x.astype(dt)
 
 

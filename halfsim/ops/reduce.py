@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import ExecutionError, ModelError
 from .elementwise import _float_to_int, down, is_float, up
-from .registry import op
+from .registry import op, quiet
 
 
 def _norm_axes(axes, ndim: int, what: str) -> tuple[int, ...]:
@@ -79,7 +79,7 @@ def _reduce(kind: str, ctx, x: np.ndarray, axes, keepdims: int, noop: int) -> np
     n = 1
     for a in ax:
         n *= x.shape[a]
-    with np.errstate(all="ignore"):
+    with quiet():
         if kind == "Sum":
             r = ctx.sum(xf, ax, kd)
         elif kind == "Mean":
@@ -134,7 +134,7 @@ def _reduce_int(kind: str, x: np.ndarray, ax: tuple, kd: bool) -> np.ndarray:
         return _int_result(r, dt)
     # L2 / LogSum / LogSumExp on integers: computed in double and truncated
     xd = x.astype(np.float64)
-    with np.errstate(all="ignore"):
+    with quiet():
         if kind == "L2":
             r = np.sqrt(np.sum(xd * xd, axis=ax, keepdims=kd))
         elif kind == "LogSum":
@@ -236,7 +236,7 @@ def cumsum(ctx, x, axis, *, exclusive=0, reverse=0):
 
 # -- Softmax / LogSoftmax / Hardmax ---------------------------------------------------------
 def _softmax_core(ctx, xf: np.ndarray, axis: int, log: bool) -> np.ndarray:
-    with np.errstate(all="ignore"):
+    with quiet():
         m = np.max(xf, axis=axis, keepdims=True) if xf.size else np.zeros((), xf.dtype)
         d = ctx.round(np.subtract(xf, m))
         if log:
