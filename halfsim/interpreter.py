@@ -16,6 +16,7 @@ from . import graph as G
 from .decompose import run_decomposed
 from .errors import ExecutionError, HalfsimError, InputError
 from .kernels.blas import matmul as _split_matmul, single_threaded_blas
+from .ops.registry import quiet_run
 
 Hook = Callable[["G.Node", list], "list | None"]
 
@@ -421,7 +422,8 @@ class Model:
                 fg = self._fast_graph(g)
                 env = dict(fg.env0)
                 env.update(feeds)
-                runner.run_fast(fg, env, free=not keep_trace)
+                with quiet_run():  # numpy's error state once per run, not once per op
+                    runner.run_fast(fg, env, free=not keep_trace)
             else:
                 env = None
                 compiled = getattr(plan, "run_compiled", None)

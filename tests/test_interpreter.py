@@ -262,3 +262,30 @@ def test_fused_conv_batchnorm_activation_matches_ort(bias, act, opset):
     tr = m.run({"x": x}, keep_trace=True).trace  # exact steps: the Conv and BN outputs exist
     assert {"c", "n", "y"} <= set(tr)
     np.testing.assert_allclose(tr["y"], want[0], rtol=1e-5, atol=1e-5)
+
+
+def test_fp32_run_sets_numpy_error_state_once_silently_and_restores_it():
+    # x / 0 and Sqrt(-1) as ORT computes them (inf, NaN), no RuntimeWarning on either path
+    # (the fp32 run enters "ignore" once for every op), and the caller's state back afterwards.
+    import warnings
+    from opcheck import run_ort
+    nodes = [helper.make_node("Div", ["x", "zero"], ["q"]), helper.make_node("Sqrt", ["q"], ["r"]),
+             helper.make_node("Neg", ["x"], ["nx"]), helper.make_node("Sqrt", ["nx"], ["y"]),
+             helper.make_node("Add", ["r", "y"], ["out"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [3])],
+                          [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(np.zeros(3, np.float32), "zero")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.array([1.0, -2.0, 0.0], np.float32)
+    want = run_ort(proto, {"x": x})[0]
+    m = halfsim.load(proto)
+    before = np.geterr()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = m.run({"x": x})["out"]
+        general = m.run({"x": x}, observe=["q"])["out"]
+    np.testing.assert_array_equal(fast, want)
+    np.testing.assert_array_equal(general, want)
+    assert np.geterr() == before
+    from halfsim.ops.registry import quiet
+    assert type(quiet()) is np.errstate  # outside a run, ops enter numpy's own
