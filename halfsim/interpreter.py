@@ -645,6 +645,13 @@ def _fuse_conv_chains(graph: G.Graph, steps: list, env: dict, outputs: set) -> l
             if act is not None:
                 chain.append(nxt)
                 last = nxt[0].outputs[0]
+        if act is None and w.dtype == np.float32:
+            # Per-channel Mul/Add, SiLU, decomposed HardSwish: ops/conv.py matches and applies them.
+            from .ops.conv import match_conv_tail
+            tail = match_conv_tail(graph, last, const, outputs, by_node, w.shape)
+            if tail is not None:
+                act, idx, last = tail
+                chain += [steps[by_node[j]] for j in idx]
         if len(chain) == 1:
             out.append(st)
             continue

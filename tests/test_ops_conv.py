@@ -291,3 +291,73 @@ def test_global_average_pool_specials(dtype):
     got = halfsim.load(make_model("GlobalAveragePool", [x])).run({"in0": x})["out0"]
     assert got.dtype == np.float64
     np.testing.assert_allclose(got, np.mean(x, axis=(2, 3), keepdims=True), rtol=1e-12)
+
+
+# ------------------------------------------------------------------ fused Conv tails
+def _tail_model(shape, affine: str, act: str, extra_reader: str | None = None):
+    """Conv (3x3, pad 1) -> [Mul(c) -> Add(c)] -> SiLU (Sigmoid, Mul) | HardSwish as PP-OCR
+    exports it (Add 3, Clip 0..6, Mul, Div 6) | nothing; `extra_reader` names a tensor that a
+    second output also reads (so the chain must stop before it)."""
+    from onnx import TensorProto, helper, numpy_helper
+    g = np.random.default_rng(5)
+    N, C, H, W = shape
+    M = 8
+    inits = [numpy_helper.from_array((g.standard_normal((M, C, 3, 3)) * 0.5).astype(np.float32), "w"),
+             numpy_helper.from_array(g.standard_normal(M).astype(np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], pads=[1, 1, 1, 1])]
+    t = "c"
+    if affine:
+        cshape = (M, 1, 1) if affine == "channel" else (1,)
+        inits += [numpy_helper.from_array(g.uniform(0.5, 2, cshape).astype(np.float32), "s"),
+                  numpy_helper.from_array(g.standard_normal(cshape).astype(np.float32), "h")]
+        nodes += [helper.make_node("Mul", ["s", "c"], ["m"]), helper.make_node("Add", ["m", "h"], ["a"])]
+        t = "a"
+    if act == "silu":
+        nodes += [helper.make_node("Sigmoid", [t], ["sg"]), helper.make_node("Mul", [t, "sg"], ["y"])]
+    elif act == "hardswish":
+        inits += [numpy_helper.from_array(np.float32(v), n) for v, n in ((3, "k3"), (0, "k0"), (6, "k6"))]
+        nodes += [helper.make_node("Add", [t, "k3"], ["p"]), helper.make_node("Clip", ["p", "k0", "k6"], ["q"]),
+                  helper.make_node("Mul", ["q", t], ["r"]), helper.make_node("Div", ["r", "k6"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Identity", [t], ["y"]))
+    outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
+    if extra_reader:
+        nodes.append(helper.make_node("Neg", [extra_reader], ["side"]))
+        outs.append(helper.make_tensor_value_info("side", TensorProto.FLOAT, None))
+    gr = helper.make_graph(nodes, "tail", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(shape))], outs, inits)
+    return helper.make_model(gr, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN input through the node-by-node run
+@pytest.mark.parametrize("shape", [(1, 3, 9, 10), (1, 3, 24, 24), (2, 3, 40, 52)])  # numpy / numba / MLAS sizes
+@pytest.mark.parametrize("affine,act", [("channel", "hardswish"), ("", "hardswish"), ("", "silu"),
+                                        ("scalar", "silu"), ("channel", "")])
+def test_fused_conv_tail_bits_equal_unfused(shape, affine, act):
+    import halfsim
+    from opcheck import run_ort
+    proto = _tail_model(shape, affine, act)
+    x = (np.random.default_rng(3).standard_normal(shape) * 3).astype(np.float32)
+    x.reshape(-1)[:4] = [np.nan, np.inf, -np.inf, -3.0]  # specials through every tail
+    m = halfsim.load(proto)
+    fused = m.run({"x": x})["y"]
+    fg = m._fast[id(m.graph)]
+    assert len(fg.steps) == (1 if act else 2)  # the chain is the Conv's step (+ the Identity)
+    unfused = m.run({"x": x}, observe="all")["y"]  # node by node: every op on its own
+    np.testing.assert_array_equal(fused.view(np.uint32), unfused.view(np.uint32))
+    want = run_ort(proto, {"x": x})[0]
+    np.testing.assert_allclose(fused, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("reader", ["m", "a", "sg", "c"])
+def test_fused_conv_tail_stops_at_a_shared_tensor(reader):
+    import halfsim
+    from opcheck import run_ort
+    act = "silu"
+    proto = _tail_model((1, 3, 24, 24), "channel", act, extra_reader=reader)
+    x = np.random.default_rng(4).standard_normal((1, 3, 24, 24)).astype(np.float32)
+    m = halfsim.load(proto)
+    got = m.run({"x": x})
+    want = run_ort(proto, {"x": x})
+    np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got["side"], want[1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(got["y"], m.run({"x": x}, observe="all")["y"])

@@ -8,6 +8,7 @@ conv in plain fp32 uses a direct numba kernel (im2col would copy the input prod(
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
@@ -375,3 +376,135 @@ def qlinear_conv(ctx, x, x_scale, x_zero_point, w, w_scale, w_zero_point, y_scal
     ws = ws.reshape((1, -1) + (1,) * nd) if ws.size > 1 else ws.reshape(())
     mult = (x_scale.astype(np.float32).reshape(()) * ws) / y_scale.astype(np.float32).reshape(())
     return requantize(acc, np.asarray(mult, np.float32), y_zero_point.reshape(()), y_zero_point.dtype)
+
+
+# ------------------------------------------------------------------ fused elementwise tails
+_TAIL_NUMBA_MIN = 4096  # elements from which a tail runs as one numba pass (below: numpy's ufuncs)
+
+
+def match_conv_tail(graph, t: str, const: Callable, outputs, steps: Mapping,
+                    w_shape: tuple) -> tuple[Callable, list[int], str] | None:
+    """The elementwise tail that follows a float32 Conv's output `t` in fp32 schedules, for the
+    interpreter's Conv fuser: an optional per-channel (or scalar) Mul then Add with constants
+    (PP-OCR's unfolded BatchNorm), then SiLU (Sigmoid + Mul: YOLO-style nets) or HardSwish as
+    Add, Clip, Mul, Div (PP-OCR). Returns (apply in place, consumed node indices, the tail's
+    last output) or None. Every intermediate must be read only by the pattern's nodes of this
+    schedule (`steps`: node index -> step) and not be a graph output; constants come from
+    `const(name)`; `w_shape` is the Conv's weight shape (output rank and channels). Applied to the Conv's output, the result is bit for bit the unfused ops'."""
+    nodes = {nd.index: nd for nd in graph.nodes}
+
+    def readers(name):
+        idx = graph.consumers.get(name, [])
+        if name in outputs or not idx or any(i not in steps for i in idx):
+            return None
+        return [nodes[i] for i in idx]
+
+    def other(nd, name):
+        ins = [i for i in nd.inputs if i]
+        return ins[1] if len(ins) == 2 and ins[0] == name else ins[0] if len(ins) == 2 and ins[1] == name else None
+
+    consumed, scale, shift = [], None, None
+    for op_type in ("Mul", "Add"):
+        rd = readers(t)
+        if rd is None or len(rd) != 1 or rd[0].op_type != op_type:
+            continue
+        c = _channel_const(const(other(rd[0], t)), len(w_shape), w_shape[0])
+        if c is None:
+            continue
+        if op_type == "Mul":
+            scale = c
+        else:
+            shift = c
+        consumed.append(rd[0].index)
+        t = rd[0].outputs[0]
+    act, k, rd = 0, None, readers(t)
+    if rd is not None and len(rd) == 2:
+        by_type = {nd.op_type: nd for nd in rd}
+        sig, mul, add = by_type.get("Sigmoid"), by_type.get("Mul"), by_type.get("Add")
+        if sig is not None and mul is not None and _only(readers(sig.outputs[0]), mul) \
+                and other(mul, t) == sig.outputs[0]:
+            act, t = 2, mul.outputs[0]
+            consumed += [sig.index, mul.index]
+        elif add is not None and mul is not None:
+            hs = _hardswish_chain(add, mul, t, readers, other, const)
+            if hs is not None:
+                k, idx, t = hs
+                act = 1
+                consumed += idx
+    if not consumed:
+        return None
+    return _tail_fn(scale, shift, act, k), consumed, t
+
+
+def _only(rd, node) -> bool:
+    return rd is not None and len(rd) == 1 and rd[0] is node
+
+
+def _channel_const(c, rank: int, channels: int):
+    """A float32 constant that broadcasts over a conv output (N, C, *spatial) as a scalar or per
+    channel without changing its shape, as a (1,) or (C,) array; else None."""
+    if not isinstance(c, np.ndarray) or c.dtype != np.float32 or c.ndim > rank:
+        return None
+    if c.size == 1:
+        return np.ascontiguousarray(c.reshape(1))
+    sq = c.shape[next(i for i, d in enumerate(c.shape) if d != 1):]  # leading 1s dropped
+    if len(sq) != rank - 1 or sq[0] != channels or any(d != 1 for d in sq[1:]):
+        return None
+    return np.ascontiguousarray(c.reshape(-1))
+
+
+def _hardswish_chain(add, mul, t, readers, other, const):
+    """Add(t, k0) -> Clip(k1, k2) -> Mul(t, clip) -> Div(., k3), scalar float32 constants."""
+    def scalar(name):
+        v = const(name) if name else None
+        return v.reshape(()) if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.size == 1 and v.ndim <= 4 else None
+    k0 = scalar(other(add, t))
+    clip = readers(add.outputs[0])
+    if k0 is None or clip is None or len(clip) != 1 or clip[0].op_type != "Clip" or clip[0].inputs[0] != add.outputs[0]:
+        return None
+    clip = clip[0]
+    if clip.opset < 11:
+        lo, hi = (np.asarray(clip.attrs.get(a, d), np.float32) for a, d in (("min", -3.4028234663852886e38),
+                                                                             ("max", 3.4028234663852886e38)))
+    else:
+        lo, hi = (scalar(clip.inputs[i]) if len(clip.inputs) > i and clip.inputs[i] else
+                  np.asarray(np.finfo(np.float32).min if i == 1 else np.finfo(np.float32).max, np.float32)
+                  for i in (1, 2))
+    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi) or not _only(readers(clip.outputs[0]), mul) \
+            or other(mul, t) != clip.outputs[0]:
+        return None
+    div = readers(mul.outputs[0])
+    if div is None or len(div) != 1 or div[0].op_type != "Div" or div[0].inputs[0] != mul.outputs[0]:
+        return None
+    k3 = scalar(div[0].inputs[1])
+    if k3 is None:
+        return None
+    k = np.array([k0, lo, hi, k3], dtype=np.float32)
+    return k, [add.index, clip.index, mul.index, div[0].index], div[0].outputs[0]
+
+
+def _tail_fn(scale, shift, act, k):
+    from .elementwise import _MLAS_MIN, clip_ufunc, sigmoid
+
+    def fn(y: np.ndarray) -> None:
+        sc, sh = scale, shift
+        if y.dtype == np.float32 and y.flags.c_contiguous and y.size >= _TAIL_NUMBA_MIN \
+                and (act != 2 or y.size >= _MLAS_MIN):
+            from ..kernels.epilogue import conv_tail
+            conv_tail(y, sc, sh, act, k)
+            return
+        # numpy's ufuncs in place: the unfused ops' own arithmetic, any layout.
+        bshape = (1, -1) + (1,) * (y.ndim - 2)
+        with np.errstate(all="ignore"):
+            if sc is not None:
+                np.multiply(y, sc.reshape(bshape) if sc.size > 1 else sc[0], out=y)
+            if sh is not None:
+                np.add(y, sh.reshape(bshape) if sh.size > 1 else sh[0], out=y)
+            if act == 1:
+                h = np.add(y, k[0])
+                clip_ufunc(h, k[1], k[2], out=h)
+                np.multiply(y, h, out=y)
+                np.divide(y, k[3], out=y)
+            elif act == 2:
+                np.multiply(y, sigmoid(y), out=y)
+    return fn
