@@ -293,7 +293,33 @@ def test_global_average_pool_specials(dtype):
     np.testing.assert_allclose(got, np.mean(x, axis=(2, 3), keepdims=True), rtol=1e-12)
 
 
-# ------------------------------------------------------------------ fused Conv tails
+# ------------------------------------------------- shifted-GEMM conv and fused Conv tails
+SHIFTED_CASES = [
+    # Stride-1 2-D convs over 1M multiply-adds (the strided-sgemm path, no im2col): pads on
+    # each side, none, dilation, a non-square kernel, batch 2, rows that do not divide in tiles.
+    ((1, 16, 40, 52), (24, 16, 3, 3), dict(pads=[1, 1, 1, 1])),
+    ((2, 8, 33, 47), (12, 8, 3, 3), dict(pads=[0, 2, 1, 0])),
+    ((1, 12, 30, 64), (8, 12, 3, 3), {}),
+    ((1, 8, 40, 80), (16, 8, 3, 5), dict(dilations=[2, 1], pads=[2, 2, 2, 2])),
+    ((1, 4, 64, 64), (16, 4, 5, 5), dict(auto_pad="SAME_UPPER")),
+]
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("xs,ws,attrs", SHIFTED_CASES)
+def test_conv_shifted_sgemm(xs, ws, attrs, threads, monkeypatch):
+    from halfsim.ops import conv as conv_mod
+    if conv_mod._sgemm() is None:
+        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
+    monkeypatch.setenv("HALFSIM_THREADS", threads)
+    calls = []
+    real = conv_mod._conv_shifted
+    monkeypatch.setattr(conv_mod, "_conv_shifted", lambda *a: calls.append(1) or real(*a))
+    check_op("Conv", [r(*xs), r(*ws), r(ws[0])], attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4)
+    check_op("Conv", [r(*xs), r(*ws)], attrs, initializers=(1,), rtol=1e-4, atol=1e-4)
+    assert len(calls) == 2
+
+
 def _tail_model(shape, affine: str, act: str, extra_reader: str | None = None):
     """Conv (3x3, pad 1) -> [Mul(c) -> Add(c)] -> SiLU (Sigmoid, Mul) | HardSwish as PP-OCR
     exports it (Add 3, Clip 0..6, Mul, Div 6) | nothing; `extra_reader` names a tensor that a

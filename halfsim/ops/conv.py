@@ -102,7 +102,7 @@ def windows(xp: np.ndarray, kernel, out_sp, strides, dilations) -> np.ndarray:
     return as_strided(xp, shape, strides, writeable=False)
 
 
-def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe):
+def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe, wt_cache=None):
     N, C = x.shape[:2]
     M = w.shape[0]
     Cg, Mg = C // group, M // group
@@ -113,6 +113,9 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
             and math.prod(kernel) > 1 and N * M * P > 0):
         from ..kernels.conv import depthwise2d_call  # numba: compiled on first use
         return depthwise2d_call(x, w, b, out_sp, strides, dilations, pb)
+    if (ctx.plain and nd == 2 and group == 1 and x.dtype == np.float32 and w.dtype == np.float32
+            and math.prod(kernel) > 1 and N * M * P > 0 and C > 0 and _use_shifted(C, M, kernel, out_sp, strides, dilations)):
+        return _conv_shifted(x, _taps_first(w, wt_cache), b, out_sp, dilations, pb)
     if all(k == 1 for k in kernel) and not any(pb) and not any(pe):
         xs = x[(slice(None), slice(None)) + tuple(slice(None, o * s, s) for o, s in zip(out_sp, strides))]
         cols = xs.reshape(N, group, Cg, P)
@@ -136,6 +139,87 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe)
         cols = win.reshape(N, group, K, P)
     y = ctx.matmul(w.reshape(group, Mg, K), cols).reshape((N, M) + tuple(out_sp))
     return _add_bias(ctx, y, b)
+
+
+_SHIFT_MIN_WORK = 1 << 20  # multiply-adds from which the shifted-GEMM conv beats im2col (measured)
+_SHIFT_TILE_BYTES = 1 << 18  # one tile's output block (M x rows * Wq floats): stays in L2 across the taps
+
+
+def _use_shifted(C, M, kernel, out_sp, strides, dilations) -> bool:
+    """Stride-1 convs with wide rows. Strided convs would need the input split into stride
+    phases first: measured 1.0-1.5x slower than im2col. Each output row carries (KW - 1) * dw
+    dropped columns: measured a gain (one thread, 3x3) from 32-wide rows (0.82-0.96x of the
+    im2col time), none at 20 and below."""
+    if max(strides) > 1 or M * C * math.prod(kernel) * math.prod(out_sp) < _SHIFT_MIN_WORK:
+        return False
+    return out_sp[1] >= 16 * (kernel[1] - 1) * dilations[1] and _sgemm() is not None
+
+
+def _sgemm():
+    from ..kernels.cblas import sgemm
+    return sgemm()
+
+
+def _taps_first(w: np.ndarray, cache: list | None) -> np.ndarray:
+    """Weights (M, C, KH, KW) as (KH, KW, M, C): one contiguous M x C matrix per tap. With a
+    cache (constant weights of a specialized Conv) it is made once per weight tensor."""
+    if cache is not None and cache[0] is w:
+        return cache[1]
+    wt = np.ascontiguousarray(w.transpose(2, 3, 0, 1))
+    if cache is not None:
+        cache[:] = [w, wt]
+    return wt
+
+
+def _conv_shifted(x, wt, b, out_sp, dilations, pb):
+    """Plain fp32 stride-1 2-D conv without im2col: y = sum over taps (a, c) of W[:, :, a, c]
+    @ (the padded input shifted by the tap), one strided sgemm per tap accumulating with
+    beta = 1. In the padded image of width Wp, output (i, j) sits at flat column i * Wp + j
+    and tap (a, c) reads the image at that column + a*dh*Wp + c*dw, so every tap's operand is
+    the padded image itself at an offset (ldb = its plane size). The Wp - OW columns past each
+    row's end are computed and dropped when the block is copied out with the bias. Tiles of
+    output rows (per image) run on the kernel threads; ctypes releases the GIL for each sgemm
+    and numpy for the copy-out, so a tile holds the GIL only between calls. Each output is a
+    sum of per-tap dot products of length C, then the bias (im2col: one dot product of length
+    C*KH*KW, then the bias): the same values up to fp32 summation order."""
+    from ..kernels.conv import run_split
+    sgemm = _sgemm()
+    N, C, H, W = x.shape
+    KH, KW, M = wt.shape[:3]
+    (OH, OW), (dh, dw) = out_sp, dilations
+    Hp, Wp = OH + (KH - 1) * dh, OW + (KW - 1) * dw
+    # One slack row: the dropped columns of the last output row read past the plane's end.
+    xp = np.zeros((N, C, Hp + 1, Wp), dtype=np.float32)
+    r1, c1 = min(H, Hp - pb[0]), min(W, Wp - pb[1])
+    xp[:, :, pb[0]:pb[0] + r1, pb[1]:pb[1] + c1] = x[:, :, :r1, :c1]
+    plane = (Hp + 1) * Wp
+    taps = [(wt[a, c].ctypes.data, a * dh * Wp + c * dw) for a in range(KH) for c in range(KW)]
+    y = np.empty((N, M, OH, OW), dtype=np.float32)
+    bias = None if b is None else np.ascontiguousarray(b, dtype=np.float32).reshape(M, 1, 1)
+    rows = max(1, min(OH, _SHIFT_TILE_BYTES // (4 * M * Wp)))
+    if threads() > 1:
+        rows = max(1, min(rows, -(-OH // -(-2 * threads() // N))))  # >= 2 tiles a thread
+    per_image = -(-OH // rows)
+    base = xp.ctypes.data
+
+    def tiles(lo, hi):
+        buf = np.empty(M * rows * Wp, dtype=np.float32)
+        for t in range(lo, hi):
+            n, i0 = divmod(t, per_image)
+            i0 *= rows
+            i1 = min(OH, i0 + rows)
+            L = (i1 - i0) * Wp
+            beta = 0.0
+            for wa, off in taps:
+                sgemm(M, L, C, wa, C, base + 4 * (n * C * plane + off + i0 * Wp), plane, beta, buf.ctypes.data, L)
+                beta = 1.0
+            blk = buf[:M * L].reshape(M, i1 - i0, Wp)[:, :, :OW]
+            if bias is None:
+                y[n, :, i0:i1] = blk
+            else:
+                np.add(blk, bias, out=y[n, :, i0:i1])
+    run_split(tiles, (), N * per_image, N * M * C * KH * KW * OH * OW, min_work=_PAR_WORK)
+    return y
 
 
 def _tiles(win, wm, bias, y, inner, rows, per_image, lo, hi):
@@ -219,13 +303,14 @@ def _specialize_conv(node, consts: dict):
     if 1 not in consts or (len(node.inputs) > 2 and node.inputs[2] and 2 not in consts):
         return None
     seen: dict = {}
+    wt_cache: list = [None, None]
 
     def fn(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, group=1, kernel_shape=None, pads=None,
            strides=None):
         geo = seen.get(x.shape)
         if geo is None:
             geo = seen[x.shape] = _conv_geometry(x, w, b, auto_pad, dilations, group, kernel_shape, pads, strides)
-        return _conv_float(ctx, x, w, b, group, *geo)
+        return _conv_float(ctx, x, w, b, group, *geo, wt_cache=wt_cache)
     return fn
 
 
