@@ -6,6 +6,7 @@ Re-running with `reuse=trace, dirty=nodes` recomputes only the downstream cone o
 reading every other tensor from the trace: bisection and fault campaigns rely on this."""
 from __future__ import annotations
 
+import keyword
 import os
 from typing import Any, Callable, Iterable, Mapping
 
@@ -241,6 +242,8 @@ class _Runner:
 
 
 _MISSING = object()
+# The runner of the fp32 schedules' prebuilt contexts (ops without bodies only read its plan).
+_FP32_RUNNER = _Runner(None, FP32_PLAN, None, None)
 
 
 def _op_failed(node: G.Node, e: Exception) -> ExecutionError:
@@ -556,11 +559,26 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
 
     for k, (node, fn, ins, attrs, outs, dead, sub) in enumerate(steps):
         glb[f"f{k}"], glb[f"n{k}"], glb[f"a{k}"] = fn, node, attrs
-        args = ", ".join(["c"] + [var(t) if t else "None" for t in ins]) + (f", **a{k}" if attrs else "")
+        # Attributes as literal keywords bound to constants (no dict unpacked per call) where
+        # their names allow it; the context built once, except for ops with bodies, which run
+        # them through this run's runner (its scopes).
+        if all(a.isidentifier() and not keyword.iskeyword(a) for a in attrs):
+            for a, val in attrs.items():
+                glb[f"a{k}_{a}"] = val
+            kw = "".join(f", {a}=a{k}_{a}" for a in attrs)
+        else:
+            kw = f", **a{k}"
+        if not attrs:
+            kw = ""
+        ctx = "c"
+        if not sub:
+            glb[f"c{k}"] = OpContext(node, None, _FP32_RUNNER)
+            ctx = f"c{k}"
+        args = ", ".join([ctx] + [var(t) if t else "None" for t in ins]) + kw
         call = f"f{k}({args})"
         lines.append(f"        i = {k}")
-        lines.append(f"        c = C(n{k}, None, r)")
         if sub:  # bodies see this graph's tensors through the runner's scopes
+            lines.append(f"        c = C(n{k}, None, r)")
             outer = sorted({t for sg in node.subgraphs for t in sg.outer_names})
             items = ", ".join(f"({t!r}, {var(t, 'env.get({!r}, M)')})" for t in outer)
             lines.append(f"        r.scopes.append({{k_: v_ for k_, v_ in ({items},) if v_ is not M}})"
