@@ -322,7 +322,7 @@ def test_conv_shifted_sgemm(xs, ws, attrs, threads, monkeypatch):
 
 def _tail_model(shape, affine: str, act: str, extra_reader: str | None = None):
     """Conv (3x3, pad 1) -> [Mul(c) -> Add(c)] -> SiLU (Sigmoid, Mul) | HardSwish as PP-OCR
-    exports it (Add 3, Clip 0..6, Mul, Div 6) | nothing; `extra_reader` names a tensor that a
+    exports it (Add 3, Clip 0..6, Mul, Div 6) | HardSigmoid | nothing; `extra_reader` names a tensor that a
     second output also reads (so the chain must stop before it)."""
     from onnx import TensorProto, helper, numpy_helper
     g = np.random.default_rng(5)
@@ -344,6 +344,8 @@ def _tail_model(shape, affine: str, act: str, extra_reader: str | None = None):
         inits += [numpy_helper.from_array(np.float32(v), n) for v, n in ((3, "k3"), (0, "k0"), (6, "k6"))]
         nodes += [helper.make_node("Add", [t, "k3"], ["p"]), helper.make_node("Clip", ["p", "k0", "k6"], ["q"]),
                   helper.make_node("Mul", ["q", t], ["r"]), helper.make_node("Div", ["r", "k6"], ["y"])]
+    elif act == "hardsigmoid":
+        nodes.append(helper.make_node("HardSigmoid", [t], ["y"], alpha=0.3, beta=0.4))
     else:
         nodes.append(helper.make_node("Identity", [t], ["y"]))
     outs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)]
@@ -357,7 +359,8 @@ def _tail_model(shape, affine: str, act: str, extra_reader: str | None = None):
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # NaN input through the node-by-node run
 @pytest.mark.parametrize("shape", [(1, 3, 9, 10), (1, 3, 24, 24), (2, 3, 40, 52)])  # numpy / numba / MLAS sizes
 @pytest.mark.parametrize("affine,act", [("channel", "hardswish"), ("", "hardswish"), ("", "silu"),
-                                        ("scalar", "silu"), ("channel", "")])
+                                        ("scalar", "silu"), ("channel", ""), ("", "hardsigmoid"),
+                                        ("scalar", "hardsigmoid")])
 def test_fused_conv_tail_bits_equal_unfused(shape, affine, act):
     import halfsim
     from opcheck import run_ort

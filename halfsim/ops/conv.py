@@ -471,8 +471,8 @@ def match_conv_tail(graph, t: str, const: Callable, outputs, steps: Mapping,
                     w_shape: tuple) -> tuple[Callable, list[int], str] | None:
     """The elementwise tail that follows a float32 Conv's output `t` in fp32 schedules, for the
     interpreter's Conv fuser: an optional per-channel (or scalar) Mul then Add with constants
-    (PP-OCR's unfolded BatchNorm), then SiLU (Sigmoid + Mul: YOLO-style nets) or HardSwish as
-    Add, Clip, Mul, Div (PP-OCR). Returns (apply in place, consumed node indices, the tail's
+    (PP-OCR's unfolded BatchNorm), then SiLU (Sigmoid + Mul: YOLO-style nets), HardSwish as
+    Add, Clip, Mul, Div (PP-OCR) or HardSigmoid (squeeze-excitation gates). Returns (apply in place, consumed node indices, the tail's
     last output) or None. Every intermediate must be read only by the pattern's nodes of this
     schedule (`steps`: node index -> step) and not be a graph output; constants come from
     `const(name)`; `w_shape` is the Conv's weight shape (output rank and channels). Applied to the Conv's output, the result is bit for bit the unfused ops'."""
@@ -503,7 +503,12 @@ def match_conv_tail(graph, t: str, const: Callable, outputs, steps: Mapping,
         consumed.append(rd[0].index)
         t = rd[0].outputs[0]
     act, k, rd = 0, None, readers(t)
-    if rd is not None and len(rd) == 2:
+    if rd is not None and len(rd) == 1 and rd[0].op_type == "HardSigmoid":
+        hs = rd[0]
+        k = np.array([hs.attrs.get("alpha", 0.2), hs.attrs.get("beta", 0.5)], dtype=np.float32)
+        act, t = 3, hs.outputs[0]
+        consumed.append(hs.index)
+    elif rd is not None and len(rd) == 2:
         by_type = {nd.op_type: nd for nd in rd}
         sig, mul, add = by_type.get("Sigmoid"), by_type.get("Mul"), by_type.get("Add")
         if sig is not None and mul is not None and _only(readers(sig.outputs[0]), mul) \
@@ -592,4 +597,8 @@ def _tail_fn(scale, shift, act, k):
                 np.divide(y, k[3], out=y)
             elif act == 2:
                 np.multiply(y, sigmoid(y), out=y)
+            elif act == 3:
+                np.multiply(y, k[0], out=y)
+                np.add(y, k[1], out=y)
+                np.clip(y, np.float32(0), np.float32(1), out=y)
     return fn
