@@ -162,3 +162,22 @@ def test_fpn_speed(mode):
     t = time.perf_counter()
     model.run({"in0": x})
     assert time.perf_counter() - t < 0.5
+
+
+@pytest.mark.parametrize("shape,scales,ctm,nearest_mode,fast", [
+    ((1, 3, 5, 7), [1, 1, 2, 2], "asymmetric", "floor", True),          # det's FPN upsamples
+    ((2, 2, 4, 6), [1, 1, 8, 8], "asymmetric", "floor", True),
+    ((1, 2, 3, 4), [1, 1, 3, 2], "half_pixel", "round_prefer_floor", True),
+    ((3, 5, 7), [1, 2, 3], "asymmetric", "floor", True),                 # rank 3: the last two axes
+    ((1, 2, 5, 6), [1, 1, 1.5, 2], "asymmetric", "floor", False),       # H not an integer repeat
+    ((1, 2, 5, 6), [1, 1, 1, 2], "asymmetric", "floor", False),          # one axis unscaled
+])
+def test_nearest_integer_repeat_fast_path(shape, scales, ctm, nearest_mode, fast, monkeypatch):
+    from halfsim.ops import resize as resize_mod
+    calls = []
+    real = resize_mod._repeat_last2
+    monkeypatch.setattr(resize_mod, "_repeat_last2", lambda *a: calls.append(1) or real(*a))
+    for dtype in (F, np.int32):
+        resize(img(*shape, dtype=dtype), scales=scales, mode="nearest", coordinate_transformation_mode=ctm,
+               nearest_mode=nearest_mode)
+    assert len(calls) == (2 if fast else 0)

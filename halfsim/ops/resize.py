@@ -158,6 +158,28 @@ def _apply_axis(y: np.ndarray, axis: int, idx: np.ndarray, w: np.ndarray | None,
     return out
 
 
+def _repeat_factor(idx: np.ndarray, n_in: int) -> int:
+    """k when the nearest indices are 0,..,0, 1,..,1, ... each k times (an integer upsample),
+    else 0."""
+    k = idx.size // n_in if n_in else 0
+    if k < 1 or k * n_in != idx.size or not np.array_equal(idx, np.arange(idx.size) // k):
+        return 0
+    return k
+
+
+def _repeat_last2(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
+    """x with every element of its last two axes repeated (kh, kw) times: each column copy
+    writes one phase of the widened rows, then whole rows are copied (long contiguous
+    copies instead of two gathers: 2x faster on det's 2x upsamples)."""
+    *lead, H, W = x.shape
+    out = np.empty(tuple(lead) + (H, kh, W, kw), dtype=x.dtype)
+    for b in range(kw):
+        out[..., 0, :, b] = x
+    for a in range(1, kh):
+        out[..., a, :, :] = out[..., 0, :, :]
+    return out.reshape(tuple(lead) + (H * kh, W * kw))
+
+
 def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixel",
             nearest_mode="round_prefer_floor", cubic_a=-0.75, exclude_outside=0, extrapolation_value=0.0,
             antialias=0, axes=None, policy="stretch", opset=19) -> np.ndarray:
@@ -220,11 +242,17 @@ def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixe
     acc = np.float64 if x.dtype == np.float64 else f32
     y = x if mode == "nearest" else x.astype(acc)
     outside_any = None
+    taps = {}
     for a in range(r):
         if full_scales[a] == f32(1) and (r > 1 or mode != "nearest"):
             continue  # as ORT: an unscaled axis maps every index to itself, whatever the transform
-        idx, w, outside = _axis_taps(mode, ctm, nearest_mode, in_dims[a], out_dims[a], full_scales[a],
-                                     roi_full[a], roi_full[r + a], cubic_a, exclude_outside, antialias, opset)
+        taps[a] = _axis_taps(mode, ctm, nearest_mode, in_dims[a], out_dims[a], full_scales[a],
+                             roi_full[a], roi_full[r + a], cubic_a, exclude_outside, antialias, opset)
+    if mode == "nearest" and r >= 2 and set(taps) == {r - 2, r - 1} and all(t[2] is None for t in taps.values()):
+        k = [_repeat_factor(taps[a][0][:, 0], in_dims[a]) for a in (r - 2, r - 1)]
+        if k[0] and k[1]:
+            return _repeat_last2(x, k[0], k[1])
+    for a, (idx, w, outside) in taps.items():
         y = _apply_axis(y, a, idx, w, acc)
         if outside is not None and outside.any():
             shape = [1] * r
