@@ -142,7 +142,7 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe,
 
 
 _SHIFT_MIN_WORK = 1 << 20  # multiply-adds from which the shifted-GEMM conv beats im2col (measured)
-_SHIFT_TILE_BYTES = 1 << 18  # one tile's output block (M x rows * Wq floats): stays in L2 across the taps
+_SHIFT_TILE_BYTES = 1 << 19  # one tile's output block (M x rows * Wp floats): stays in L2 across the taps
 
 
 def _use_shifted(C, M, kernel, out_sp, strides, dilations) -> bool:
