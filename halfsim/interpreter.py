@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import keyword
 import os
+from collections import abc
 from typing import Any, Callable, Iterable, Mapping
 
 import numpy as np
@@ -246,6 +247,11 @@ _MISSING = object()
 _FP32_RUNNER = _Runner(None, FP32_PLAN, None, None)
 
 
+def _make_plan(precision: Any, model: "Model"):
+    from .precision import make_plan  # late import: precision builds on formats and kernels
+    return make_plan(precision, model)
+
+
 def _op_failed(node: G.Node, e: Exception) -> ExecutionError:
     """The one-line error for an op that raised something other than a HalfsimError."""
     return ExecutionError(f"node {node.label!r} ({node.op_type}) failed: {type(e).__name__}: {G._one_line(e)}")
@@ -333,6 +339,15 @@ class Model:
             raise HalfsimError("model has no outputs")
         self._const_nodes = _constant_nodes(self.graph)
         self._fast: dict[int, _FastGraph] = {}
+        self._feed_specs: list | None = None
+        self._plain_fp32_flag: bool | None = None
+
+    @property
+    def _plain_fp32(self) -> bool:
+        """Whether precision "fp32" is the identity plan (no float16/bfloat16 tensors in the model)."""
+        if self._plain_fp32_flag is None:
+            self._plain_fp32_flag = _make_plan("fp32", self) is FP32_PLAN
+        return self._plain_fp32_flag
 
     def _fast_graph(self, graph: G.Graph) -> "_FastGraph":
         fg = self._fast.get(id(graph))
@@ -362,36 +377,47 @@ class Model:
     # -- execution -----------------------------------------------------------------
     def check_feeds(self, feeds: Mapping[str, Any]) -> dict[str, np.ndarray]:
         """Validate feeds against the declared inputs; one-line InputError on any mismatch."""
-        if not isinstance(feeds, Mapping):
+        if type(feeds) is not dict and not isinstance(feeds, abc.Mapping):
             raise InputError("feeds must be a mapping from input name to array")
-        names = [v.name for v in self.graph.inputs]
+        specs = self._feed_specs
+        if specs is None:  # per input: (name, declared dtype, rank, fixed (dimension, size) pairs)
+            specs = self._feed_specs = [
+                (vi.name, vi, vi.dtype, None if vi.shape is None else len(vi.shape),
+                 () if vi.shape is None else tuple((i, d) for i, d in enumerate(vi.shape) if isinstance(d, int) and d > 0))
+                for vi in self.graph.inputs]
+            self._input_names = frozenset(sp[0] for sp in specs)
         inits = self.graph.initializers
-        extra = sorted(k for k in feeds if k not in inits and k not in names)  # no per-run sets of all weights
-        if extra:
-            raise InputError(f"unknown input {extra[0]!r}; the model's inputs are {names}")
+        names = self._input_names
+        if len(feeds) != len(specs) or not names.issuperset(feeds):
+            extra = sorted(k for k in feeds if k not in inits and k not in names)  # no per-run sets of all weights
+            if extra:
+                raise InputError(f"unknown input {extra[0]!r}; the model's inputs are {[sp[0] for sp in specs]}")
         out = {}
-        for vi in self.graph.inputs:
-            if vi.name not in feeds:
-                raise InputError(f"missing input {vi.name!r} ({vi.describe()})")
-            x = feeds[vi.name]
-            if isinstance(x, (list, tuple)) and vi.dtype is None and vi.shape is None:
-                out[vi.name] = [np.asarray(e) for e in x]  # a sequence-typed input stays a list
-                continue
-            if not isinstance(x, np.ndarray):
-                x = np.asarray(x)
-            if vi.dtype is not None and x.dtype != vi.dtype:
-                raise InputError(f"input {vi.name!r} has dtype {x.dtype}, the model expects {vi.dtype} ({vi.describe()})")
-            if vi.shape is not None:
-                if x.ndim != len(vi.shape):
-                    raise InputError(f"input {vi.name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {vi.describe()}")
-                for i, (got, want) in enumerate(zip(x.shape, vi.shape)):
-                    if isinstance(want, int) and want > 0 and got != want:
-                        raise InputError(f"input {vi.name!r} has shape {list(x.shape)}, the model expects {vi.describe()} (dimension {i})")
-            out[vi.name] = x
+        for name, vi, dtype, rank, fixed in specs:
+            x = feeds.get(name, _MISSING)
+            if x is _MISSING:
+                raise InputError(f"missing input {name!r} ({vi.describe()})")
+            if type(x) is not np.ndarray:
+                if isinstance(x, (list, tuple)) and dtype is None and rank is None:
+                    out[name] = [np.asarray(e) for e in x]  # a sequence-typed input stays a list
+                    continue
+                if not isinstance(x, np.ndarray):
+                    x = np.asarray(x)
+            if dtype is not None and x.dtype != dtype:
+                raise InputError(f"input {name!r} has dtype {x.dtype}, the model expects {dtype} ({vi.describe()})")
+            if rank is not None:
+                if x.ndim != rank:
+                    raise InputError(f"input {name!r} has rank {x.ndim} (shape {list(x.shape)}), the model expects {vi.describe()}")
+                shape = x.shape
+                for i, want in fixed:
+                    if shape[i] != want:
+                        raise InputError(f"input {name!r} has shape {list(shape)}, the model expects {vi.describe()} (dimension {i})")
+            out[name] = x
         # Initializers that are also graph inputs may be overridden by feeds.
-        for k in feeds:
-            if k in self.graph.initializers:
-                out[k] = np.asarray(feeds[k])
+        if len(out) != len(feeds):
+            for k in feeds:
+                if k in inits:
+                    out[k] = np.asarray(feeds[k])
         return out
 
     def run(self, feeds: Mapping[str, Any], precision: Any = "fp32", observe: Any = None, *,
@@ -406,8 +432,8 @@ class Model:
             every other tensor from `reuse` (a Trace from an earlier run with keep_trace=True).
         keep_trace: keep every tensor (result.trace) instead of freeing them after last use.
         """
-        from .precision import make_plan  # late import: precision builds on formats and kernels
-        plan = make_plan(precision, self)
+        plan = FP32_PLAN if type(precision) is str and precision == "fp32" and self._plain_fp32 \
+            else _make_plan(precision, self)
         feeds = self.check_feeds(feeds)
         obs: Any = None
         if observe == "all" or observe is True:
