@@ -171,6 +171,52 @@ def depthwise2d(x, w, bias, out, sh, sw, dh, dw, ph, pw, lo, hi):
             out[n, m, i, :] = acc
 
 
+@njit(cache=True, nogil=True)
+def depthwise2d_cl(x, w, bias, out, sh, sw, dh, dw, ph, pw, lo, hi):
+    """depthwise2d for small planes with many channels (multiplier 1), images [lo, hi): each
+    image is turned channels-last in a scratch buffer so that the inner loop runs over the
+    channels (long and contiguous: PP-OCR's 5x5 convs on 2x96 planes leave the plane kernel
+    rows of 2-3 useful outputs and a per-plane overhead larger than the work). Same order per
+    output: bias, then the taps row-major; taps reading padding are skipped."""
+    N, C, H, W = x.shape
+    OH, OW = out.shape[2], out.shape[3]
+    KH, KW = w.shape[1], w.shape[2]
+    wt = np.empty((KH, KW, C), dtype=x.dtype)
+    for c in range(C):
+        for a in range(KH):
+            for b in range(KW):
+                wt[a, b, c] = w[c, a, b]
+    xt = np.empty((H, W, C), dtype=x.dtype)
+    yt = np.empty((OH, OW, C), dtype=out.dtype)
+    for n in range(lo, hi):
+        for h in range(H):
+            for q in range(W):
+                xr = xt[h, q]
+                for c in range(C):
+                    xr[c] = x[n, c, h, q]
+        for i in range(OH):
+            for j in range(OW):
+                acc = yt[i, j]
+                for c in range(C):
+                    acc[c] = bias[c]
+                for a in range(KH):
+                    r = i * sh + a * dh - ph
+                    if r < 0 or r >= H:
+                        continue
+                    for b in range(KW):
+                        q = j * sw + b * dw - pw
+                        if q < 0 or q >= W:
+                            continue
+                        xv, wv = xt[r, q], wt[a, b]
+                        for c in range(C):
+                            acc[c] += wv[c] * xv[c]
+        for c in range(C):
+            for i in range(OH):
+                o = out[n, c, i]
+                for j in range(OW):
+                    o[j] = yt[i, j, c]
+
+
 @njit(cache=True, nogil=True, fastmath=True)
 def maxpool2d(x, out, kh, kw, sh, sw, dh, dw, ph, pw, lowest, lo, hi):
     """2-D max pooling of planes [lo, hi) of N*C; x: (N, C, H, W) unpadded, padding (ph, pw)
@@ -213,6 +259,9 @@ def maxpool2d(x, out, kh, kw, sh, sw, dh, dw, ph, pw, lowest, lo, hi):
                     o[j] = max(o[j], v[j])
 
 
+_CL_MAX_PLANE = 64  # output positions per plane up to which depthwise convs run channels-last
+
+
 def depthwise2d_call(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_hw, strides, dilations,
                      pads_begin) -> np.ndarray:
     N, C = x.shape[:2]
@@ -221,9 +270,15 @@ def depthwise2d_call(x: np.ndarray, w: np.ndarray, bias: np.ndarray | None, out_
     b = np.zeros(M, x.dtype) if bias is None else np.ascontiguousarray(bias, dtype=x.dtype)
     args = (np.ascontiguousarray(x), np.ascontiguousarray(w.reshape(M, w.shape[-2], w.shape[-1])), b, out,
             strides[0], strides[1], dilations[0], dilations[1], pads_begin[0], pads_begin[1])
+    work = out.size * w.shape[-1] * w.shape[-2]
+    if M == C and M >= 64 and out_hw[0] * out_hw[1] <= _CL_MAX_PLANE:
+        # Small planes, many channels (deep PP-OCR stages: 384x4x13, 192x4x13 strided, 960x1x20):
+        # channels-last inner loop, 2.5-4x faster there; measured slower from 200-element planes.
+        run_split(depthwise2d_cl, args, N, work, min_work=1 << 21)
+        return out
     # Waking a helper thread costs tens of microseconds (more on a busy machine): measured
     # to pay off from about 2M multiply-adds (~0.3 ms serial) on.
-    run_split(depthwise2d, args, N * M, out.size * w.shape[-1] * w.shape[-2], min_work=1 << 21)
+    run_split(depthwise2d, args, N * M, work, min_work=1 << 21)
     return out
 
 

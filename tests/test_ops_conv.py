@@ -65,6 +65,12 @@ DEPTHWISE_CASES = [
     ((2, 4, 2, 30), (4, 1, 5, 5), dict(group=4, pads=[2, 2, 2, 2])),
     ((1, 3, 3, 20), (3, 1, 5, 3), dict(group=3, dilations=[2, 1], pads=[4, 1, 3, 1])),
     ((1, 2, 1, 9), (2, 1, 3, 3), dict(group=2, pads=[2, 1, 0, 1])),
+    # small planes with >= 64 channels: the channels-last kernel (strided, dilated, asymmetric
+    # pads, planes lower than the kernel, batch 2)
+    ((1, 64, 4, 13), (64, 1, 5, 5), dict(group=64, pads=[2, 2, 2, 2])),
+    ((2, 96, 7, 9), (96, 1, 3, 3), dict(group=96, strides=[2, 2], pads=[1, 0, 0, 1])),
+    ((1, 80, 1, 20), (80, 1, 5, 5), dict(group=80, pads=[2, 2, 2, 2])),
+    ((1, 64, 5, 7), (64, 1, 3, 3), dict(group=64, dilations=[2, 2], pads=[2, 2, 2, 2])),
 ]
 
 
@@ -72,6 +78,21 @@ DEPTHWISE_CASES = [
 def test_conv_depthwise_direct(xs, ws, attrs):
     ins = [r(*xs), r(*ws), r(ws[0])]
     check_plans("Conv", ins, attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4, expect_matmul=True)
+
+
+@pytest.mark.parametrize("xs,ws,attrs", DEPTHWISE_CASES[-4:])
+def test_depthwise_channels_last_matches_plane_kernel(xs, ws, attrs):
+    # Same summation order per output (bias, then taps row-major): bit-equal to the plane kernel.
+    from halfsim.kernels.conv import depthwise2d, depthwise2d_cl
+    from halfsim.ops.conv import window_geometry
+    x, w, b = r(*xs), r(*ws)[:, 0], r(ws[0])
+    out_sp, pb, _, st, dl = window_geometry(xs[2:], list(ws[2:]), attrs.get("strides"), attrs.get("dilations"),
+                                            attrs.get("pads"), "NOTSET")
+    y1 = np.empty((xs[0], ws[0]) + tuple(out_sp), np.float32)
+    y2 = np.empty_like(y1)
+    depthwise2d(x, w, b, y1, st[0], st[1], dl[0], dl[1], pb[0], pb[1], 0, xs[0] * ws[0])
+    depthwise2d_cl(x, w, b, y2, st[0], st[1], dl[0], dl[1], pb[0], pb[1], 0, xs[0])
+    np.testing.assert_array_equal(y1, y2)
 
 
 @pytest.mark.parametrize("xs,ws,attrs", [
