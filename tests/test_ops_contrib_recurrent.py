@@ -192,3 +192,29 @@ def test_non_finite_hidden_state_falls_back():
     m = make_model("DynamicQuantizeLSTM", ins, dict(hidden_size=6), n_outputs=3, domain=MS, initializers=(1, 2))
     got = halfsim.load(m).run(feeds_of(m, ins))
     assert np.isfinite(got["out0"][:, 0, 0]).all()  # the batch row without NaN stays finite
+
+
+@pytest.mark.skipif(not cr._PACKED, reason="the vpmaddubsw kernel runs on AVX2 hosts without VNNI only")
+@pytest.mark.parametrize("m,k,n", [(1, 512, 2048), (3, 7, 21), (2, 1, 5), (4, 33, 16)])
+def test_packed_u8s8_kernel_equals_the_pair_loop(m, k, n):
+    # Odd K (last row pairs with zeros), N off the 16-lane grid, and rows/weights at the
+    # extremes so that pairs saturate both ways; the scalar pair loop is the oracle, itself
+    # checked against ORT's LSTM above.
+    rng = np.random.default_rng(k * n)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8)
+    b = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    a[0, :2], b[:2, 0] = 255, 127
+    if k >= 2:
+        b[:2, -1] = -128
+    want = cr._u8s8_pairs(a, b)
+    got = cr._u8s8_pairs(a, b, cr._pack_pairs(b))
+    np.testing.assert_array_equal(got, want)
+    # and against the definition in int64 numpy: saturated adjacent pairs, then a plain sum
+    a64, b64 = a.astype(np.int64), b.astype(np.int64)
+    pad = k % 2
+    ap = np.pad(a64, ((0, 0), (0, pad))).reshape(m, -1, 2)
+    bp = np.pad(b64, ((0, pad), (0, 0))).reshape(-1, 2, n)
+    pairs = ap[:, :, 0, None] * bp[None, :, 0, :] + ap[:, :, 1, None] * bp[None, :, 1, :]
+    if k >= 2:  # both saturations exercised
+        assert (pairs > 32767).any() and (pairs < -32768).any()
+    np.testing.assert_array_equal(got, np.clip(pairs, -32768, 32767).sum(axis=1))
