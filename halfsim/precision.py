@@ -231,7 +231,7 @@ class PrecisionPlan:
                 elif dt.kind == "f":
                     exact = False
         if prec.storage != storage.name:
-            prec = replace(prec, storage=storage.name)
+            prec = _with_storage(prec, storage.name)
         follow = _follows_input_type(node, tuple(typed_idx)) if typed else None
         return _InDecision(prec, storage, typed, follow, exact, tuple(widen), tuple(rounds), set_tags, dts)
 
@@ -312,14 +312,19 @@ class PrecisionPlan:
         return res
 
     # -- accumulate-aware primitives -----------------------------------------------
+    # Ops call these per GEMM, reduction or composite step (an LSTM step makes a dozen calls):
+    # what they decide from the node's precision is worked out once per OpPrecision (_derived).
     def plain(self, ctx) -> bool:
         """matmul/sum are plain fp32 numpy for this node (ops may take faster fp32 paths)."""
         p = ctx.prec
-        return p is None or (not p.operands and not p.tensor_core and _within(FP32, self.fmt(p.accumulate)))
+        return p is None or _derived(self, p).plain
 
     def matmul(self, ctx, a: np.ndarray, b: np.ndarray) -> np.ndarray:
         prec = ctx.prec
         if prec is None or a.dtype != np.float32 or b.dtype != np.float32:
+            return split_matmul(a, b)
+        d = _derived(self, prec)
+        if d.plain:
             return split_matmul(a, b)
         if prec.operands:
             f = self.fmt(prec.operands)
@@ -329,20 +334,21 @@ class PrecisionPlan:
         if prec.tensor_core:
             from .tensorcore import gemm, get_model
             return gemm(a, b, get_model(prec.tensor_core))
-        acc = self.fmt(prec.accumulate)
-        if _within(FP32, acc):
+        if d.acc_fp32:
             return split_matmul(a, b)
         from .kernels.accumulate import matmul_acc
+        acc = d.acc
         return matmul_acc(a, b, acc.ebits, acc.mbits, order=prec.order, block=prec.block, fma=prec.fma)
 
     def sum(self, ctx, x: np.ndarray, axis, keepdims: bool) -> np.ndarray:
         prec = ctx.prec
         if prec is None or x.dtype != np.float32:
             return np.sum(x, axis=axis, keepdims=keepdims)
-        acc = self.fmt(prec.accumulate)
-        if _within(FP32, acc):
+        d = _derived(self, prec)
+        if d.acc_fp32:
             return np.sum(x, axis=axis, keepdims=keepdims)
         from .kernels.accumulate import sum_acc
+        acc = d.acc
         return sum_acc(x, axis=axis, keepdims=keepdims, ebits=acc.ebits, mbits=acc.mbits, order=prec.order,
                        block=prec.block)
 
@@ -350,9 +356,8 @@ class PrecisionPlan:
         prec = ctx.prec
         if prec is None or not isinstance(x, np.ndarray) or x.dtype != np.float32:
             return x
-        name = prec.accumulate if prec.fused else (prec.compute or prec.storage)
-        f = self.fmt(name)
-        if _within(FP32, f):
+        f = _derived(self, prec).compute
+        if f is None:  # within fp32: nothing to round
             return x
         return round_fmt(x, f, overflow=prec.overflow, subnormals=prec.subnormals)
 
@@ -423,19 +428,18 @@ class PrecisionPlan:
         kp = _KPARAMS.get(fmt.name)
         if kp is None or kp[0] is not fmt:
             from .kernels import events
-            kp = _KPARAMS[fmt.name] = (fmt, _format_params(fmt)) + _overflow_threshold(fmt) + (events,)
-        _, params, th, strict, events = kp
+            th, strict = _overflow_threshold(fmt)
+            params = _format_params(fmt)
+            kp = _KPARAMS[fmt.name] = (fmt, params, th, strict, events, events.inplace_counter(params, th, strict))
+        _, params, th, strict, events, count = kp
         if subnormals == "keep" and overflow == "inf" and fmt.has_inf and x.dtype == np.float32:
             # The hot path: round and count in one pass, in place in x when allowed, else in a
             # fresh copy (a strided view, e.g. a Conv output, is copied once, not twice).
             if not x.flags.c_contiguous:
                 y = np.ascontiguousarray(x)
-                src = dst = y.reshape(-1)
             else:
-                src = x.reshape(-1)
-                y = x if inplace and x.flags.writeable else np.empty(x.shape, np.float32)
-                dst = src if y is x else y.reshape(-1)
-            nan_x, big, under = events.round_count(src, dst, params, th, strict)
+                y = x if inplace and x.flags.writeable else x.copy()
+            nan_x, big, under = count(y.reshape(-1))
         else:
             flat = x.reshape(-1) if x.flags.c_contiguous else np.ascontiguousarray(x).reshape(-1)
             nan_x, big, nz_x = events.stats(flat, th, strict)
@@ -480,6 +484,55 @@ class _OutDecision:
 
     def __init__(self, acts, tags, dtypes):
         self.acts, self.tags, self.dtypes = acts, tags, dtypes
+
+
+class _Derived:
+    """What matmul/sum/round_compute decide from an OpPrecision alone."""
+    __slots__ = ("prec", "acc", "acc_fp32", "plain", "_compute", "_fmts")
+
+    def __init__(self, plan: "PrecisionPlan", prec: OpPrecision):
+        self.prec, self._fmts = prec, plan.fmt
+        self.acc = plan.fmt(prec.accumulate)
+        self.acc_fp32 = _within(FP32, self.acc)
+        self.plain = not prec.operands and not prec.tensor_core and self.acc_fp32
+        self._compute = _UNSET
+
+    @property
+    def compute(self) -> Format | None:
+        """The format composite steps round to, None when it is within fp32 (looked up on first
+        use: a precision whose storage is still "inherit" has none)."""
+        if self._compute is _UNSET:
+            p = self.prec
+            f = self._fmts(p.accumulate if p.fused else (p.compute or p.storage))
+            self._compute = None if _within(FP32, f) else f
+        return self._compute
+
+
+_UNSET = object()
+_DERIVED: dict[int, _Derived] = {}
+_REPLACED: dict[tuple[int, str], tuple[OpPrecision, OpPrecision]] = {}
+_CACHE_MAX = 4096  # precisions are few (one per distinct rule combination and storage)
+
+
+def _derived(plan: "PrecisionPlan", prec: OpPrecision) -> _Derived:
+    d = _DERIVED.get(id(prec))
+    if d is None or d.prec is not prec:
+        if len(_DERIVED) >= _CACHE_MAX:
+            _DERIVED.clear()
+        d = _DERIVED[id(prec)] = _Derived(plan, prec)
+    return d
+
+
+def _with_storage(prec: OpPrecision, storage: str) -> OpPrecision:
+    """replace(prec, storage=storage), one object per (precision, storage): the general path
+    makes one per node and run, and _derived caches by identity."""
+    key = (id(prec), storage)
+    hit = _REPLACED.get(key)
+    if hit is None or hit[0] is not prec:
+        if len(_REPLACED) >= _CACHE_MAX:
+            _REPLACED.clear()
+        hit = _REPLACED[key] = (prec, replace(prec, storage=storage))
+    return hit[1]
 
 
 def _fresh(o: np.ndarray, args: list, node) -> bool:
@@ -580,7 +633,8 @@ def _follows_input_type(node, typed_idx: tuple[int, ...]) -> list[bool]:
     return mask
 
 
-# Per format name: (format, kernel parameters, overflow threshold, strict, the events module),
+# Per format name: (format, kernel parameters, overflow threshold, strict, the events module,
+# its in-place round-and-count kernel),
 # looked up by name (hashing a Format dataclass costs more than the rest of a small node).
 _KPARAMS: dict[str, tuple] = {}
 

@@ -157,3 +157,13 @@ def round_count(src: np.ndarray, dst: np.ndarray, p, th: float, strict: bool) ->
         return _f16_count_inplace_vec(dst) if HW_F16C else _f16_count_inplace(dst)
     return _round_count_inplace(dst, p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits,
                                 p.has_inf, np.float32(th), strict)
+
+
+def inplace_counter(p, th: float, strict: bool):
+    """round_count(x, x, p, th, strict) as one callable of a 1-D float32 array, its choices
+    made once per format (a small tensor's rounding is mostly call overhead)."""
+    if p.fp16:
+        return _f16_count_inplace_vec if HW_F16C else _f16_count_inplace
+    args = (p.s, p.half_m1, int(p.s > 0), p.be_min, p.up_scale, p.down_scale, p.maxbits, p.has_inf, np.float32(th),
+            strict)
+    return lambda x: _round_count_inplace(x, *args)
