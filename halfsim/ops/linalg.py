@@ -53,13 +53,15 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray | None:
-    """a @ b as int64 through float32 GEMMs when that is exact, else None. a: integers with
-    |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax."""
+    """a @ b as int32 through float32 GEMMs when that is exact, else None. a: integers with
+    |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax. Every result is
+    below 2**24 * 17 (one GEMM, up to 8 K-slices, or 16 * hi + lo), so int32 holds it: one
+    conversion pass instead of float32 -> int64 -> the ops' int32."""
     # Every partial sum of row m is at most sum_k |a_mk| * bmax: activations are far from
     # amax almost everywhere, so this usually allows one GEMM where amax * bmax * k does not
     # (K-slices cost ~1.4x one GEMM; ddddocr's MatMulInteger bound: 0.07 * 2**24 vs 1.06).
     if amax * bmax * k < 2 ** 24 or (a.size and int(np.abs(a, dtype=np.int64).sum(axis=-1).max()) * bmax < 2 ** 24):
-        return split_matmul(a.astype(np.float32), bf() if callable(bf) else bf).astype(np.int64)
+        return split_matmul(a.astype(np.float32), bf() if callable(bf) else bf).astype(np.int32)
     kc = (2 ** 24 - 1) // (amax * bmax) if amax * bmax else k
     if kc >= 1 and -(-k // kc) <= 8:
         # Sums over at most kc terms stay below 2**24: a few K-slices, one GEMM's work in all
@@ -68,14 +70,14 @@ def sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray |
         af = a.astype(np.float32)
         y = None
         for k0 in range(0, k, kc):
-            part = split_matmul(af[..., k0:k0 + kc], bf[..., k0:k0 + kc, :]).astype(np.int64)
+            part = split_matmul(af[..., k0:k0 + kc], bf[..., k0:k0 + kc, :]).astype(np.int32)
             y = part if y is None else y + part
         return y
     if (amax // 16 + 1) * bmax * k < 2 ** 24 and amax < 2 ** 15:
         bf = bf() if callable(bf) else bf
         ai = a.astype(np.int32)
-        hi = split_matmul((ai >> 4).astype(np.float32), bf).astype(np.int64)  # floor(a / 16)
-        lo = split_matmul((ai & 15).astype(np.float32), bf).astype(np.int64)
+        hi = split_matmul((ai >> 4).astype(np.float32), bf).astype(np.int32)  # floor(a / 16)
+        lo = split_matmul((ai & 15).astype(np.float32), bf).astype(np.int32)
         return hi * 16 + lo
     return None
 
@@ -261,7 +263,7 @@ def _zp_col(zp):
 
 
 def integer_matmul(a, b, azp, bzp) -> np.ndarray:
-    """(A - azp) @ (B - bzp) exactly, as int64."""
+    """(A - azp) @ (B - bzp) exactly (int32 where float32 GEMMs were exact, else int64)."""
     a1, b1 = a.ndim == 1, b.ndim == 1
     A = a.astype(np.int32) - _zp_row(azp, a)
     B = b.astype(np.int32) - _zp_col(bzp)
@@ -280,7 +282,7 @@ def integer_matmul(a, b, azp, bzp) -> np.ndarray:
 @op("MatMulInteger", since=10)
 def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
     # Wraps like the int32 accumulator of a real kernel.
-    return integer_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32)
+    return integer_matmul(a, b, a_zero_point, b_zero_point).astype(np.int32, copy=False)
 
 
 def _specialize_matmul_integer(node, consts: dict):
@@ -301,7 +303,7 @@ def _specialize_matmul_integer(node, consts: dict):
         y = sgemm_exact(A, bc, int(np.abs(A).max()) if A.size else 0, bmax, K)
         if y is None:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
-        return y.astype(np.int32)
+        return y
     return fn
 
 
