@@ -411,3 +411,12 @@ def test_fused_conv_tail_stops_at_a_shared_tensor(reader):
     np.testing.assert_allclose(got["y"], want[0], rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(got["side"], want[1], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(got["y"], m.run({"x": x}, observe="all")["y"])
+
+
+@pytest.mark.parametrize("n,c,m,bias", [(2, 88, 22, True), (1, 8, 2, False), (3, 200, 50, True)])
+def test_conv_pointwise_on_pooled_vector(n, c, m, bias):
+    # (N, C, 1, 1) inputs (squeeze-excitation gates): plain fp32 runs one GEMM; the non-plain plan
+    # keeps ctx.matmul (check_plans runs both).
+    ins = [r(n, c, 1, 1), r(m, c, 1, 1)] + ([r(m)] if bias else [])
+    check_plans("Conv", ins, {}, initializers=(1, 2), rtol=1e-5, atol=1e-5, expect_matmul=True)
+    check_op("Conv", [r(n, c, 1, 1), r(m, c, 1, 1)], dict(strides=[2, 2]), initializers=(1,), rtol=1e-5, atol=1e-5)
