@@ -108,12 +108,16 @@ def peak_memory(backend: str, name: str, feeds_npz: str, threads: int, timeout: 
     return {"peak_mb": d["peak_kb"] / 1024, "model_mb": (d["peak_kb"] - d["base_kb"]) / 1024}
 
 
-def time_interleaved(runners: dict, feeds, runs: int, budget: float, pause: float) -> dict:
+def time_interleaved(runners: dict, feeds, runs: int, budget: float, pause: float, batch_s: float = 0.005) -> dict:
     """Median ms per backend with the backends' runs interleaved (A B B A A B ...), so that
     a change in the shared machine's load hits both sides alike. Each timed call follows an
     untimed one of the same backend (its threads and caches warm again after the other ran:
-    the back-to-back use of a streaming model), after `pause` seconds of sleep."""
-    out, ts, live = {}, {}, []
+    the back-to-back use of a streaming model), after `pause` seconds of sleep. A timed sample
+    of a millisecond model is the mean of back-to-back calls filling `batch_s` (one call of a
+    larger one), as a streaming model runs frame after frame: one sub-millisecond call right
+    after the other backend ran measured ~2x its back-to-back time on both sides (caches,
+    branch predictors and clock still warming)."""
+    out, ts, cpu, live = {}, {}, {}, []
     for b, run in runners.items():
         t0 = time.perf_counter()
         run(feeds)  # warm-up (numba compilation, ORT arena, caches)
@@ -121,21 +125,27 @@ def time_interleaved(runners: dict, feeds, runs: int, budget: float, pause: floa
         if warm > budget:
             out[b] = {"ms": warm * 1e3, "runs": 0, "note": "warm-up only (over budget)"}
         else:
-            ts[b] = []
+            ts[b], cpu[b] = [], []
             live.append(b)
     start = time.perf_counter()
     for i in range(runs):
         for b in (live if i % 2 == 0 else live[::-1]):
             if pause:
                 time.sleep(pause)
-            runners[b](feeds)
             t = time.perf_counter()
             runners[b](feeds)
-            ts[b].append(time.perf_counter() - t)
+            k = max(1, min(50, int(batch_s / max(time.perf_counter() - t, 1e-6))))
+            c, t = time.process_time(), time.perf_counter()
+            for _ in range(k):
+                runners[b](feeds)
+            ts[b].append((time.perf_counter() - t) / k)
+            cpu[b].append((time.process_time() - c) / k)
         if time.perf_counter() - start > 2 * budget * max(1, len(live)):
             break
     for b in live:
-        out[b] = {"ms": float(np.median(ts[b])) * 1e3, "runs": len(ts[b])}
+        # cpu_ms: the process's CPU time (all its threads); at one thread it is the figure least
+        # disturbed by other jobs on a shared machine (waiting for a core is not counted).
+        out[b] = {"ms": float(np.median(ts[b])) * 1e3, "runs": len(ts[b]), "cpu_ms": float(np.median(cpu[b])) * 1e3}
     return out
 
 
@@ -265,6 +275,22 @@ def table(recs: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def cpu_table(recs: list[dict]) -> str:
+    """ORT and halfsim by process CPU time (medians of the same interleaved runs): with one
+    thread each, the comparison that other load on the machine disturbs least."""
+    lines = [f"{'model':<17} {'ORT cpu ms':>10} {'hs cpu ms':>10} {'hs/ORT':>7}"]
+    xs = []
+    for r in recs:
+        o, h = _get(r, "time", "ort", "cpu_ms"), _get(r, "time", "halfsim", "cpu_ms")
+        if o and h:
+            xs.append(h / o)
+        lines.append(f"{r['name']:<17} {_fmt(o, '.3f'):>10} {_fmt(h, '.3f'):>10} {_fmt(h / o if o and h else None, '.2f'):>7}")
+    if xs:
+        lines.append(f"halfsim/ORT CPU time (target <= 2): geomean {float(np.exp(np.mean(np.log(xs)))):.2f} over "
+                     f"{len(xs)} models, {sum(x <= 2 for x in xs)} meet the target")
+    return "\n".join(lines)
+
+
 def summary(recs: list[dict]) -> str:
     def ratios(fn):
         return [x for x in (fn(r) for r in recs) if x is not None]
@@ -295,8 +321,10 @@ def main(argv: list[str] | None = None) -> int:
     # ORT's idle intra-op workers spin for ~60 ms after every run (measured: 60 ms of process
     # CPU during a sleep after a minilm run, 2 threads), taking a core from whatever runs next:
     # halfsim right after ORT ran 33 ms against 27 ms after itself. The pause lets them settle.
-    ap.add_argument("--pause", type=float, default=0.1,
-                    help="seconds of sleep before each ORT/halfsim warm+timed pair (default 0.1: ORT's pool stops spinning)")
+    # One thread has no pool to settle, and a sleep lets other jobs take the caches.
+    ap.add_argument("--pause", type=float, default=None,
+                    help="seconds of sleep before each ORT/halfsim warm+timed pair (default: 0.1 with more than "
+                         "one thread, ORT's pool stops spinning; 0 with one)")
     ap.add_argument("--ref-budget", type=float, default=60.0, help="the same for ReferenceEvaluator")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-profile", action="store_true", help="skip halfsim's time per op type")
@@ -304,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--_child", nargs=3, metavar=("BACKEND", "MODEL", "FEEDS"), help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     threads = args.threads or compute_threads()
+    if args.pause is None:
+        args.pause = 0.1 if threads > 1 else 0.0
     os.environ["HALFSIM_THREADS"] = str(threads)  # halfsim's split kernels: ORT's intra-op count
     if args._child:
         child(args._child[0], args._child[1], args._child[2], threads)
@@ -325,6 +355,9 @@ def main(argv: list[str] | None = None) -> int:
                                     not args.no_profile, td, args.pause))
     print(table(recs))
     print(summary(recs))
+    if threads == 1:
+        print("one thread, process CPU time of the same runs:")
+        print(cpu_table(recs))
     print("load average (1, 5, 15 min): before %.2f %.2f %.2f, after %.2f %.2f %.2f" % (load0 + os.getloadavg()))
     prof = [r for r in recs if r.get("halfsim_ops_ms")]
     if prof:
