@@ -15,9 +15,10 @@ than wall time there): 3x3 convs 1.4-2.2 (32x112x112 s1 1.6, s2 1.5, resnet 64x5
 MaxPool ~5.5, AveragePool 3.0, GlobalAveragePool 1.7, Gemm/MatMul/batched MatMul 0.9-1.2,
 Einsum 1.2-1.5, DynamicQuantizeMatMul 3.2. At 2 threads (quiet moment) the geomean of the
 table was 2.3: ORT's direct NCHWc convolutions scale better than im2col + OpenBLAS.
-The validation-model cases (rec/det/cls/magika shapes, Sigmoid, Clip, Relu) were added with
-the stride-1 depthwise kernel, the parallel conv tiles and the clip-ufunc/MLAS-sigmoid paths;
-`--only "("` runs just those.
+The validation-model cases (rec/det/cls/magika/nudenet shapes, Sigmoid, Clip, Relu, Resize) were
+added with the stride-1 depthwise kernel, the parallel conv tiles, the clip-ufunc/MLAS-sigmoid
+paths, the shifted-GEMM conv, the channels-last depthwise kernel, the pooled-vector 1x1 conv and
+the nearest integer-repeat Resize; `--only "("` runs just those.
 """
 from __future__ import annotations
 
@@ -103,6 +104,14 @@ def cases():
                                                      dict(pads=[2, 0, 2, 0]))
     c["conv 1x96x32x104 3x3 ->24 (det)"] = model("Conv", r(1, 96, 32, 104), [r(24, 96, 3, 3), r(24)],
                                                  dict(pads=[1] * 4))
+    c["conv 1x64x40x40 3x3 ->64 (nudenet)"] = model("Conv", r(1, 64, 40, 40), [r(64, 64, 3, 3), r(64)],
+                                                   dict(pads=[1] * 4))
+    c["conv depthwise 1x384x4x13 5x5 (det)"] = model("Conv", r(1, 384, 4, 13), [r(384, 1, 5, 5), r(384)],
+                                                     dict(pads=[2] * 4, group=384))
+    c["conv 2x88x1x1 ->22 (cls SE gate)"] = model("Conv", r(2, 88, 1, 1), [r(22, 88, 1, 1), r(22)])
+    c["resize nearest 1x96x16x52 x2 (det)"] = model(
+        "Resize", r(1, 96, 16, 52), [np.zeros(0, np.float32), np.array([1, 1, 2, 2], np.float32)],
+        dict(mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor"), opset=13)
     c["sigmoid 1x32x160x160 (yolo)"] = model("Sigmoid", r(1, 32, 160, 160))
     c["clip 1x96x32x104 [0, 6] (ppocr)"] = model("Clip", r(1, 96, 32, 104), [np.float32(0).reshape(()),
                                                                       np.float32(6).reshape(())], opset=13)

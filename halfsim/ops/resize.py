@@ -180,10 +180,12 @@ def _repeat_last2(x: np.ndarray, kh: int, kw: int) -> np.ndarray:
     return out.reshape(tuple(lead) + (H * kh, W * kw))
 
 
-def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixel",
-            nearest_mode="round_prefer_floor", cubic_a=-0.75, exclude_outside=0, extrapolation_value=0.0,
-            antialias=0, axes=None, policy="stretch", opset=19) -> np.ndarray:
-    r = x.ndim
+def _plan(shape: tuple, roi, scales, sizes, mode, ctm, nearest_mode, cubic_a, exclude_outside, antialias, axes,
+          policy, opset):
+    """(in_dims, out_dims, {axis: (indices, weights, outside)}, (kh, kw) of an integer nearest
+    upsample of the last two axes or None) for an input shape: the part of Resize that
+    depends on the shape and parameters only."""
+    r = len(shape)
     if mode not in ("nearest", "linear", "cubic"):
         raise ExecutionError(f"Resize: unsupported mode {mode!r}")
     if antialias and mode == "nearest":
@@ -191,7 +193,7 @@ def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixe
     ax = list(range(r)) if axes is None else [a + r if a < 0 else a for a in axes]
     if any(not 0 <= a < r for a in ax) or len(set(ax)) != len(ax):
         raise ExecutionError(f"Resize: invalid axes {axes} for rank {r}")
-    in_dims = list(x.shape)
+    in_dims = list(shape)
     full_scales = [f32(1)] * r
     out_dims = list(in_dims)
     if sizes is not None and np.asarray(sizes).size:
@@ -234,24 +236,58 @@ def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixe
         for i, a in enumerate(ax):
             roi_full[a], roi_full[r + a] = rv[i], rv[len(ax) + i]
 
-    if out_dims == in_dims:
-        return np.array(x)  # ORT copies the input when no dimension changes
-    if x.size == 0 or 0 in out_dims:
-        return np.zeros(out_dims, dtype=x.dtype)
-
-    acc = np.float64 if x.dtype == np.float64 else f32
-    y = x if mode == "nearest" else x.astype(acc)
-    outside_any = None
     taps = {}
+    if out_dims == in_dims or 0 in in_dims or 0 in out_dims:
+        return in_dims, out_dims, taps, None
     for a in range(r):
         if full_scales[a] == f32(1) and (r > 1 or mode != "nearest"):
             continue  # as ORT: an unscaled axis maps every index to itself, whatever the transform
         taps[a] = _axis_taps(mode, ctm, nearest_mode, in_dims[a], out_dims[a], full_scales[a],
                              roi_full[a], roi_full[r + a], cubic_a, exclude_outside, antialias, opset)
+        for v in taps[a]:
+            if v is not None:
+                v.flags.writeable = False  # cached: shared by later calls
+    rep = None
     if mode == "nearest" and r >= 2 and set(taps) == {r - 2, r - 1} and all(t[2] is None for t in taps.values()):
         k = [_repeat_factor(taps[a][0][:, 0], in_dims[a]) for a in (r - 2, r - 1)]
-        if k[0] and k[1]:
-            return _repeat_last2(x, k[0], k[1])
+        rep = (k[0], k[1]) if k[0] and k[1] else None
+    return in_dims, out_dims, taps, rep
+
+
+_PLANS: dict = {}  # _plan results by shape and parameters (models resize the same shapes every run)
+
+
+def _arr_key(v):
+    if v is None:
+        return None
+    v = np.asarray(v)
+    return v.dtype.str, v.shape, v.tobytes()
+
+
+def _resize(x: np.ndarray, roi, scales, sizes, *, mode="nearest", ctm="half_pixel",
+            nearest_mode="round_prefer_floor", cubic_a=-0.75, exclude_outside=0, extrapolation_value=0.0,
+            antialias=0, axes=None, policy="stretch", opset=19) -> np.ndarray:
+    key = (x.shape, mode, ctm, nearest_mode, cubic_a, exclude_outside, antialias,
+           None if axes is None else tuple(int(a) for a in axes), policy, opset,
+           _arr_key(roi), _arr_key(scales), _arr_key(sizes))
+    plan = _PLANS.get(key)
+    if plan is None:
+        plan = _plan(x.shape, roi, scales, sizes, mode, ctm, nearest_mode, cubic_a, exclude_outside, antialias,
+                     axes, policy, opset)
+        if len(_PLANS) >= 256:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    in_dims, out_dims, taps, rep = plan
+    r = x.ndim
+    if out_dims == in_dims:
+        return np.array(x)  # ORT copies the input when no dimension changes
+    if x.size == 0 or 0 in out_dims:
+        return np.zeros(out_dims, dtype=x.dtype)
+    if rep is not None:
+        return _repeat_last2(x, *rep)
+    acc = np.float64 if x.dtype == np.float64 else f32
+    y = x if mode == "nearest" else x.astype(acc)
+    outside_any = None
     for a, (idx, w, outside) in taps.items():
         y = _apply_axis(y, a, idx, w, acc)
         if outside is not None and outside.any():
