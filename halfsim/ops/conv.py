@@ -21,6 +21,7 @@ from .registry import op
 _AUTO_PADS = ("NOTSET", "SAME_UPPER", "SAME_LOWER", "VALID")
 _TILE_BYTES = 1 << 20  # im2col block size for the tiled fp32 path
 _PAR_WORK = 1 << 21  # multiply-adds from which an im2col conv's row tiles go to the kernel threads
+_MIN_TILE_COLS = 128  # output columns a parallel conv tile holds at the least
 
 
 def _ints(v, n, default, what):
@@ -206,6 +207,7 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
     rows = max(1, min(OH, _SHIFT_TILE_BYTES // (4 * M * Wp)))
     if threads() > 1:
         rows = max(1, min(rows, -(-OH // -(-2 * threads() // N))))  # >= 2 tiles a thread
+        rows = max(rows, -(-_MIN_TILE_COLS // Wp))
     per_image = -(-OH // rows)
     base = xp.ctypes.data
 
@@ -261,6 +263,9 @@ def _conv_tiles_parallel(win, w, b, N, group, Mg, K, out_sp):
     rows = max(1, _TILE_BYTES // max(1, K * group * inner * win.itemsize))
     # At least two tiles per thread so that a descheduled helper leaves little behind.
     rows = max(1, min(rows, -(-out_sp[0] // -(-2 * threads() // N))))
+    # No tile narrower than _MIN_TILE_COLS columns: each tile's GEMM re-packs the whole weight
+    # matrix, so narrow tiles of small feature maps cost CPU and gain nothing.
+    rows = max(rows, -(-_MIN_TILE_COLS // inner))
     per_image = -(-out_sp[0] // rows)
     run_split(_tiles, (win, w.reshape(group, Mg, K), bias, y, inner, rows, per_image), N * per_image,
               N * group * Mg * K * math.prod(out_sp), min_work=_PAR_WORK)
