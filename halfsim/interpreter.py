@@ -317,6 +317,11 @@ class _FastGraph:
                 fn = spec(n, {i: env[t] for i, t in enumerate(n.inputs) if t and t in env}) or fn
             self.steps_exact.append((n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
         self.steps = _fuse_conv_chains(graph, self.steps_exact, env, set(self.outputs))
+        # Small integer graph inputs (silero's sample rate) key shape-only steps by value.
+        small = {vi.name for vi in graph.inputs if outer_consts is None and vi.dtype is not None
+                 and vi.dtype.kind in "iub" and vi.shape is not None
+                 and all(isinstance(d, int) for d in vi.shape) and int(np.prod(vi.shape)) <= _META_VALUE_MAX}
+        self.steps = _memo_meta_steps(self.steps, env, set(self.outputs), small)
         self.code, self._code_steps = None, None
 
     def compiled(self) -> Callable[["_Runner", dict], None]:
@@ -720,6 +725,139 @@ def _fuse_conv_chains(graph: G.Graph, steps: list, env: dict, outputs: set) -> l
             skip.add(by_node[s2[0].index])
         out.append((n, fused, tuple(ins), n.attrs, (last,), dead, False))
     return out
+
+
+_META_VALUE_MAX = 64  # elements of a non-shape input up to which it keys a memo by value
+_META_OUT_MAX = 4096  # elements of a memo's outputs up to which they are kept
+_META_ENTRIES = 64  # keys kept per memo (then it starts again)
+
+
+def _memo_meta_steps(steps: list, consts: Mapping, outputs: set, small: set) -> list:
+    """Shape arithmetic (Shape -> Gather -> Unsqueeze -> Concat ..., If conditions on a sample
+    rate) as one memo step per group: a step is "meta" when every input is a constant, a
+    small integer graph input (`small`), another meta step's output, or, for Shape and Size,
+    any tensor (only its shape is read). Meta steps move right after the step that makes
+    their last non-constant input (same results: they are pure), and each such group becomes
+    one step that looks its outputs up by the inputs' shapes and small values and runs the
+    group only for a new key (silero: 28 of 63 steps a run). Graph outputs stay unmemoized:
+    memo values are shared between runs, read-only."""
+    produced_at = {}
+    for i, st in enumerate(steps):
+        for t in st[4]:
+            if t:
+                produced_at[t] = i
+    meta_out: dict[str, int] = {}  # meta tensor -> position after which it can be computed
+    ready: dict[int, int] = {}
+    for i, (node, fn, ins, attrs, outs, dead, sub) in enumerate(steps):
+        if sub or node.op_type in _NONDETERMINISTIC or node.domain not in ("", "com.microsoft") \
+                or any(t in outputs for t in outs if t) or not any(outs):
+            continue
+        shape_only = node.op_type in ("Shape", "Size")
+        pos = -1
+        for t in ins:
+            if not t or t in consts:
+                continue
+            if t in meta_out:
+                pos = max(pos, meta_out[t])
+            elif t in small or shape_only:
+                pos = max(pos, produced_at.get(t, -1))
+            else:
+                break
+        else:
+            ready[i] = pos
+            for t in outs:
+                if t:
+                    meta_out[t] = pos
+    if not ready:
+        return steps
+    groups: dict[int, list[int]] = {}
+    for i, pos in ready.items():
+        groups.setdefault(pos, []).append(i)
+    order: list = []
+    for i in [-1] + list(range(len(steps))):
+        if i >= 0 and i not in ready:
+            order.append(steps[i])
+        g = groups.get(i)
+        if g is None:
+            continue
+        if len(g) == 1:
+            order.append(steps[g[0]])
+            continue
+        members = [steps[j] for j in g]
+        inside = {t for st in members for t in st[4] if t}
+        needed = {t for j, st in enumerate(steps) if j not in g for t in st[2] if t in inside} | \
+                 {t for j, st in enumerate(steps) if j not in g and st[6]
+                  for sg in st[0].subgraphs for t in sg.outer_names if t in inside}
+        outs = tuple(t for st in members for t in st[4] if t in needed)
+        if not outs:
+            continue  # nothing outside reads them
+        ins = tuple(dict.fromkeys(t for st in members for t in st[2] if t and t not in inside and t not in consts))
+        shape_keys = tuple(all(st[0].op_type in ("Shape", "Size") for st in members if t in st[2]) for t in ins)
+        order.append((members[0][0], _MetaMemo(members, ins, shape_keys, outs, consts), ins, {}, outs, (), False))
+    return _redo_dead(order, set(outputs) | set(consts))
+
+
+class _MetaMemo:
+    """One group of meta steps (see _memo_meta_steps) as a step function."""
+
+    def __init__(self, members: list, ins: tuple, shape_keys: tuple, outs: tuple, consts: Mapping):
+        self.members = [(st[0], st[1], st[2], st[3], st[4], OpContext(st[0], None, _FP32_RUNNER)) for st in members]
+        self.ins, self.shape_keys, self.outs, self.consts = ins, shape_keys, outs, consts
+        self.cache: dict = {}
+
+    def __call__(self, ctx, *args):
+        key = []
+        for x, by_shape in zip(args, self.shape_keys):
+            if type(x) is not np.ndarray:
+                key = None
+                break
+            if by_shape:
+                key.append(x.shape)
+            elif x.size <= _META_VALUE_MAX:
+                key.append((x.dtype.str, x.shape, x.tobytes()))
+            else:
+                key = None
+                break
+        if key is not None:
+            key = tuple(key)
+            hit = self.cache.get(key)
+            if hit is not None:
+                return hit
+        env = dict(zip(self.ins, args))
+        for node, fn, ins, attrs, outs, c in self.members:
+            try:
+                res = fn(c, *[(env[t] if t in env else self.consts[t]) if t else None for t in ins], **attrs)
+            except HalfsimError:
+                raise
+            except Exception as e:
+                if _DEBUG:
+                    raise
+                raise _op_failed(node, e) from None
+            for t, v in zip(outs, _normalize(res, len(outs))):
+                if t:
+                    env[t] = v
+        vals = tuple(env[t] for t in self.outs)
+        if key is not None and all(isinstance(v, np.ndarray) and v.size <= _META_OUT_MAX for v in vals):
+            if len(self.cache) >= _META_ENTRIES:
+                self.cache.clear()
+            for v in vals:
+                _frozen(v)
+            self.cache[key] = vals
+        return vals
+
+
+def _redo_dead(steps: list, keep: set) -> list:
+    """Steps with their tensors-to-free recomputed for this order (after the last reader)."""
+    last: dict[str, int] = {}
+    for i, st in enumerate(steps):
+        reads = [t for t in st[2] if t] + ([t for sg in st[0].subgraphs for t in sg.outer_names] if st[6] else [])
+        for t in reads:
+            last[t] = i
+    dead: list[list[str]] = [[] for _ in steps]
+    for t, i in last.items():
+        if t not in keep:
+            dead[i].append(t)
+    return [st[:5] + (tuple(dead[i]),) + st[6:] for i, st in enumerate(steps)]
 
 
 def _bn_foldable(bn: G.Node, env: dict, w: np.ndarray) -> bool:

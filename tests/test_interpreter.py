@@ -289,3 +289,63 @@ def test_fp32_run_sets_numpy_error_state_once_silently_and_restores_it():
     assert np.geterr() == before
     from halfsim.ops.registry import quiet
     assert type(quiet()) is np.errstate  # outside a run, ops enter numpy's own
+
+
+def _shape_arith_model():
+    """y = Reshape(x, [shape(x)[0] * k, -1]) where k = 2 if the small input `mode` == 1 else 1,
+    computed from Shape/Gather/Equal/Where/Mul/Unsqueeze/Concat; `s` = Shape(x) is an output."""
+    i64 = lambda name, v: numpy_helper.from_array(np.asarray(v, np.int64), name)  # noqa: E731
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Shape", ["x"], ["s2"]),
+             helper.make_node("Gather", ["s2", "zero"], ["n"], axis=0),
+             helper.make_node("Equal", ["mode", "one"], ["is1"]),
+             helper.make_node("Where", ["is1", "two", "one"], ["k"]),
+             helper.make_node("Mul", ["n", "k"], ["nk"]),
+             helper.make_node("Unsqueeze", ["nk", "axes0"], ["nk1"]),
+             helper.make_node("Concat", ["nk1", "minus1"], ["shp"], axis=0),
+             helper.make_node("Reshape", ["x", "shp"], ["y"])]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b"]),
+                                       helper.make_tensor_value_info("mode", TensorProto.INT64, [])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None),
+                           helper.make_tensor_value_info("s", TensorProto.INT64, None)],
+                          [i64("zero", 0), i64("one", 1), i64("two", 2), i64("axes0", [0]), i64("minus1", [-1])])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_shape_arithmetic_memo_follows_shapes_and_small_inputs():
+    # The Shape/Gather/Equal/.../Concat chain runs as one memo step keyed by x's shape and
+    # mode's value: alternating shapes and modes must follow ORT on every run.
+    from opcheck import run_ort
+    from halfsim.interpreter import _MetaMemo
+    proto = _shape_arith_model()
+    m = halfsim.load(proto)
+    r = np.random.default_rng(5)
+    for a, b, mode in [(2, 6, 1), (4, 4, 0), (2, 6, 0), (4, 4, 1), (2, 6, 1), (6, 2, 0)]:
+        feeds = {"x": r.standard_normal((a, b)).astype(np.float32), "mode": np.asarray(mode, np.int64)}
+        want = run_ort(proto, feeds)
+        got = m.run(feeds)
+        np.testing.assert_array_equal(got["y"], want[0])
+        np.testing.assert_array_equal(got["s"], want[1])
+        assert got["s"].flags.writeable  # a graph output is never a shared memo value
+    steps = m._fast[id(m.graph)].steps
+    memo = [st for st in steps if isinstance(st[1], _MetaMemo)]
+    assert len(memo) == 1 and len(steps) < len(proto.graph.node)
+    assert len(memo[0][1].cache) == 5  # one entry per (shape, mode) seen
+
+
+def test_shape_arithmetic_memo_error_names_the_node():
+    # Gather index 3 is out of bounds for a rank-2 shape: the same one-line error as the
+    # node-by-node path.
+    proto = _shape_arith_model()
+    for n in proto.graph.node:
+        if n.op_type == "Gather":
+            n.name = "pick"
+    proto.graph.initializer[0].CopyFrom(numpy_helper.from_array(np.asarray(3, np.int64), "zero"))
+    m = halfsim.load(proto)
+    feeds = {"x": np.ones((2, 3), np.float32), "mode": np.asarray(1, np.int64)}
+    with pytest.raises(HalfsimError) as fast:
+        m.run(feeds)
+    with pytest.raises(HalfsimError) as general:
+        m.run(feeds, observe=["y"])
+    assert "Gather" in str(fast.value) and "\n" not in str(fast.value)
+    assert str(fast.value) == str(general.value)
