@@ -38,7 +38,8 @@ Fast path (sequential matmul, the hot case): rows of `a` for which a cheap pre-p
 rnd() there is branch-free: with e = max(exponent(x), emin) and c = 1.5 * 2**(e+23-M),
 (x + c) - c rounds x to a multiple of 2**(e-M) nearest-even in hardware (see _rnd32); for the
 fp16 format (e5m10) it is the F16C conversion pair where the CPU has it (kernels.halfcvt), the
-same correct rounding. Full 4 x 16 tiles of the output keep their accumulators in AVX2
+same correct rounding; fp16 with fma there gets its round-to-odd from rounding toward zero
+(s | inexact, see _make_tile), which needs no TwoSum. Full 4 x 16 tiles of the output keep their accumulators in AVX2
 registers for the whole k loop (_make_tile, LLVM IR), edges through zero-padded tiles.
 Other rows, and columns of b holding inf or NaN, use the general float64 path. A batch of
 products (broadcast matmul, grouped convolutions) is one call of each kernel, and outputs
@@ -249,7 +250,7 @@ _TW = _TV * _TL  # tile columns
 _ARR2 = types.Array(types.float32, 2, "C")
 
 
-def _make_tile(mode: int, hw16: bool):
+def _make_tile(mode: int, hw16: bool, rz: bool = False):
     """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
     sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
     C-contiguous panel of b's columns (packed: one stream of loads, where b's own rows lie a
@@ -259,7 +260,9 @@ def _make_tile(mode: int, hw16: bool):
     and a sum of two format values is 0 or at least the smallest subnormal, so acc is never -0
     and a -0 product adds like +0; with fma, acc + p can round to -0. hw16: the format is fp16
     and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in the fast path's
-    range: both round correctly)."""
+    range: both round correctly). rz (mode 2, fp16, F16C): the tile runs with MXCSR rounding
+    toward zero and rounds to odd without TwoSum (fma_odd_rn16); MXCSR is restored at the end
+    (it is per thread, and nothing in the tile can raise)."""
     L = _TL
     i32 = ir.IntType(32)
     fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
@@ -311,6 +314,40 @@ def _make_tile(mode: int, hw16: bool):
             def vptr(ary, off):
                 return builder.bitcast(builder.gep(ary.data, [off]), fv.as_pointer())
 
+            if rz:  # fp16, fma: the whole tile rounds toward zero (MXCSR), conversions to nearest
+                i8p = ir.IntType(8).as_pointer()
+                fnty = ir.FunctionType(ir.VoidType(), [i8p])
+                stm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
+                ldm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
+                cvtps2ph = cgutils.get_or_insert_function(
+                    builder.module, ir.FunctionType(ir.VectorType(ir.IntType(16), L), [fv, i32]),
+                    "llvm.x86.vcvtps2ph.256")
+                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fv, [fv, fv, fv]),
+                                                     "llvm.fma.v8f32")
+                csr = cgutils.alloca_once(builder, i32)
+                builder.call(stm, [builder.bitcast(csr, i8p)])
+                saved = builder.load(csr)
+                builder.store(builder.or_(saved, ir.Constant(i32, 0x6000)), csr)  # RC = toward zero
+                builder.call(ldm, [builder.bitcast(csr, i8p)])
+
+            def fma_odd_rn16(av, bv, p, acc):
+                """rnd16(acc + p), p = av*bv exact, under rounding toward zero: s = RZ(acc + p)
+                by one FMA; s minus the larger-magnitude operand is exact (Fast2Sum's first
+                step, which holds for RZ too), so s is exact iff s - acc == p and s - p == acc
+                (the difference with the smaller operand subtracted may round, but only
+                when s is inexact). s | inexact is then acc + p rounded to odd in float32
+                (24 >= 11 + 2 bits), and its nearest-even conversion to fp16 (immediate 0:
+                not MXCSR's mode) is rnd16(acc + p). A zero sum is +0 under RZ as under
+                nearest; a tiny one keeps its sign through s. 11 operations, 2 of them
+                conversions, for 8 lanes; the TwoSum form took 18."""
+                s = builder.call(fma, [av, bv, acc])
+                t1 = builder.fsub(s, acc)
+                t2 = builder.call(fma, [builder.fneg(av), bv, s])  # RZ(s - p)
+                inexact = builder.or_(builder.fcmp_unordered("!=", t1, p), builder.fcmp_unordered("!=", t2, acc))
+                odd = builder.bitcast(builder.or_(builder.bitcast(s, iv), builder.zext(inexact, iv)), fv)
+                h = builder.call(cvtps2ph, [odd, ir.Constant(i32, 0)])
+                return builder.fpext(builder.bitcast(h, hv), fv)
+
             zero = ir.Constant(fv, [0.0] * L)
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
             with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
@@ -323,7 +360,9 @@ def _make_tile(mode: int, hw16: bool):
                     for v in range(_TV):
                         p = builder.fmul(av, bv[v])
                         acc = builder.load(accs[r][v])
-                        if mode == 0:
+                        if rz:
+                            acc = fma_odd_rn16(av, bv[v], p, acc)
+                        elif mode == 0:
                             acc = rnd(builder.fadd(acc, rnd(p, False)), False)
                         elif mode == 1:
                             acc = rnd(add_odd(acc, rnd(p, False)), False)
@@ -336,6 +375,9 @@ def _make_tile(mode: int, hw16: bool):
                 orow = builder.add(builder.mul(builder.add(oi_, idx(r)), N), j0_)
                 for v in range(_TV):
                     builder.store(builder.load(accs[r][v]), vptr(O, builder.add(orow, idx(L * v))), align=4)
+            if rz:
+                builder.store(saved, csr)
+                builder.call(ldm, [builder.bitcast(csr, i8p)])
             return context.get_dummy_value()
 
         return sig, codegen
@@ -344,7 +386,10 @@ def _make_tile(mode: int, hw16: bool):
 
 
 _TILE0, _TILE1, _TILE2, _TILE3 = (_make_tile(m, False) for m in range(4))
-_TILE16_0, _TILE16_2 = _make_tile(0, HW_F16C), _make_tile(2, HW_F16C)  # fp16 format, modes 0 and 2
+# fp16 format, modes 0 and 2: with F16C (an x86 feature, so MXCSR is there too) the conversion
+# pair and, for mode 2, the rounding-toward-zero form; else the portable arithmetic
+_TILE16_0 = _make_tile(0, HW_F16C)
+_TILE16_2 = _make_tile(2, True, rz=True) if HW_F16C else _make_tile(2, False)
 
 
 @njit(cache=True, inline="always")
@@ -460,6 +505,29 @@ def _block_sum(parts, vals, lo, hi, m, emin, maxbits):
 
 
 @njit(cache=True, inline="always")
+def _mul64(x, y):
+    """The exact float64 product of two float32 values; a NaN x is the product whatever y is
+    (the multiplication propagates one NaN operand, which of two the compiler's operand order
+    would decide)."""
+    x64 = np.float64(x)
+    if x64 != x64:
+        return x64
+    return x64 * np.float64(y)
+
+
+@njit(cache=True, inline="always")
+def _seq_step(acc, v, fma, m, emin, maxbits):
+    """One step of the sequential order: rnd(acc + v), v rounded first unless fma.
+    A NaN accumulator is final: callers stop at it, so its sign (round_to makes every NaN the
+    quiet NaN of its sign) is the result's, whatever NaN terms follow. That is what adding
+    them gave (the float64 addition returned its first NaN operand, acc), now stated rather
+    than left to the compiler's operand order, and it makes a NaN row cost one step."""
+    if not fma:
+        v = round_to(v, m, emin, maxbits)
+    return _add_round(acc, v, m, emin, maxbits)
+
+
+@njit(cache=True, inline="always")
 def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits, from_first):
     """Accumulate vals[:n] (exact float64 terms) in the given order; buf, parts: scratch.
     from_first: the sequential sum starts from the first term rather than from +0 (the same
@@ -471,10 +539,9 @@ def _reduce_vec(vals, n, buf, parts, order, block, fma, m, emin, maxbits, from_f
             acc = round_to(np.float64(vals[0]), m, emin, maxbits)
             t0 = 1
         for t in range(t0, n):
-            v = np.float64(vals[t])
-            if not fma:
-                v = round_to(v, m, emin, maxbits)
-            acc = _add_round(acc, v, m, emin, maxbits)
+            if acc != acc:
+                break  # see _seq_step
+            acc = _seq_step(acc, np.float64(vals[t]), fma, m, emin, maxbits)
         return acc
     if order == PAIRWISE:
         for t in range(n):
@@ -512,8 +579,16 @@ def _mm_general(a, b, out, rowdone, colbad, order, block, fma, m, emin, maxbits)
         for j in range(N):
             if done and not bad[j]:
                 continue
+            if order == SEQUENTIAL:  # products on the fly: a NaN ends the sum (_seq_step)
+                acc = 0.0
+                for k in range(K):
+                    if acc != acc:
+                        break
+                    acc = _seq_step(acc, _mul64(a[bt, i, k], b[bt, k, j]), fma, m, emin, maxbits)
+                out[bt, i, j] = np.float32(acc)
+                continue
             for k in range(K):
-                vals[k] = np.float64(a[bt, i, k]) * np.float64(b[bt, k, j])
+                vals[k] = _mul64(a[bt, i, k], b[bt, k, j])
             out[bt, i, j] = np.float32(_reduce_vec(vals, K, buf, parts, order, block, fma, m, emin, maxbits, False))
 
 

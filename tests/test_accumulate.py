@@ -340,6 +340,78 @@ def test_nan_and_inf_propagate():
         assert np.isnan(sum_acc(np.float32([1, np.nan, 2]), order=order, block=2))
 
 
+def _nan32(sign: int, payload: int) -> np.float32:
+    return np.uint32((sign << 31) | 0x7F800000 | payload).view(np.float32)
+
+
+def seq_nonfinite_oracle(a_row, b_col, fma, ebits=5, mbits=10):
+    """Sequential order step by step with NaN and inf: products and non-finite sums in numpy
+    float64 (a NaN operand propagates, inf*0 and inf-inf give the CPU's default NaN), finite
+    sums exact. The NaN of a is the product when both factors are NaN; once the accumulator
+    is NaN it is the result (later NaN terms do not replace it); a NaN result is the quiet NaN
+    of that sign, as every halfsim rounding returns it."""
+    acc = np.float64(0.0)
+    for x, y in zip(a_row, b_col):
+        if np.isnan(acc):
+            break
+        with np.errstate(invalid="ignore", over="ignore"):
+            p = np.float64(x) if np.isnan(x) else np.float64(x) * np.float64(y)
+            if not fma and np.isfinite(p):
+                p = np.float64(round_exact(Fraction(float(p)), ebits, mbits))
+            if np.isfinite(acc) and np.isfinite(p):
+                acc = np.float64(round_exact(Fraction(float(acc)) + Fraction(float(p)), ebits, mbits))
+            else:
+                acc = acc + p
+    if np.isnan(acc):
+        return np.uint32(0x7FC00000 | (int(np.signbit(acc)) << 31)).view(np.float32)
+    return np.float32(acc)
+
+
+@pytest.mark.parametrize("fma", [False, True])
+def test_nan_results_bit_for_bit(fma, path):
+    # The first NaN-producing step decides a sequential result: NaN terms of either sign and
+    # any payload in a and in b, inf*0, inf + -inf after an overflow, NaNs after inf. Checked
+    # bit for bit (sign included) against the step-by-step oracle, on both paths.
+    rng = np.random.default_rng(30)
+    M, K, N = 11, 23, acc_mod._TW + 3
+    a = rand_fmt_values(rng, (M, K), *F16, lo=-6, hi=2)
+    b = rand_fmt_values(rng, (K, N), *F16, lo=-6, hi=2)
+    a[0, 0], a[0, 5] = _nan32(1, 0x1234), _nan32(0, 0x400000)  # first term NaN, negative
+    a[1, 7], a[1, 9] = _nan32(0, 0x5), _nan32(1, 0x400001)  # a positive NaN first
+    a[2, :] = _nan32(1, 0x400000)  # the all-NaN rows of a broken layer
+    a[3, 4], a[3, 6] = np.inf, _nan32(0, 0x2)  # inf * 0 where b is 0, else inf then NaN
+    b[4, 1] = 0.0
+    a[4, 0], a[4, 1] = 60000.0, 60000.0  # overflow to +inf, then a -inf term: inf - inf
+    a[4, 2] = -np.inf
+    a[5, K - 1] = _nan32(1, 0x3)  # NaN in the last step only
+    b[10, 3], b[12, 3] = _nan32(0, 0x7), _nan32(1, 0x400000)  # NaN columns of b
+    b[0, 5], b[1, 5] = _nan32(1, 0x1), -np.inf
+    a[6, 10] = _nan32(0, 0x100)  # row 6 meets b's NaN column 3 at k=10 with its own NaN there
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = matmul_acc(a, b, *F16, fma=fma)
+    want = np.array([[seq_nonfinite_oracle(a[i], b[:, j], fma) for j in range(N)] for i in range(M)], np.float32)
+    assert same_bits(got, want)
+    assert (got.view(np.uint32) == 0xFFC00000).sum() >= N and (got.view(np.uint32) == 0x7FC00000).any()
+    # a batch of all-NaN rows (a layer after an overflow) on its own: one step per output
+    nan_rows = np.full((3, K), _nan32(1, 0x400000), np.float32)
+    nan_rows[1, 0] = _nan32(0, 0x9)
+    got = matmul_acc(nan_rows, b, *F16, fma=fma)
+    assert same_bits(got, [[seq_nonfinite_oracle(r, b[:, j], fma) for j in range(N)] for r in nan_rows])
+
+
+def test_nan_sums_bit_for_bit():
+    rows = np.float32([[1.0, 2.0, 3.0, 4.0, 5.0]] * 5)
+    rows[0, 1], rows[0, 3] = _nan32(1, 0x5), _nan32(0, 0x400000)
+    rows[1, 0], rows[1, 2] = _nan32(0, 0x5), _nan32(1, 0x400000)
+    rows[2, 0], rows[2, 1] = np.inf, -np.inf
+    rows[3, 0], rows[3, 4] = 65504.0, _nan32(1, 0x1)
+    rows[4, 0], rows[4, 1], rows[4, 2] = 65504.0, 65504.0, -np.inf  # overflow, then inf - inf
+    ones = np.ones(5, np.float32)
+    with np.errstate(invalid="ignore", over="ignore"):
+        got = sum_acc(rows, axis=1)
+    assert same_bits(got, [seq_nonfinite_oracle(r, ones, True) for r in rows])
+
+
 def test_negative_zero_results():
     # fma: 0 + (-2**-30) rounds to -0 in fp16, as numpy float16 does
     a = np.float32([[-(2.0 ** -15), 0.0]])
@@ -500,6 +572,78 @@ def test_fp16_conversion_tiles_equal_portable_tiles(mode_pair):
         outs.append(out)
     assert same_bits(outs[0], outs[1])
     assert (np.abs(outs[0]) < 2.0 ** -14).any()  # the subnormal range was reached
+
+
+def _span_ok(q: Fraction, bits: int) -> bool:
+    """q is a float32 value whose significand spans at most `bits` bits."""
+    if q == 0:
+        return True
+    d = q.denominator
+    if d & (d - 1):
+        return False
+    n = abs(q.numerator)
+    n //= n & -n
+    return n.bit_length() <= bits and float(q) == float(np.float32(float(q)))
+
+
+def _double_rounding_rows(rng, n):
+    """Rows (acc0, p) whose second step acc0 + p lies next to an fp16 midpoint: p a float32 of
+    at most 23 significant bits, off the midpoint by about one float32 ulp or less, or acc0 a
+    tiny fp16 value off a midpoint p. Float32 addition then ties the wrong way unless the
+    kernel rounds once; both |acc0| > |p| and |p| > |acc0| occur, and both signs of the miss."""
+    rows = []
+    while len(rows) < n:
+        kind = rng.integers(3)
+        e = int(rng.integers(-13, 12))
+        v = Fraction(int(rng.integers(1024, 2048)), 1024) * Fraction(2) ** e  # a normal fp16 value
+        m = v + Fraction(2) ** (e - 11)  # the midpoint above it
+        sgn = 1 if rng.random() < 0.5 else -1
+        if kind == 2:  # |p| >> |acc0|: p is the midpoint, acc0 a few fp16 subnormal quanta
+            acc0 = sgn * int(rng.integers(1, 4)) * Fraction(2) ** -24
+            p = m
+        else:
+            acc0 = Fraction(round_exact(v * Fraction(int(rng.integers(1, 8)), 8), 5, 10))
+            p0 = m - acc0
+            if p0 == 0:
+                continue
+            shift = int(rng.integers(22, 30)) if kind == 0 else 22
+            pe = abs(p0.numerator).bit_length() - p0.denominator.bit_length()
+            p = p0 + sgn * Fraction(2) ** (pe - shift)
+        if rng.random() < 0.5:
+            acc0, p = -acc0, -p
+        if _span_ok(p, 23) and abs(acc0 + p) < 60000:
+            rows.append((float(acc0), float(p)))
+    return np.array(rows, np.float32)
+
+
+def test_fp16_fma_tile_rounds_once_next_to_midpoints():
+    # The fp16 fma tile (rounding toward zero, then to odd) against exact arithmetic where a
+    # float32 sum would double-round; columns of b scale the rows by powers of two so that the
+    # same sums also land in fp16's subnormal range.
+    rng = np.random.default_rng(40)
+    a = _double_rounding_rows(rng, 4 * acc_mod._TR * 8)
+    b = np.exp2(np.arange(-acc_mod._TW + 1, 1, dtype=np.float32))[None, :].repeat(2, 0)
+    fmt = acc_mod._Fmt(*F16)
+    assert acc_mod._fast_rows(a, b, fmt).all()
+    got = matmul_acc(a, b, *F16, fma=True)
+    assert np.array_equal(got, mm_oracle(a, b, lambda r, c: seq_exact(r, c, *F16, True)))
+    # bits, signs of zeros included: numpy float16 from the float64 sum (exact, or too far from
+    # a midpoint to matter for one operand of <= 24 bits and the other an fp16 value)
+    assert same_bits(got, mm_oracle(a, b, f16_seq_fma))
+    # the data really sets the trap: rounding the float32 sum instead differs in many places
+    naive = np.float16(a[:, :1] * b[:1] + a[:, 1:] * b[1:]).astype(np.float32)
+    assert (naive != got).sum() > got.size // 20
+    assert (np.abs(got) < 2.0 ** -14).any() and (np.abs(got) > 1024).any()
+
+
+def test_fp16_fma_tile_restores_the_rounding_mode():
+    # the tile sets MXCSR to round toward zero for its span; numpy's float32 addition on this
+    # thread rounds to nearest again afterwards (a small product runs on the calling thread)
+    rng = np.random.default_rng(41)
+    a, b = rand_fmt_values(rng, (8, 16), *F16), rand_fmt_values(rng, (16, acc_mod._TW), *F16)
+    matmul_acc(a, b, *F16, fma=True)
+    one, x = np.float32(1.0), np.float32(1.5 * 2.0 ** -24)
+    assert one + x == np.float32(1.0 + 2.0 ** -23) and -one - x == np.float32(-1.0 - 2.0 ** -23)
 
 
 # ---------------------------------------------------------------- batches, narrow outputs, non-finite columns
