@@ -144,13 +144,7 @@ class _Runner:
         if node.subgraphs:
             self.scopes.append(env)
         try:
-            res = node.impl.fn(ctx, *args, **node.attrs)
-        except HalfsimError:
-            raise
-        except Exception as e:
-            if _DEBUG:
-                raise
-            raise _op_failed(node, e) from None
+            res = _call_op(node, node.impl.fn, ctx, args, node.attrs)
         finally:
             if node.subgraphs:
                 self.scopes.pop()
@@ -250,6 +244,18 @@ _FP32_RUNNER = _Runner(None, FP32_PLAN, None, None)
 def _make_plan(precision: Any, model: "Model"):
     from .precision import make_plan  # late import: precision builds on formats and kernels
     return make_plan(precision, model)
+
+
+def _call_op(node: G.Node, fn: Callable, ctx: OpContext, args: list, attrs: Mapping) -> Any:
+    """fn(ctx, *args, **attrs), with anything but a HalfsimError turned into the node's one-line error."""
+    try:
+        return fn(ctx, *args, **attrs)
+    except HalfsimError:
+        raise
+    except Exception as e:
+        if _DEBUG:
+            raise
+        raise _op_failed(node, e) from None
 
 
 def _op_failed(node: G.Node, e: Exception) -> ExecutionError:
@@ -825,14 +831,7 @@ class _MetaMemo:
                 return hit
         env = dict(zip(self.ins, args))
         for node, fn, ins, attrs, outs, c in self.members:
-            try:
-                res = fn(c, *[(env[t] if t in env else self.consts[t]) if t else None for t in ins], **attrs)
-            except HalfsimError:
-                raise
-            except Exception as e:
-                if _DEBUG:
-                    raise
-                raise _op_failed(node, e) from None
+            res = _call_op(node, fn, c, [(env[t] if t in env else self.consts[t]) if t else None for t in ins], attrs)
             for t, v in zip(outs, _normalize(res, len(outs))):
                 if t:
                     env[t] = v
