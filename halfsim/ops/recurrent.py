@@ -538,7 +538,7 @@ def _specialize_lstm(node, consts: dict):
     if (a.get("hidden_size") is not None and int(a["hidden_size"]) != H) or W.shape != (nd, 4 * H, I) \
             or R.shape != (nd, 4 * H, H) or (B is not None and B.shape != (nd, 8 * H)):
         return None  # the op reports it
-    from ..kernels.blas import matmul
+    from ..kernels.blas import _MIN_WORK as _SPLIT_MIN_WORK, matmul
     base = node.impl.fn
     Wt = [W[d].T for d in range(nd)]  # the views _wt hands BLAS under plain fp32
     Rt = [R[d].T for d in range(nd)]
@@ -547,17 +547,21 @@ def _specialize_lstm(node, consts: dict):
     backward = [direction == "reverse" or d == 1 for d in range(nd)]
 
     def lstm(ctx, X, W_, R_, B_=None, sequence_lens=None, initial_h=None, initial_c=None, P=None, **attrs):
-        init = (initial_h, initial_c)
         if (not ctx.identity or X.dtype != dt or X.ndim != 3 or X.shape[2] != I or sequence_lens is not None
-                or X.shape[1] * H >= NUMBA_MIN // 4
-                or any(s is not None and (s.shape != (nd, X.shape[1], H) or s.dtype != dt) for s in init)):
+                or X.shape[1] * H >= NUMBA_MIN // 4):
             return base(ctx, X, W_, R_, B_, sequence_lens, initial_h, initial_c, P, **attrs)
         T, Bn = X.shape[:2]
+        state_shape = (nd, Bn, H)
+        for s in (initial_h, initial_c):
+            if s is not None and (s.shape != state_shape or s.dtype != dt):
+                return base(ctx, X, W_, R_, B_, sequence_lens, initial_h, initial_c, P, **attrs)
         Y = np.empty((T, nd, Bn, H), dtype=dt)
-        Yh, Yc = np.zeros((nd, Bn, H), dtype=dt), np.zeros((nd, Bn, H), dtype=dt)
+        Yh, Yc = np.empty(state_shape, dtype=dt), np.empty(state_shape, dtype=dt)  # every row written below
         x2 = np.ascontiguousarray(X).reshape(T * Bn, I)
+        # Below the split size the split matmul is np.matmul itself: call it directly.
+        mm = np.matmul if T * Bn * I * 4 * H < _SPLIT_MIN_WORK else matmul
         for d in range(nd):
-            xw = matmul(x2, Wt[d]).reshape(T, Bn, 4 * H)
+            xw = mm(x2, Wt[d]).reshape(T, Bn, 4 * H)
             h = np.zeros((Bn, H), dtype=dt) if initial_h is None else initial_h[d]
             c = np.zeros((Bn, H), dtype=dt) if initial_c is None else initial_c[d]
             r, bd = Rt[d], None if bias is None else bias[d]
