@@ -24,8 +24,10 @@ import numpy as np
 from . import graph as G
 from .decompose import DECOMPOSED, has_body, run_decomposed
 from .errors import ExecutionError, HalfsimError
+from .formats import Format
 from .interpreter import (_DEBUG, _MISSING, OpContext, _constant_nodes, _frozen, _normalize, _op_failed, _Runner,
                           _step_failed)
+from .ops.registry import quiet_run
 from .precision import _per_policy
 
 _FOLD, _NODE, _DECOMPOSED = 0, 1, 2
@@ -39,11 +41,11 @@ class _Miss(Exception):
 
 class _Schedule:
     """The steps of one graph under one policy, and what a run replays before them."""
-    __slots__ = ("steps", "env0", "init_events", "init_tags", "hits", "outer", "outputs", "misses", "code", "top")
+    __slots__ = ("steps", "env0", "init_events", "init_tags", "hits", "outer", "outputs", "code", "top")
 
     def __init__(self, steps, env0, init_events, init_tags, hits, outer, outputs, top):
         self.steps, self.env0, self.init_events, self.init_tags = steps, env0, init_events, init_tags
-        self.hits, self.outer, self.outputs, self.misses = hits, outer, outputs, 0
+        self.hits, self.outer, self.outputs = hits, outer, outputs
         self.code, self.top = None, top
 
     def execute(self, runner: "_PlanRunner", env: dict) -> None:
@@ -82,9 +84,10 @@ def run(plan, model, feeds: Mapping[str, np.ndarray]) -> dict | None:
     for k, v in feeds.items():
         env[k] = plan.on_graph_input(k, v)
     try:
-        sched.execute(runner, env)
+        with quiet_run():  # numpy's error state once per run, as fp32 runs do, not once per op
+            sched.execute(runner, env)
     except _Miss:
-        _missed(schedules, g, sched)
+        _missed(schedules, g)
         del events[mark:]
         plan.tags = tags0
         return None
@@ -92,12 +95,15 @@ def run(plan, model, feeds: Mapping[str, np.ndarray]) -> dict | None:
     return env
 
 
-def _missed(schedules: dict, g: G.Graph, sched: _Schedule) -> None:
-    sched.misses += 1
-    # Rebuilt from the general run's new records next time, unless it keeps missing.
-    schedules[id(g)] = _DEAD if sched.misses >= _MAX_MISSES else None
-    if schedules[id(g)] is None:
-        del schedules[id(g)]
+def _missed(schedules: dict, g: G.Graph) -> None:
+    """A run of g's schedule missed: rebuilt from the general run's new records next time,
+    unless g keeps missing (dtypes that change from run to run): then it stays general."""
+    key = ("misses", id(g))
+    n = schedules[key] = schedules.get(key, 0) + 1
+    if n >= _MAX_MISSES:
+        schedules[id(g)] = _DEAD
+    else:
+        schedules.pop(id(g), None)
 
 
 class _PlanRunner(_Runner):
@@ -143,7 +149,7 @@ class _PlanRunner(_Runner):
             try:
                 sched.execute(self, env)
             except _Miss:
-                _missed(self.schedules, graph, sched)
+                _missed(self.schedules, graph)
                 del events[mark:]
             else:
                 self.add_hits(sched)
@@ -401,7 +407,11 @@ def _compile(sched: _Schedule) -> Any:
                 lines.append(f"        {', '.join(res)}, = norm({call}, {len(outs)})")
             for j, o in enumerate(res):
                 guard(o, od.dtypes[j], k, f"o{j}")
-            if od.acts:
+            if od.acts and all(isinstance(a[2], Format) and not a[3] and a[4] is None for a in od.acts):
+                for j, t, fmt, _, _ in od.acts:  # the common case: round to the storage format
+                    glb[f"R{k}_{j}"] = fmt
+                    lines.append(f"        {res[j]} = RO({res[j]}, R{k}_{j}, p{k}, {t!r}, n{k}, ({', '.join(new)},))")
+            elif od.acts:
                 glb[f"d{k}"], glb[f"od{k}"] = d, od
                 lines.append(f"        {', '.join(res)}, = AO(od{k}, d{k}, n{k}, [{', '.join(res)}], [{', '.join(new)}])")
             if od.tags:
@@ -417,7 +427,7 @@ def _compile(sched: _Schedule) -> Any:
         if t in local:
             lines.append(f"        env[{t!r}] = {local[t]}")
     src = "\n".join(["def run(r, env):", "    i = -1", "    P = r.plan",
-                     "    ev, tu, RI, AO = P.events.extend, P.tags.update, P._round_input, P.apply_outputs",
+                     "    ev, tu, RI, AO, RO = P.events.extend, P.tags.update, P._round_input, P.apply_outputs, P.round_output",
                      "    try:"] + loads + lines + [
         "        pass", "    except (HalfsimError, Miss):", "        raise", "    except Exception as e:",
         "        if DEBUG:", "            raise", "        raise fail(i, e) from None"])

@@ -311,6 +311,12 @@ class PrecisionPlan:
             res[i] = o
         return res
 
+    def round_output(self, o: np.ndarray, fmt: Format, prec: OpPrecision, t: str, node, args) -> np.ndarray:
+        """apply_outputs for one float32 output rounded to `fmt` (no io format, no narrow
+        dtype): what compiled schedules call for most outputs."""
+        return self._round(o, fmt, prec.overflow, prec.subnormals, t, node.label, node.op_type, False, args,
+                           _fresh(o, args, node))
+
     # -- accumulate-aware primitives -----------------------------------------------
     # Ops call these per GEMM, reduction or composite step (an LSTM step makes a dozen calls):
     # what they decide from the node's precision is worked out once per OpPrecision (_derived).
