@@ -7,6 +7,9 @@ Run: PYTHONPATH=. python benchmarks/bench_precision.py [--runs 5] [--models a,b]
 --one-thread: halfsim, numba and OpenBLAS on one thread, presets interleaved run by run and
 timed in process CPU time: on the shared 2-core machine far steadier than wall-clock medians.
 
+Plain runs under a policy take the compiled plan schedule (halfsim/plan_schedule.py), built on
+the warm-up runs; the timed runs replay it.
+
 BLAS threads: every run, fp32 or emulated, holds OpenBLAS at one thread and splits large GEMMs
 itself (kernels/blas.py), so both sides of a ratio use the same GEMM threading."""
 from __future__ import annotations
@@ -41,11 +44,12 @@ def cases(names):
 
 
 def interleaved_cpu_ms(model, feeds, presets, runs: int) -> dict[str, float]:
-    """Median process CPU time (ms) per preset, the presets taking turns run by run after one
-    warm-up run each."""
+    """Median process CPU time (ms) per preset, the presets taking turns run by run after two
+    warm-up runs each."""
     ts: dict[str, list[float]] = {p: [] for p in presets}
-    for p in presets:
-        model.run(feeds, precision=p)
+    for _ in range(2):  # a policy's first run records its schedule, the second builds it
+        for p in presets:
+            model.run(feeds, precision=p)
     for _ in range(runs):
         for p in presets:
             t = time.process_time()
@@ -57,7 +61,7 @@ def interleaved_cpu_ms(model, feeds, presets, runs: int) -> dict[str, float]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=5)
-    ap.add_argument("--models", default="dtln_model_2,magika,rapidocr_det,rapidocr_rec,minilm_int8")
+    ap.add_argument("--models", default="dtln_model_2,magika,rapidocr_det,rapidocr_rec,minilm_int8,silero_vad,dtln_model_1")
     ap.add_argument("--presets", default=",".join(PRESETS[1:]), help="compared with fp32 (always run)")
     ap.add_argument("--one-thread", action="store_true", help="one thread everywhere, interleaved, CPU time")
     args = ap.parse_args()
@@ -70,8 +74,8 @@ def main() -> None:
         if args.one_thread:
             t = interleaved_cpu_ms(model, feeds, presets, args.runs)
         else:
-            t = {p: median_ms(lambda p=p: model.run(feeds, precision=p), args.runs if p != "fp16-acc16" else max(1, args.runs // 2))
-                 for p in presets}
+            t = {p: median_ms(lambda p=p: model.run(feeds, precision=p), args.runs if p != "fp16-acc16" else max(1, args.runs // 2),
+                              warmup=2) for p in presets}
         cells = [f"{t['fp32']:>14.1f}"] + [f"{t[p]:>8.1f} {t[p] / t['fp32']:>4.1f}x" for p in presets[1:]]
         print(f"{name:<16}" + "".join(cells), flush=True)
 

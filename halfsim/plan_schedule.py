@@ -25,7 +25,7 @@ from . import graph as G
 from .decompose import DECOMPOSED, has_body, run_decomposed
 from .errors import ExecutionError, HalfsimError
 from .formats import Format
-from .interpreter import (_DEBUG, _MISSING, OpContext, _constant_nodes, _frozen, _normalize, _op_failed, _Runner,
+from .interpreter import (_DEBUG, _MISSING, OpContext, _call_op, _constant_nodes, _frozen, _normalize, _Runner,
                           _step_failed)
 from .ops.registry import quiet_run
 from .precision import _per_policy
@@ -295,13 +295,7 @@ def _execute(plan, runner: _PlanRunner, steps: list, env: dict) -> None:
             if node.subgraphs:
                 runner.scopes.append(env)
             try:
-                res = fn(ctx, *new, **attrs)
-            except HalfsimError:
-                raise
-            except Exception as e:
-                if _DEBUG:
-                    raise
-                raise _op_failed(node, e) from None
+                res = _call_op(node, fn, ctx, new, attrs)
             finally:
                 if node.subgraphs:
                     runner.scopes.pop()
