@@ -58,7 +58,7 @@ from numba import njit, prange, types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-from .halfcvt import HW_F16C
+from .halfcvt import HW_F16C, f32_to_f16_f32
 from .rounding import round_bits64
 
 SEQUENTIAL, PAIRWISE, BLOCKED = 0, 1, 2
@@ -67,6 +67,8 @@ _SIGN64 = np.int64(-(1 << 63))
 _INF64 = 0x7FF0000000000000
 _EXP_LIMIT = 48  # partial expansions of float32-derived float64 values stay far below this
 _PARALLEL_SUM_MIN = 1 << 18  # elements from which a per-step-rounded reduction is worth threads
+_PACK_MIN_K = 128  # from this K, b is copied into contiguous column panels first (below, its rows
+# of one tile's columns lie a row apart, which costs little; above, the copy pays for itself)
 _PARALLEL_MM_MIN = 1 << 19  # multiply-adds (B*M*N*K) from which a matmul_acc is worth threads
 
 
@@ -238,6 +240,33 @@ def _row_stats(x, maxabs, maxspan, minlsb, finite):
         finite[r] = bad == 0
 
 
+@njit(cache=True, parallel=True)
+def _row_stats16(x, maxabs, maxspan, minlsb, finite, not16):
+    """_row_stats where every finite element is an fp16 value (what fp16 presets feed every
+    GEMM): max |x| and finiteness as there, span 11 and lowest bit 2**-24 as bounds (true of
+    any fp16 value; the fast path only needs them as bounds), and per row the count of finite
+    elements that are not fp16 values (not16), for which the caller runs _row_stats instead.
+    One conversion pair and a few integer operations an element, 8 lanes wide: ~7x cheaper."""
+    R, C = x.shape
+    for r in prange(R):
+        row = x[r]
+        bits = row.view(np.int32)
+        ma = np.int32(0)
+        bad = np.int32(0)
+        n16 = np.int32(0)
+        for c in range(C):
+            u = bits[c] & np.int32(0x7FFFFFFF)
+            fin = u < np.int32(0x7F800000)
+            bad += np.int32(not fin)
+            ma = max(ma, u if fin else np.int32(0))
+            n16 += np.int32(fin and f32_to_f16_f32(row[c]) != row[c])
+        maxabs[r] = np.float64(np.int32(ma).view(np.float32))
+        maxspan[r] = 11
+        minlsb[r] = -24
+        finite[r] = bad == 0
+        not16[r] = n16
+
+
 # ---------------------------------------------------------------- matmul kernels
 
 # ---- register-tiled fast path ------------------------------------------------------------
@@ -250,7 +279,7 @@ _TW = _TV * _TL  # tile columns
 _ARR2 = types.Array(types.float32, 2, "C")
 
 
-def _make_tile(mode: int, hw16: bool, rz: bool = False):
+def _make_tile(mode: int, hw16: bool, rz: bool = False, grouped: bool = False):
     """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
     sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
     C-contiguous panel of b's columns (packed: one stream of loads, where b's own rows lie a
@@ -262,7 +291,9 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False):
     and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in the fast path's
     range: both round correctly). rz (mode 2, fp16, F16C): the tile runs with MXCSR rounding
     toward zero and rounds to odd without TwoSum (fma_odd_rn16); MXCSR is restored at the end
-    (it is per thread, and nothing in the tile can raise)."""
+    (it is per thread, and nothing in the tile can raise). grouped: row r of the tile reads its
+    own K rows of b, from row k0 + r*K on (a batch of 1-row products: depthwise convolutions,
+    one group per tile row instead of one group padded to a whole tile)."""
     L = _TL
     i32 = ir.IntType(32)
     fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
@@ -275,15 +306,17 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False):
         return builder.shuffle_vector(v, ir.Constant(fv, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
 
     @intrinsic
-    def tile(typingctx, a, b, out, i0, oi, j0, two_emin, magic):
-        sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.intp, types.float32, types.float32)
+    def tile(typingctx, a, b, out, i0, oi, j0, k0, bj, two_emin, magic):
+        sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.intp, types.intp, types.intp,
+                         types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            a_, b_, o_, i0_, oi_, j0_, te_, mg_ = args
+            a_, b_, o_, i0_, oi_, j0_, k0_, bj_, te_, mg_ = args
             A = context.make_array(_ARR2)(context, builder, a_)
             B = context.make_array(_ARR2)(context, builder, b_)
             O = context.make_array(_ARR2)(context, builder, o_)
             K = cgutils.unpack_tuple(builder, A.shape)[1]
+            BN = cgutils.unpack_tuple(builder, B.shape)[1]
             N = cgutils.unpack_tuple(builder, O.shape)[1]
             te, mg = splat(builder, te_), splat(builder, mg_)
 
@@ -352,9 +385,17 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False):
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
             with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
                 k = loop.index
-                brow = builder.mul(k, idx(_TW))  # the packed panel: row k of the tile's columns
-                bv = [builder.load(vptr(B, builder.add(brow, idx(L * v))), align=4) for v in range(_TV)]
+                def brow(r):  # b[k0 + k (+ r*K when grouped), bj:]
+                    kr = builder.add(k, k0_)
+                    if grouped:
+                        kr = builder.add(kr, builder.mul(idx(r), K))
+                    row = builder.add(builder.mul(kr, BN), bj_)
+                    return [builder.load(vptr(B, builder.add(row, idx(L * v))), align=4) for v in range(_TV)]
+
+                bv = brow(0)
                 for r in range(_TR):
+                    if grouped and r:
+                        bv = brow(r)
                     ai = builder.add(builder.mul(builder.add(i0_, idx(r)), K), k)
                     av = splat(builder, builder.load(builder.gep(A.data, [ai])))
                     for v in range(_TV):
@@ -390,23 +431,64 @@ _TILE0, _TILE1, _TILE2, _TILE3 = (_make_tile(m, False) for m in range(4))
 # pair and, for mode 2, the rounding-toward-zero form; else the portable arithmetic
 _TILE16_0 = _make_tile(0, HW_F16C)
 _TILE16_2 = _make_tile(2, True, rz=True) if HW_F16C else _make_tile(2, False)
+# the same modes for batches of 1-row products
+_TG0, _TG1, _TG2, _TG3 = (_make_tile(m, False, grouped=True) for m in range(4))
+_TG16_0 = _make_tile(0, HW_F16C, grouped=True)
+_TG16_2 = _make_tile(2, True, rz=True, grouped=True) if HW_F16C else _make_tile(2, False, grouped=True)
 
 
 @njit(cache=True, inline="always")
-def _tile(a, b, out, i0, oi, j0, two_emin, magic, mode):
+def _tile(a, b, out, i0, oi, j0, k0, bj, two_emin, magic, mode):
     # modes 4, 5: fp16 format with modes 0, 2 through the conversion pair where the CPU has one
     if mode == 0:
-        _TILE0(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 1:
-        _TILE1(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE1(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 2:
-        _TILE2(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 3:
-        _TILE3(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE3(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 4:
-        _TILE16_0(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE16_0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     else:
-        _TILE16_2(a, b, out, i0, oi, j0, two_emin, magic)
+        _TILE16_2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+
+
+@njit(cache=True, inline="always")
+def _tile_grouped(a, b, out, i0, oi, j0, k0, bj, two_emin, magic, mode):
+    if mode == 0:
+        _TG0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+    elif mode == 1:
+        _TG1(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+    elif mode == 2:
+        _TG2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+    elif mode == 3:
+        _TG3(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+    elif mode == 4:
+        _TG16_0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+    else:
+        _TG16_2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+
+
+@njit(cache=True, inline="always")
+def _grouped_item(a2, b2, o2, g, two_emin, magic, mode):
+    """Products g*_TR .. g*_TR+_TR-1 of a batch of 1-row products, one per tile row:
+    a2 (B, K), b2 (B*K, N) (b's batch items one under another), o2 (B, N)."""
+    K = a2.shape[1]
+    N = o2.shape[1]
+    g0 = g * _TR
+    scratch = np.empty((_TR, _TW), np.float32)
+    for jt in range(-(-N // _TW)):
+        j0 = jt * _TW
+        w = min(_TW, N - j0)
+        if w == _TW:
+            _tile_grouped(a2, b2, o2, g0, g0, j0, g0 * K, j0, two_emin, magic, mode)
+        else:  # the last columns, zero-padded
+            pb = np.zeros((_TR * K, _TW), np.float32)
+            for r in range(_TR):
+                pb[r * K:(r + 1) * K, :w] = b2[(g0 + r) * K:(g0 + r + 1) * K, j0:]
+            _tile_grouped(a2, pb, scratch, g0, 0, 0, 0, 0, two_emin, magic, mode)
+            o2[g0:g0 + _TR, j0:j0 + w] = scratch[:, :w]
 
 
 @njit(cache=True, parallel=True)
@@ -421,12 +503,22 @@ def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
     balanced when another process shares a core, and a batch of small products (grouped
     convolutions) is one call instead of one per group."""
     nb, M, K = a.shape
+    N = b.shape[2]
     items = -(-M // _TR)
-    bp = _pack_panels(b)
-    for w in prange(nb * items):
+    packed = K > _PACK_MIN_K
+    bp = _pack_panels(b) if packed else np.empty((nb, 0, 0, _TW), np.float32)
+    ng = nb // _TR if M == 1 and not packed else 0  # tiles of _TR 1-row products (depthwise convs)
+    if ng:
+        a2, b2, o2 = a.reshape(nb, K), b.reshape(nb * K, N), out.reshape(nb, N)
+        for g in prange(ng):
+            _grouped_item(a2, b2, o2, g, two_emin, magic, mode)
+    for w in prange(ng * _TR, nb * items):  # (with ng, items == 1: the remaining products)
         bt = w // items
         t = w - bt * items
-        _fast_item(a[bt], bp[bt], out[bt], rowok[bt], t, two_emin, magic, mode)
+        if packed:
+            _fast_item(a[bt], bp[bt].reshape(-1, _TW), K, out[bt], rowok[bt], t, two_emin, magic, mode)
+        else:
+            _fast_item(a[bt], b[bt], 0, out[bt], rowok[bt], t, two_emin, magic, mode)
 
 
 @njit(cache=True)
@@ -435,19 +527,23 @@ def _pack_panels(b):
     padded with zeros."""
     nb, K, N = b.shape
     nt = -(-N // _TW)
-    bp = np.zeros((nb, nt, K, _TW), np.float32)
+    bp = np.empty((nb, nt, K, _TW), np.float32)
     for bt in range(nb):
         for jt in range(nt):
             w = min(_TW, N - jt * _TW)
             for k in range(K):
                 for c in range(w):
                     bp[bt, jt, k, c] = b[bt, k, jt * _TW + c]
+                for c in range(w, _TW):
+                    bp[bt, jt, k, c] = 0.0
     return bp
 
 
 @njit(cache=True, inline="always")
-def _fast_item(a, bp, out, rowok, t, two_emin, magic, mode):
-    """Row tile t of one 2-D product (a, packed b) into out."""
+def _fast_item(a, b2, kp, out, rowok, t, two_emin, magic, mode):
+    """Row tile t of one 2-D product into out. b2: b's packed panels one after another
+    (kp = K: panel jt is rows jt*K.. of b2), or b itself (kp = 0: column tile jt starts at
+    column jt*_TW of b2's rows, and the last partial one is zero-padded here)."""
     M, K = a.shape
     N = out.shape[1]
     i0 = t * _TR
@@ -463,13 +559,20 @@ def _fast_item(a, bp, out, rowok, t, two_emin, magic, mode):
         src[:rows] = a[i0:]
         si = 0
     scratch = np.empty((_TR, _TW), np.float32)
-    for jt in range(bp.shape[0]):
+    for jt in range(-(-N // _TW)):
         j0 = jt * _TW
-        if rows == _TR and j0 + _TW <= N:
-            _tile(src, bp[jt], out, si, i0, j0, two_emin, magic, mode)
+        w = min(_TW, N - j0)
+        pb, k0, bj = b2, jt * kp, j0
+        if kp:
+            bj = 0
+        elif w < _TW:
+            pb = np.zeros((K, _TW), np.float32)
+            pb[:, :w] = b2[:, j0:]
+            bj = 0
+        if rows == _TR and w == _TW:
+            _tile(src, pb, out, si, i0, j0, k0, bj, two_emin, magic, mode)
         else:
-            _tile(src, bp[jt], scratch, si, 0, 0, two_emin, magic, mode)
-            w = min(_TW, N - j0)
+            _tile(src, pb, scratch, si, 0, 0, k0, bj, two_emin, magic, mode)
             out[i0:i0 + rows, j0:j0 + w] = scratch[:rows, :w]
 
 
@@ -630,10 +733,18 @@ def _fast_split(a: np.ndarray, b: np.ndarray, fmt: _Fmt) -> tuple[np.ndarray, np
     N = b.shape[2]
     amax, aspan, alsb = np.empty(nb * M), np.empty(nb * M, np.int32), np.empty(nb * M, np.int32)
     afin = np.empty(nb * M, np.bool_)
-    _row_stats(a.reshape(nb * M, K), amax, aspan, alsb, afin)
     bmax, bspan, blsb = np.empty(nb * K), np.empty(nb * K, np.int32), np.empty(nb * K, np.int32)
     bfin = np.empty(nb * K, np.bool_)
-    _row_stats(b.reshape(nb * K, N), bmax, bspan, blsb, bfin)  # per row of b (finite entries), then per batch
+    a2, b2 = a.reshape(nb * M, K), b.reshape(nb * K, N)  # b per row (finite entries), then per batch
+    stats = ((a2, amax, aspan, alsb, afin), (b2, bmax, bspan, blsb, bfin))
+    # fp16 operands (the common case) through the cheap pass; if either is not all fp16, both
+    # through the exact one, so that the decisions are always those of _row_stats
+    n16a, n16b = np.empty(nb * M, np.int32), np.empty(nb * K, np.int32)
+    _row_stats16(*stats[0], n16a)
+    _row_stats16(*stats[1], n16b)
+    if n16a.any() or n16b.any():
+        for st in stats:
+            _row_stats(*st)
     amax, aspan, alsb, afin = (v.reshape(nb, M) for v in (amax, aspan, alsb, afin))
     bmax, bspan, blsb = (v.reshape(nb, K) for v in (bmax, bspan, blsb))
     colbad = np.zeros((nb, N), np.bool_) if bfin.all() else ~np.isfinite(b).all(axis=1)

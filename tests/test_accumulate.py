@@ -662,6 +662,23 @@ def test_batched_broadcast_matmul_matches_numpy_float16_per_product(path):
                 assert same_bits(got[i, j], mm_oracle(a[i, 0], b[j], step))
 
 
+@pytest.mark.parametrize("K", [25, acc_mod._PACK_MIN_K + 3])
+def test_batches_of_one_row_products_match_numpy_float16(K):
+    # depthwise convolutions: 9 one-row products, two tiles of _TR products (one per tile row,
+    # each reading its own b) and one left over; 37 columns end in a partial column tile.
+    # Above _PACK_MIN_K the products take the packed per-product tiles instead.
+    rng = np.random.default_rng(23)
+    a = rand_fmt_values(rng, (9, 1, K), *F16, lo=-8, hi=1)
+    b = rand_fmt_values(rng, (9, K, 37), *F16, lo=-8, hi=1)
+    for fma, step in ((False, f16_seq), (True, f16_seq_fma)):
+        got = matmul_acc(a, b, *F16, fma=fma)
+        for i in range(9):
+            assert same_bits(got[i], mm_oracle(a[i], b[i], step))
+    got = matmul_acc(a, b, *BF16, fma=False)
+    for i in range(9):
+        assert same_bits(got[i], mm_oracle(a[i], b[i], bf16_seq))
+
+
 @pytest.mark.parametrize("shape", [(37, 29, 3), (40, 21, 1), (8, 5, 2)])
 def test_narrow_outputs_match_numpy_float16(shape, path):
     # outputs narrower than a register tile are computed transposed: same sums, same order
