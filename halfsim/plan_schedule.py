@@ -244,7 +244,7 @@ def _build(plan, model, g: G.Graph, records: dict, top: bool, runner: "_PlanRunn
         reads = [t for t in n.inputs if t] + [t for sg in n.subgraphs for t in sg.outer_names]
         dead = tuple(dict.fromkeys(t for t in reads if g.last_use.get(t) == n.index and t not in outputs)) if top else ()
         if r[1] is DECOMPOSED:
-            steps.append((_DECOMPOSED, n, None, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, None, None, True))
+            steps.append((_DECOMPOSED, n, None, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, None, None, True, {}))
             continue
         d, od = r[1], r[2]
         # A node that could decompose but whose body did not compile keeps asking run_decomposed
@@ -257,7 +257,18 @@ def _build(plan, model, g: G.Graph, records: dict, top: bool, runner: "_PlanRunn
         if spec is not None:
             consts = env0 if top else scratch
             fn = spec(n, {i: consts[t] for i, t in enumerate(n.inputs) if t and t in consts}) or fn
-        steps.append((_NODE, n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, d, od, try_dec))
+        # Weights the node rounds (from the model's cache, events replayed): rounded here once.
+        # Per run, the cache would be looked up, and recomputed whenever another policy's run
+        # (whose folded constants are other arrays) took its entry in between.
+        consts, baked = (env0 if top else scratch), {}
+        for j in d.rounds:
+            t = n.inputs[j]
+            if j not in d.widen and t in plan.constants and t in consts:
+                mark = len(events)
+                r = plan._round_input(t, consts[t], d.storage, n)
+                baked[j] = (r, tuple(events[mark:]))
+                del events[mark:]
+        steps.append((_NODE, n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, d, od, try_dec, baked))
     if fold_events or fold_tags:
         steps.append((_FOLD, tuple(fold_events), dict(fold_tags)))
     outer_reads = tuple(sorted(t for t in g.outer_names if t not in env0))
@@ -275,7 +286,7 @@ def _execute(plan, runner: _PlanRunner, steps: list, env: dict) -> None:
                 events.extend(st[1])
             tags.update(st[2])
             continue
-        _, node, fn, ins, attrs, outs, dead, d, od, try_dec = st
+        _, node, fn, ins, attrs, outs, dead, d, od, try_dec, _ = st
         try:
             args = [env[t] if t else None for t in ins]
         except KeyError as e:
@@ -354,7 +365,7 @@ def _compile(sched: _Schedule) -> Any:
                 lines.append(f"        ev(E{k})")
             lines.append(f"        tu(T{k})")
             continue
-        kind, node, fn, ins, attrs, outs, dead, d, od, try_dec = st
+        kind, node, fn, ins, attrs, outs, dead, d, od, try_dec, baked = st
         if try_dec or node.subgraphs:
             # exec_node's order (run_decomposed first) or a body reading this graph's tensors:
             # the step loop, on a dict of what it reads.
@@ -389,7 +400,13 @@ def _compile(sched: _Schedule) -> Any:
                 glb[f"ST{k}"] = d.storage
                 for j in d.rounds:
                     new[j] = f"w{j}_"
-                    lines.append(f"        w{j}_ = RI({ins[j]!r}, {new[j] if j in d.widen else args[j]}, ST{k}, n{k})")
+                    if j in baked:
+                        glb[f"B{k}_{j}"], glb[f"BE{k}_{j}"] = baked[j]
+                        lines.append(f"        w{j}_ = B{k}_{j}")
+                        if baked[j][1]:
+                            lines.append(f"        ev(BE{k}_{j})")
+                    else:
+                        lines.append(f"        w{j}_ = RI({ins[j]!r}, {new[j] if j in d.widen else args[j]}, ST{k}, n{k})")
             call = f"f{k}(C(n{k}, p{k}, r), {', '.join(new)}{f', **a{k}' if attrs else ''})"
             targets = define(outs)
             if len(outs) == 1:
