@@ -279,7 +279,7 @@ _TW = _TV * _TL  # tile columns
 _ARR2 = types.Array(types.float32, 2, "C")
 
 
-def _make_tile(mode: int, hw16: bool, rz: bool = False, grouped: bool = False):
+def _make_tile(mode: int, hw16: bool, rz: bool = False):
     """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
     sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
     C-contiguous panel of b's columns (packed: one stream of loads, where b's own rows lie a
@@ -291,9 +291,10 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False, grouped: bool = False):
     and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in the fast path's
     range: both round correctly). rz (mode 2, fp16, F16C): the tile runs with MXCSR rounding
     toward zero and rounds to odd without TwoSum (fma_odd_rn16); MXCSR is restored at the end
-    (it is per thread, and nothing in the tile can raise). grouped: row r of the tile reads its
-    own K rows of b, from row k0 + r*K on (a batch of 1-row products: depthwise convolutions,
-    one group per tile row instead of one group padded to a whole tile)."""
+    (it is per thread, and nothing in the tile can raise). Row r of the tile reads b's rows
+    k0 + r*rstep + k, from column bj: rstep = 0 shares them (one product), rstep = K gives each
+    row its own (a batch of 1-row products: depthwise convolutions, one group per tile row
+    instead of one group padded to a whole tile; the loads hit L1 either way)."""
     L = _TL
     i32 = ir.IntType(32)
     fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
@@ -306,12 +307,12 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False, grouped: bool = False):
         return builder.shuffle_vector(v, ir.Constant(fv, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
 
     @intrinsic
-    def tile(typingctx, a, b, out, i0, oi, j0, k0, bj, two_emin, magic):
+    def tile(typingctx, a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic):
         sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.intp, types.intp, types.intp,
-                         types.float32, types.float32)
+                         types.intp, types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            a_, b_, o_, i0_, oi_, j0_, k0_, bj_, te_, mg_ = args
+            a_, b_, o_, i0_, oi_, j0_, k0_, bj_, rs_, te_, mg_ = args
             A = context.make_array(_ARR2)(context, builder, a_)
             B = context.make_array(_ARR2)(context, builder, b_)
             O = context.make_array(_ARR2)(context, builder, o_)
@@ -385,17 +386,10 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False, grouped: bool = False):
             accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
             with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
                 k = loop.index
-                def brow(r):  # b[k0 + k (+ r*K when grouped), bj:]
-                    kr = builder.add(k, k0_)
-                    if grouped:
-                        kr = builder.add(kr, builder.mul(idx(r), K))
-                    row = builder.add(builder.mul(kr, BN), bj_)
-                    return [builder.load(vptr(B, builder.add(row, idx(L * v))), align=4) for v in range(_TV)]
-
-                bv = brow(0)
                 for r in range(_TR):
-                    if grouped and r:
-                        bv = brow(r)
+                    kr = builder.add(builder.add(k, k0_), builder.mul(idx(r), rs_))
+                    brow = builder.add(builder.mul(kr, BN), bj_)  # b[k0 + r*rstep + k, bj:]
+                    bv = [builder.load(vptr(B, builder.add(brow, idx(L * v))), align=4) for v in range(_TV)]
                     ai = builder.add(builder.mul(builder.add(i0_, idx(r)), K), k)
                     av = splat(builder, builder.load(builder.gep(A.data, [ai])))
                     for v in range(_TV):
@@ -431,43 +425,23 @@ _TILE0, _TILE1, _TILE2, _TILE3 = (_make_tile(m, False) for m in range(4))
 # pair and, for mode 2, the rounding-toward-zero form; else the portable arithmetic
 _TILE16_0 = _make_tile(0, HW_F16C)
 _TILE16_2 = _make_tile(2, True, rz=True) if HW_F16C else _make_tile(2, False)
-# the same modes for batches of 1-row products
-_TG0, _TG1, _TG2, _TG3 = (_make_tile(m, False, grouped=True) for m in range(4))
-_TG16_0 = _make_tile(0, HW_F16C, grouped=True)
-_TG16_2 = _make_tile(2, True, rz=True, grouped=True) if HW_F16C else _make_tile(2, False, grouped=True)
 
 
 @njit(cache=True, inline="always")
-def _tile(a, b, out, i0, oi, j0, k0, bj, two_emin, magic, mode):
+def _tile(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic, mode):
     # modes 4, 5: fp16 format with modes 0, 2 through the conversion pair where the CPU has one
     if mode == 0:
-        _TILE0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE0(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
     elif mode == 1:
-        _TILE1(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE1(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
     elif mode == 2:
-        _TILE2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE2(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
     elif mode == 3:
-        _TILE3(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE3(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
     elif mode == 4:
-        _TILE16_0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE16_0(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
     else:
-        _TILE16_2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-
-
-@njit(cache=True, inline="always")
-def _tile_grouped(a, b, out, i0, oi, j0, k0, bj, two_emin, magic, mode):
-    if mode == 0:
-        _TG0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-    elif mode == 1:
-        _TG1(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-    elif mode == 2:
-        _TG2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-    elif mode == 3:
-        _TG3(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-    elif mode == 4:
-        _TG16_0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
-    else:
-        _TG16_2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+        _TILE16_2(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
 
 
 @njit(cache=True, inline="always")
@@ -482,12 +456,12 @@ def _grouped_item(a2, b2, o2, g, two_emin, magic, mode):
         j0 = jt * _TW
         w = min(_TW, N - j0)
         if w == _TW:
-            _tile_grouped(a2, b2, o2, g0, g0, j0, g0 * K, j0, two_emin, magic, mode)
+            _tile(a2, b2, o2, g0, g0, j0, g0 * K, j0, K, two_emin, magic, mode)
         else:  # the last columns, zero-padded
             pb = np.zeros((_TR * K, _TW), np.float32)
             for r in range(_TR):
                 pb[r * K:(r + 1) * K, :w] = b2[(g0 + r) * K:(g0 + r + 1) * K, j0:]
-            _tile_grouped(a2, pb, scratch, g0, 0, 0, 0, 0, two_emin, magic, mode)
+            _tile(a2, pb, scratch, g0, 0, 0, 0, 0, K, two_emin, magic, mode)
             o2[g0:g0 + _TR, j0:j0 + w] = scratch[:, :w]
 
 
@@ -570,9 +544,9 @@ def _fast_item(a, b2, kp, out, rowok, t, two_emin, magic, mode):
             pb[:, :w] = b2[:, j0:]
             bj = 0
         if rows == _TR and w == _TW:
-            _tile(src, pb, out, si, i0, j0, k0, bj, two_emin, magic, mode)
+            _tile(src, pb, out, si, i0, j0, k0, bj, 0, two_emin, magic, mode)
         else:
-            _tile(src, pb, scratch, si, 0, 0, k0, bj, two_emin, magic, mode)
+            _tile(src, pb, scratch, si, 0, 0, k0, bj, 0, two_emin, magic, mode)
             out[i0:i0 + rows, j0:j0 + w] = scratch[:rows, :w]
 
 
@@ -669,6 +643,25 @@ def _mm_general(a, b, out, rowdone, colbad, order, block, fma, m, emin, maxbits)
     of b holding inf or NaN, which the fast path cannot take."""
     nb, M, K = a.shape
     N = b.shape[2]
+    # first k holding inf/NaN per row of a and per column of b (K: none): with fma every
+    # product before min(ka, kb) is finite, so until there the accumulator is finite or +-inf,
+    # and if that product is NaN it decides the sum (acc + NaN is that NaN; _seq_step) without
+    # accumulating the steps before it: a layer fed NaN from some channel on costs O(1) an output
+    ka = np.full((nb, M), K, np.int64)
+    kb = np.full((nb, N), K, np.int64)
+    if order == SEQUENTIAL and fma:
+        for w in prange(nb * M):
+            bt = w // M
+            i = w - bt * M
+            for k in range(K):
+                if not math.isfinite(a[bt, i, k]):
+                    ka[bt, i] = k
+                    break
+        for bt in range(nb):
+            for k in range(K - 1, -1, -1):
+                for j in range(N):
+                    if not math.isfinite(b[bt, k, j]):
+                        kb[bt, j] = k
     for w in prange(nb * M):
         bt = w // M
         i = w - bt * M
@@ -683,6 +676,12 @@ def _mm_general(a, b, out, rowdone, colbad, order, block, fma, m, emin, maxbits)
             if done and not bad[j]:
                 continue
             if order == SEQUENTIAL:  # products on the fly: a NaN ends the sum (_seq_step)
+                k0 = min(ka[bt, i], kb[bt, j])
+                if k0 < K:
+                    p0 = _mul64(a[bt, i, k0], b[bt, k0, j])
+                    if p0 != p0:
+                        out[bt, i, j] = np.float32(round_to(p0, m, emin, maxbits))
+                        continue
                 acc = 0.0
                 for k in range(K):
                     if acc != acc:
