@@ -277,7 +277,7 @@ def test_lstm_constant_weights_specialized(direction, T, bias, init, forget):
     nd = 2 if direction == "bidirectional" else 1
     ins = _inputs("LSTM", T=T, B=1, I=7, H=6, num_dir=nd, bias=bias, init=init)
     attrs = {"hidden_size": 6, "direction": direction, "input_forget": forget}
-    got = check_op("LSTM", ins, attrs, n_outputs=3, opset=14, initializers=(1, 2, 3) if bias else (1, 2))
+    check_op("LSTM", ins, attrs, n_outputs=3, opset=14, initializers=(1, 2, 3) if bias else (1, 2))
     m, feeds = _node_model("LSTM", ins, ["y", "yh", "yc"], attrs, initializers=(1, 2, 3) if bias else (1, 2))
     model = halfsim.load(m)
     fast = model.run(feeds)
