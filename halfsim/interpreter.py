@@ -870,28 +870,17 @@ def _bn_foldable(bn: G.Node, env: dict, w: np.ndarray) -> bool:
 
 def _inplace_act(node: G.Node, env: dict, dtype: np.dtype):
     """An in-place f(y) with the op's own arithmetic (max, then min for Clip), or None."""
+    from .ops.elementwise import clip_bounds, clip_ufunc
     dtype = np.dtype(dtype)
-    t = dtype.type
     if node.op_type == "Relu":
         lo, hi = np.zeros((), dtype), np.asarray(np.inf, dtype)  # a Conv's output: always float
-    elif node.opset < 11:
-        lo, hi = node.attrs.get("min", -3.4028234663852886e38), node.attrs.get("max", 3.4028234663852886e38)
-        lo, hi = t(lo), t(hi)
     else:
-        bounds = []
-        for k, default in ((1, np.finfo(dtype).min), (2, np.finfo(dtype).max)):
-            name = node.inputs[k] if len(node.inputs) > k else ""
-            if not name:
-                bounds.append(np.asarray(default, dtype))
-                continue
-            v = env.get(name)
-            if not isinstance(v, np.ndarray) or v.size != 1 or v.dtype != dtype:
-                return None
-            bounds.append(v.reshape(()))
+        bounds = clip_bounds(node, env.get, dtype)
+        if bounds is None:
+            return None
         lo, hi = bounds
     if dtype in (np.float32, np.float64):
         # The Relu/Clip ops' own ufunc, so a fused chain keeps their bits (-0.0 included).
-        from .ops.elementwise import clip_ufunc
         return lambda y: clip_ufunc(y, lo, hi, out=y)
 
     def clip(y):

@@ -265,8 +265,8 @@ def _build(plan, model, g: G.Graph, records: dict, top: bool, runner: "_PlanRunn
             t = n.inputs[j]
             if j not in d.widen and t in plan.constants and t in consts:
                 mark = len(events)
-                r = plan._round_input(t, consts[t], d.storage, n)
-                baked[j] = (r, tuple(events[mark:]))
+                rounded = plan._round_input(t, consts[t], d.storage, n)
+                baked[j] = (rounded, tuple(events[mark:]))
                 del events[mark:]
         steps.append((_NODE, n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, d, od, try_dec, baked))
     if fold_events or fold_tags:

@@ -557,6 +557,8 @@ def _channel_const(c, rank: int, channels: int):
 
 def _hardswish_chain(add, mul, t, readers, other, const):
     """Add(t, k0) -> Clip(k1, k2) -> Mul(t, clip) -> Div(., k3), scalar float32 constants."""
+    from .elementwise import clip_bounds
+
     def scalar(name):
         v = const(name) if name else None
         return v.reshape(()) if isinstance(v, np.ndarray) and v.dtype == np.float32 and v.size == 1 and v.ndim <= 4 else None
@@ -565,16 +567,11 @@ def _hardswish_chain(add, mul, t, readers, other, const):
     if k0 is None or clip is None or len(clip) != 1 or clip[0].op_type != "Clip" or clip[0].inputs[0] != add.outputs[0]:
         return None
     clip = clip[0]
-    if clip.opset < 11:
-        lo, hi = (np.asarray(clip.attrs.get(a, d), np.float32) for a, d in (("min", -3.4028234663852886e38),
-                                                                             ("max", 3.4028234663852886e38)))
-    else:
-        lo, hi = (scalar(clip.inputs[i]) if len(clip.inputs) > i and clip.inputs[i] else
-                  np.asarray(np.finfo(np.float32).min if i == 1 else np.finfo(np.float32).max, np.float32)
-                  for i in (1, 2))
-    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi) or not _only(readers(clip.outputs[0]), mul) \
+    bounds = clip_bounds(clip, scalar, np.float32)
+    if bounds is None or np.isnan(bounds).any() or not _only(readers(clip.outputs[0]), mul) \
             or other(mul, t) != clip.outputs[0]:
         return None
+    lo, hi = bounds
     div = readers(mul.outputs[0])
     if div is None or len(div) != 1 or div[0].op_type != "Div" or div[0].inputs[0] != mul.outputs[0]:
         return None

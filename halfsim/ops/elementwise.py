@@ -433,6 +433,28 @@ def clip11(ctx, x, lo=None, hi=None):
     return np.minimum(y, hi, out=y if y.shape == np.broadcast_shapes(y.shape, np.shape(hi)) else None)
 
 
+def clip_bounds(node, const, dtype) -> tuple | None:
+    """A Clip node's (lo, hi) as 0-d arrays of `dtype`, for fusers that apply it in place: from
+    its attributes (opset < 11) or its optional bound inputs, looked up by `const(name)`
+    (missing: the dtype's lowest/highest finite value, as clip11). None when a bound input is
+    not a one-element constant of that dtype."""
+    dtype = np.dtype(dtype)
+    if node.opset < 11:
+        return (np.asarray(node.attrs.get("min", -3.4028234663852886e38), dtype),
+                np.asarray(node.attrs.get("max", 3.4028234663852886e38), dtype))
+    bounds = []
+    for k, default in ((1, np.finfo(dtype).min), (2, np.finfo(dtype).max)):
+        name = node.inputs[k] if len(node.inputs) > k else ""
+        if not name:
+            bounds.append(np.asarray(default, dtype))
+            continue
+        v = const(name)
+        if not isinstance(v, np.ndarray) or v.size != 1 or v.dtype != dtype:
+            return None
+        bounds.append(v.reshape(()))
+    return tuple(bounds)
+
+
 def _fold(fn, xs):
     if not xs:
         raise ModelError("variadic op needs at least one input")
