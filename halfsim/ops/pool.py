@@ -78,6 +78,14 @@ def max_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
     kernel, out, pb, pe, st, dl, extra = _geometry(x, kernel_shape, strides, dilations, pads, auto_pad, ceil_mode,
                                                    "MaxPool")
     want_idx = len(ctx.node.outputs) > 1 and bool(ctx.node.outputs[1])
+    if _has_nan_or_neg_inf(x):
+        # Which NaN or -inf comes out depends on ORT's fold: replay it. Without Indices and
+        # dilations ORT's float32 MaxPool is MlasPool (kernels/pool_mlas.py).
+        if not want_idx and all(d == 1 for d in dl) and x.ndim <= 5 and x.dtype == np.float32:
+            from ..kernels.pool_mlas import mlas_max_pool
+            return mlas_max_pool(x, kernel, out, st, pb, [e + x_ for e, x_ in zip(pe, extra)])
+        y, idx = _first_then_greater(x, _pool_input(x, pb, pe, extra, -np.inf), kernel, out, pb, st, dl, storage_order)
+        return (y, idx) if want_idx else y
     if not want_idx and len(kernel) == 2 and x.dtype in (np.float32, np.float64, np.int8, np.uint8) and x.size:
         from ..kernels.conv import maxpool2d_call  # numba, separable rows/columns, implicit padding
         return maxpool2d_call(x, kernel, out, st, dl, pb)
@@ -89,15 +97,41 @@ def max_pool(ctx, x, *, auto_pad="NOTSET", ceil_mode=0, dilations=None, kernel_s
         y = v.copy() if y is None else np.maximum(y, v, out=y)
     if y is None or not want_idx:
         return y
-    return y, _max_indices(x, xp, y, kernel, out, pb, st, dl, storage_order)
+    found = np.zeros(y.shape, dtype=bool)
+    idx = np.zeros(y.shape, dtype=np.int64)
+    for v, valid, flat in _taps(x, xp, kernel, out, pb, st, dl, storage_order):
+        hit = (~found) & valid & (v == y)  # the first maximum, as ORT reports
+        idx = np.where(hit, flat, idx)
+        found |= hit
+    return y, idx
 
 
-def _max_indices(x, xp, y, kernel, out, pb, st, dl, storage_order):
-    """Flat index (over N, C, *spatial) of the first maximum of every window, as ORT reports."""
+def _has_nan_or_neg_inf(x: np.ndarray) -> bool:
+    """Only then do max poolings differ (np.min propagates NaN): one cheap pass."""
+    return x.dtype.kind == "f" and x.size > 0 and not bool(np.min(x) > -np.inf)
+
+
+def _first_then_greater(x, xp, kernel, out, pb, st, dl, storage_order):
+    """ORT's MaxPool loops outside MLAS (Indices, dilations, float64): a window's first in-range
+    cell, then each later one strictly greater. A NaN survives only as the first cell, and an
+    all -inf window stays -inf. Returns (max, flat index)."""
+    y = np.full(xp.shape[:2] + tuple(out), np.nan, dtype=x.dtype)
+    idx = np.zeros(y.shape, dtype=np.int64)
+    seen = np.zeros(y.shape, dtype=bool)
+    for v, valid, flat in _taps(x, xp, kernel, out, pb, st, dl, storage_order):
+        take = valid & (~seen | (v > y))
+        np.copyto(y, v, where=take)
+        idx = np.where(take, flat, idx)
+        seen |= valid
+    return y, idx
+
+
+def _taps(x, xp, kernel, out, pb, st, dl, storage_order):
+    """Per window tap, in ORT's order: (values over every window, whether the cell lies inside
+    the input, its flat index over N, C, *spatial, row-major or column-major by storage_order)."""
     N, C = x.shape[:2]
     in_sp = x.shape[2:]
     nd = len(kernel)
-    # Spatial element strides of the index: row-major, or column-major with storage_order=1.
     order = range(nd - 1, -1, -1) if not storage_order else range(nd)
     sstr = [0] * nd
     acc = 1
@@ -105,11 +139,8 @@ def _max_indices(x, xp, y, kernel, out, pb, st, dl, storage_order):
         sstr[i] = acc
         acc *= in_sp[i]
     base = (np.arange(N * C, dtype=np.int64) * math.prod(in_sp)).reshape((N, C) + (1,) * nd)
-    found = np.zeros(y.shape, dtype=bool)
-    idx = np.zeros(y.shape, dtype=np.int64)
     for tap in np.ndindex(*kernel):
-        v = xp[_tap_slices(tap, dl, st, out)]
-        flat = np.zeros((1, 1) + tuple(out), dtype=np.int64)
+        flat = base
         valid = np.ones((1, 1) + tuple(out), dtype=bool)
         for i in range(nd):
             pos = np.arange(out[i]) * st[i] + tap[i] * dl[i] - pb[i]
@@ -117,14 +148,14 @@ def _max_indices(x, xp, y, kernel, out, pb, st, dl, storage_order):
             shp[2 + i] = out[i]
             flat = flat + (pos * sstr[i]).reshape(shp)
             valid = valid & ((pos >= 0) & (pos < in_sp[i])).reshape(shp)
-        hit = (~found) & valid & (v == y)
-        idx = np.where(hit, flat, idx)
-        found |= hit
-    return idx + base
+        yield xp[_tap_slices(tap, dl, st, out)], valid, flat
 
 
 @op("GlobalMaxPool", since=1)
 def global_max_pool(ctx, x):
+    if x.dtype == np.float32 and x.ndim <= 5 and _has_nan_or_neg_inf(x):
+        from ..kernels.pool_mlas import mlas_max_pool
+        return mlas_max_pool(x, x.shape[2:], [1] * (x.ndim - 2), [1] * (x.ndim - 2), [0] * (x.ndim - 2), [0] * (x.ndim - 2))
     return np.max(x, axis=tuple(range(2, x.ndim)), keepdims=True)
 
 
