@@ -14,7 +14,7 @@ import numpy as np
 from numba import njit
 
 from ..errors import ExecutionError, ModelError
-from .registry import op
+from .registry import op, quiet
 
 # ---------------------------------------------------------------- activations ---------------
 
@@ -100,17 +100,6 @@ def _sigmoid(x, a, b):
         return np.where(v >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype)
     e = np.exp(-np.abs(x))  # never overflows
     return np.where(x >= 0, 1 / (1 + e), e / (1 + e)).astype(x.dtype, copy=False)
-
-
-def _sigmoid64(x: np.ndarray) -> np.ndarray:
-    """_sigmoid's small-array form in fewer numpy calls: 1 / (1 + exp(-x)) in float64, rounded
-    once (the two float64 forms agree after rounding to float32 but for double-rounding ties).
-    -x is capped at 709 (exp stays finite: no overflow warning; the result is 0 in float32)."""
-    v = np.negative(x, dtype=np.float64)
-    np.minimum(v, 709.0, out=v)
-    np.exp(v, out=v)
-    v += 1.0
-    return np.reciprocal(v, out=v).astype(x.dtype)
 
 
 def _tanh(x, a, b):
@@ -400,15 +389,27 @@ def _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, n
 
 
 def _lean_step(pre: np.ndarray, c: np.ndarray, bd, H: int, coupled: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One plain-fp32 LSTM step after the matmuls (pre = x.W^T + h.R^T, gates i, o, f, c):
-    float64 activations rounded once, the three sigmoid gates in one pass. Returns (h, c)."""
-    if bd is not None:
-        pre += bd
-    ifo = _sigmoid64(pre[:, :3 * H])
-    i = ifo[:, :H]
-    fg = 1 - i if coupled else ifo[:, 2 * H:]
-    c_new = fg * c + i * np.tanh(pre[:, 3 * H:].astype(np.float64)).astype(pre.dtype)
-    return ifo[:, H:2 * H] * np.tanh(c_new.astype(np.float64)).astype(pre.dtype), c_new
+    """One plain-fp32 LSTM step after the matmuls (pre = x.W^T + h.R^T, gates i, o, f, c), in
+    place on `pre` with the arithmetic of halfsim's own small-array Sigmoid and Tanh ops:
+    sigmoid = 1 / (1 + exp(-x)) and np.tanh in the storage type (numpy's SIMD loops; the
+    float64 forms rounded once cost ~3x more per step, streaming models run one step a call),
+    the three sigmoid gates (contiguous) in one pass. Returns (h, c)."""
+    with quiet():
+        if bd is not None:
+            pre += bd
+        ifo = pre[:, :3 * H]
+        np.negative(ifo, out=ifo)
+        np.exp(ifo, out=ifo)  # overflow to inf gives 1 / inf = 0
+        ifo += ifo.dtype.type(1)
+        np.reciprocal(ifo, out=ifo)
+        i = pre[:, :H]
+        g = np.tanh(pre[:, 3 * H:], out=pre[:, 3 * H:])
+        g *= i
+        c_new = (1 - i) * c if coupled else pre[:, 2 * H:3 * H] * c
+        c_new += g
+        h = np.tanh(c_new)
+        h *= pre[:, H:2 * H]
+    return h, c_new
 
 
 def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
