@@ -13,6 +13,7 @@ from typing import Callable
 _ROW_MAJOR, _NO_TRANS = 101, 111
 _SYMBOLS = ("scipy_cblas_sgemm64_", "cblas_sgemm64_")  # 64-bit integer interfaces only
 _fn: list = []  # [bound function or None] once looked up
+_addr: list = []  # [the bound symbol's address, 0 when none] once looked up
 
 
 def sgemm() -> Callable | None:
@@ -24,7 +25,17 @@ def sgemm() -> Callable | None:
     return _fn[0]
 
 
-def _bind() -> Callable | None:
+def sgemm_address() -> int:
+    """The address of the same ILP64 cblas_sgemm (for nogil numba drivers that call it
+    through a function pointer: kernels/convtile.py), or 0 when there is none."""
+    if not _addr:
+        f = _lookup()
+        _addr.append(ctypes.cast(f, ctypes.c_void_p).value or 0 if f is not None else 0)
+    return _addr[0]
+
+
+def _lookup():
+    """The ctypes function of numpy's ILP64 cblas_sgemm, or None."""
     from .blas import _blas_controllers
     for ctl in _blas_controllers():
         if getattr(ctl, "internal_api", "") != "openblas":
@@ -41,8 +52,15 @@ def _bind() -> Callable | None:
             f.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int, i64, i64, i64, ctypes.c_float, ptr, i64, ptr, i64,
                           ctypes.c_float, ptr, i64]
             f.restype = None
-
-            def call(M, N, K, a, lda, b, ldb, beta, c, ldc, _f=f):
-                _f(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, M, N, K, 1.0, a, lda, b, ldb, beta, c, ldc)
-            return call
+            return f
     return None
+
+
+def _bind() -> Callable | None:
+    f = _lookup()
+    if f is None:
+        return None
+
+    def call(M, N, K, a, lda, b, ldb, beta, c, ldc, _f=f):
+        _f(_ROW_MAJOR, _NO_TRANS, _NO_TRANS, M, N, K, 1.0, a, lda, b, ldb, beta, c, ldc)
+    return call

@@ -100,13 +100,28 @@ def test_depthwise_channels_last_matches_plane_kernel(xs, ws, attrs):
     ((1, 16, 61, 50), (8, 16, 3, 3), dict(dilations=[2, 1], pads=[2, 1, 2, 1])),
     ((1, 32, 900), (16, 32, 5), dict(pads=[2, 2])),                                 # 1-D
     ((1, 4, 12, 20, 20), (8, 4, 3, 3, 3), dict(pads=[1] * 6)),                     # 3-D
+    ((1, 3, 170, 130), (16, 3, 3, 3), dict(strides=[2, 2], pads=[1, 1, 1, 1])),    # stem: 85 rows, uneven tiles
+    ((2, 8, 130, 140), (16, 4, 2, 3), dict(group=2, strides=[3, 2], dilations=[1, 2])),  # batch 2, groups
 ])
-def test_conv_parallel_row_tiles(xs, ws, attrs, monkeypatch):
-    # Over 2M multiply-adds the plain fp32 conv shares its im2col row tiles between threads.
+@pytest.mark.parametrize("driver", [True, False])
+def test_conv_parallel_row_tiles(xs, ws, attrs, driver, monkeypatch):
+    # Over 2M multiply-adds the plain fp32 conv shares its im2col row tiles between threads;
+    # 2-D float32 tiles run as nogil numba calls (driver), else (no sgemm binding, other
+    # ranks) as numpy calls.
+    from halfsim.ops import conv as conv_mod
+    if driver and not conv_mod._sgemm_address():
+        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
     monkeypatch.setenv("HALFSIM_THREADS", "3")
+    calls = []
+    real = conv_mod._conv_im2col_driver
+    monkeypatch.setattr(conv_mod, "_conv_im2col_driver", lambda *a: calls.append(1) or real(*a))
+    if not driver:
+        monkeypatch.setattr(conv_mod, "_sgemm_address", lambda: 0)
     check_plans("Conv", [r(*xs), r(*ws), r(ws[0])], attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4,
                 expect_matmul=True)
     check_op("Conv", [r(*xs), r(*ws)], attrs, initializers=(1,), rtol=1e-4, atol=1e-4)
+    im2col_2d = len(xs) == 4 and "strides" in attrs  # the stride-1 2-D case is a shifted-GEMM conv
+    assert len(calls) == (2 if driver and im2col_2d else 0)
 
 
 def test_conv_kernel_shape_and_opset7():
@@ -326,13 +341,16 @@ SHIFTED_CASES = [
 ]
 
 
-@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("threads,driver", [("1", True), ("3", True), ("3", False)])
 @pytest.mark.parametrize("xs,ws,attrs", SHIFTED_CASES)
-def test_conv_shifted_sgemm(xs, ws, attrs, threads, monkeypatch):
+def test_conv_shifted_sgemm(xs, ws, attrs, threads, driver, monkeypatch):
+    # driver: the nogil numba tiles (kernels/convtile.py); else the ctypes sgemm tiles.
     from halfsim.ops import conv as conv_mod
     if conv_mod._sgemm() is None:
         pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
     monkeypatch.setenv("HALFSIM_THREADS", threads)
+    if not driver:
+        monkeypatch.setattr(conv_mod, "_sgemm_address", lambda: 0)
     calls = []
     real = conv_mod._conv_shifted
     monkeypatch.setattr(conv_mod, "_conv_shifted", lambda *a: calls.append(1) or real(*a))

@@ -8,6 +8,7 @@ conv in plain fp32 uses a direct numba kernel (im2col would copy the input prod(
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Mapping
 
 import numpy as np
@@ -129,7 +130,13 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe,
         cols = xs.reshape(N, group, Cg, P)
     else:
         # A strided window view copied by reshape: measured faster than a numba im2col.
-        win = windows(pad_spatial(x, pb, pe), kernel, out_sp, strides, dilations)
+        xp = pad_spatial(x, pb, pe)
+        if (ctx.plain and nd == 2 and x.dtype == np.float32 and w.dtype == np.float32 and xp.flags.c_contiguous
+                and N * M * P > 0):
+            fptr = _sgemm_address()
+            if fptr:
+                return _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides, dilations)
+        win = windows(xp, kernel, out_sp, strides, dilations)
         rows = max(1, _TILE_BYTES // max(1, N * K * group * math.prod(out_sp[1:]) * x.itemsize))
         if ctx.plain and N * M * P * K >= _PAR_WORK and out_sp[0] > 1 and threads() > 1:
             return _conv_tiles_parallel(win, w, b, N, group, Mg, K, out_sp)
@@ -166,6 +173,18 @@ def _use_shifted(C, M, kernel, out_sp, strides, dilations) -> bool:
 def _sgemm():
     from ..kernels.cblas import sgemm
     return sgemm()
+
+
+def _sgemm_address() -> int:
+    """sgemm's address for the nogil tile drivers; 0 (the numpy/ctypes tiles) when unbound or
+    when HALFSIM_NO_CONV_DRIVER is set (A/B timing of the two routes)."""
+    if os.environ.get("HALFSIM_NO_CONV_DRIVER"):
+        return 0
+    from ..kernels.cblas import sgemm_address
+    return sgemm_address()
+
+
+_EMPTY32 = np.empty(0, np.float32)
 
 
 def _taps_first(w: np.ndarray, cache: list | None) -> np.ndarray:
@@ -209,6 +228,16 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
         rows = max(1, min(rows, -(-OH // -(-2 * threads() // N))))  # >= 2 tiles a thread
         rows = max(rows, -(-_MIN_TILE_COLS // Wp))
     per_image = -(-OH // rows)
+    work = N * M * C * KH * KW * OH * OW
+    fptr = _sgemm_address()
+    if fptr:
+        # One nogil numba call per chunk of tiles (kernels/convtile.py): no GIL between calls.
+        from ..kernels.convtile import shifted_tiles
+        offs = np.array([off for _, off in taps], dtype=np.int64)
+        bias1 = _EMPTY32 if bias is None else bias.reshape(M)
+        run_split(shifted_tiles, (fptr, xp.reshape(-1), wt.reshape(-1), offs, bias1, y, C, plane, Wp, rows,
+                                  per_image), N * per_image, work, min_work=_PAR_WORK)
+        return y
     base = xp.ctypes.data
 
     def tiles(lo, hi):
@@ -227,7 +256,7 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
                 y[n, :, i0:i1] = blk
             else:
                 np.add(blk, bias, out=y[n, :, i0:i1])
-    run_split(tiles, (), N * per_image, N * M * C * KH * KW * OH * OW, min_work=_PAR_WORK)
+    run_split(tiles, (), N * per_image, work, min_work=_PAR_WORK)
     return y
 
 
@@ -260,16 +289,45 @@ def _conv_tiles_parallel(win, w, b, N, group, Mg, K, out_sp):
     inner = math.prod(out_sp[1:])
     y = np.empty((N, group, Mg, math.prod(out_sp)), dtype=np.result_type(win.dtype, w.dtype))
     bias = None if b is None else b.astype(y.dtype, copy=False).reshape(group, Mg, 1)
-    rows = max(1, _TILE_BYTES // max(1, K * group * inner * win.itemsize))
-    # At least two tiles per thread so that a descheduled helper leaves little behind.
-    rows = max(1, min(rows, -(-out_sp[0] // -(-2 * threads() // N))))
-    # No tile narrower than _MIN_TILE_COLS columns: each tile's GEMM re-packs the whole weight
-    # matrix, so narrow tiles of small feature maps cost CPU and gain nothing.
-    rows = max(rows, -(-_MIN_TILE_COLS // inner))
+    rows = _tile_rows(K * group, inner, win.itemsize, N, out_sp[0])
     per_image = -(-out_sp[0] // rows)
     run_split(_tiles, (win, w.reshape(group, Mg, K), bias, y, inner, rows, per_image), N * per_image,
               N * group * Mg * K * math.prod(out_sp), min_work=_PAR_WORK)
     return y.reshape((N, group * Mg) + tuple(out_sp))
+
+
+def _tile_rows(K, inner, itemsize, N, out_rows) -> int:
+    """Output rows per parallel im2col tile: ~_TILE_BYTES of columns (cache-resident between
+    copy and GEMM), at least two tiles per thread so that a descheduled helper leaves little
+    behind, and no tile narrower than _MIN_TILE_COLS columns (each tile's GEMM re-packs the
+    whole weight matrix: narrow tiles of small feature maps cost CPU and gain nothing)."""
+    rows = max(1, _TILE_BYTES // max(1, K * inner * itemsize))
+    rows = max(1, min(rows, -(-out_rows // -(-2 * threads() // N))))
+    return max(rows, -(-_MIN_TILE_COLS // inner))
+
+
+def _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides, dilations):
+    """Plain fp32 2-D im2col conv as tiles of output rows, each one nogil numba call
+    (kernels/convtile.im2col_tiles: window copy, sgemm into y, bias), shared out on the kernel
+    threads from _PAR_WORK multiply-adds (as _conv_tiles_parallel). One thread: the same
+    tiles serially, ~_TILE_BYTES of columns each (no whole im2col matrix: less memory, and the
+    block stays in cache between copy and GEMM; measured faster than the numpy route)."""
+    from ..kernels.conv import run_split
+    from ..kernels.convtile import im2col_tiles
+    OH, OW = out_sp
+    M = group * Mg
+    y = np.empty((N, M, OH * OW), dtype=np.float32)
+    if threads() > 1 and N * M * K * OH * OW >= _PAR_WORK:
+        rows = _tile_rows(K, OW, 4, N, OH)
+    else:
+        rows = max(1, min(OH, _TILE_BYTES // (4 * K * OW)))
+    per_image = -(-OH // rows)
+    bias = _EMPTY32 if b is None else np.ascontiguousarray(b, dtype=np.float32)
+    run_split(im2col_tiles, (fptr, xp.reshape(-1), np.ascontiguousarray(w).reshape(M, K), bias, y, xp.shape[1],
+                             xp.shape[2], xp.shape[3], group, kernel[0], kernel[1],
+                             strides[0], strides[1], dilations[0], dilations[1], OW, rows, per_image),
+              N * per_image, N * M * K * OH * OW, min_work=_PAR_WORK)
+    return y.reshape(N, M, OH, OW)
 
 
 def _add_bias(ctx, y, b):
