@@ -321,6 +321,12 @@ class _FastGraph:
             spec = getattr(fn, "specialize", None)
             if spec is not None:  # the op prepares its constant inputs once (e.g. converted weights)
                 fn = spec(n, {i: env[t] for i, t in enumerate(n.inputs) if t and t in env}) or fn
+            if n.op_type == "Conv" and n.domain == "" and len(n.inputs) > 1 and n.inputs[1] in env \
+                    and (len(n.inputs) < 3 or not n.inputs[2] or n.inputs[2] in env):
+                # Streaming models' tiny 1-D convs: a per-shape gather + GEMM (same bits).
+                from .kernels.conv_small import specialize_conv1d
+                fn = specialize_conv1d(env[n.inputs[1]], env[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else None,
+                                       n.attrs, fn) or fn
             self.steps_exact.append((n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
         self.steps = _fuse_conv_chains(graph, self.steps_exact, env, set(self.outputs))
         # Small integer graph inputs (silero's sample rate) key shape-only steps by value.

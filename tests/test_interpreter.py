@@ -349,3 +349,73 @@ def test_shape_arithmetic_memo_error_names_the_node():
         m.run(feeds, observe=["y"])
     assert "Gather" in str(fast.value) and "\n" not in str(fast.value)
     assert str(fast.value) == str(general.value)
+
+
+def _conv1d_model(C, M, k, bias, relu, **attrs):
+    rng = np.random.default_rng(k * 100 + C)
+    f = TensorProto.FLOAT
+    inits = [numpy_helper.from_array(rng.standard_normal((M, C, k)).astype(np.float32), "w")]
+    ins = ["x", "w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "b"))
+        ins.append("b")
+    nodes = [helper.make_node("Conv", ins, ["c" if relu else "y"], **attrs)]
+    if relu:
+        nodes.append(helper.make_node("Relu", ["c"], ["y"]))
+    g = helper.make_graph(nodes, "c1", [helper.make_tensor_value_info("x", f, ["n", C, "l"])],
+                          [helper.make_tensor_value_info("y", f, None)], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("C,M,k,bias,relu,attrs", [
+    (9, 8, 3, True, True, {"pads": [1, 1]}),                       # silero's encoder convs
+    (8, 4, 3, True, False, {"pads": [1, 1], "strides": [2]}),
+    (1, 10, 16, False, False, {"strides": [8]}),                    # an STFT frame conv
+    (6, 5, 3, True, False, {"pads": [2, 0], "dilations": [2]}),
+    (7, 3, 1, True, False, {"auto_pad": "VALID"}),                  # DTLN's pointwise convs
+    (7, 3, 1, False, False, {"pads": [0, 1], "strides": [2]}),
+    (4, 3, 3, True, False, {"auto_pad": "SAME_UPPER"}),             # left to the general path
+])
+def test_small_conv1d_step_matches_ort_and_the_general_path_bit_for_bit(C, M, k, bias, relu, attrs):
+    import onnxruntime as ort
+    proto = _conv1d_model(C, M, k, bias, relu, **attrs)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    m = halfsim.load(proto)
+    rng = np.random.default_rng(3)
+    # Lengths alternate (a plan per input shape, the first call of each through the op); batch 2
+    # and a non-contiguous input take the general op.
+    for n, L in [(1, 1), (1, 32), (1, 1), (1, 32), (2, 32), (1, 5)]:
+        x = rng.standard_normal((n, C, L)).astype(np.float32)
+        if L == 5:
+            x = np.ascontiguousarray(rng.standard_normal((n, L, C)).astype(np.float32)).transpose(0, 2, 1)
+        try:
+            want = sess.run(None, {"x": x})[0]
+        except Exception:
+            with pytest.raises(HalfsimError):  # a kernel longer than the input: the op's error
+                m.run({"x": x})
+            continue
+        for _ in range(2):
+            fast = m.run({"x": x})["y"]
+            np.testing.assert_allclose(fast, want, rtol=1e-5, atol=1e-5)
+            np.testing.assert_array_equal(fast, m.run({"x": x}, observe="all")["y"])
+
+
+def test_small_conv1d_step_keeps_the_folded_batchnorm_weights():
+    import onnxruntime as ort
+    rng = np.random.default_rng(4)
+    f = TensorProto.FLOAT
+    C, M = 5, 6
+    inits = [numpy_helper.from_array(rng.standard_normal((M, C, 3)).astype(np.float32), "w")] + [
+        numpy_helper.from_array(v.astype(np.float32), n) for n, v in
+        [("sc", rng.uniform(0.5, 2, M)), ("bb", rng.standard_normal(M)), ("mu", rng.standard_normal(M)),
+         ("var", rng.uniform(0.1, 3, M))]]
+    g = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1]),
+                           helper.make_node("BatchNormalization", ["c", "sc", "bb", "mu", "var"], ["y"])],
+                          "cb", [helper.make_tensor_value_info("x", f, [1, C, 4])],
+                          [helper.make_tensor_value_info("y", f, None)], inits)
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, C, 4)).astype(np.float32)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    m = halfsim.load(proto)
+    for _ in range(3):
+        np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
