@@ -121,3 +121,22 @@ def im2col_tiles(fptr, xf, w, bias, y, C, Hp, Wp, group, KH, KW, sh, sw, dh, dw,
                     row = y[n, m, i0 * OW:i1 * OW]
                     for p in range(L):
                         row[p] += bm
+
+
+@njit(cache=True, nogil=True)
+def pointwise_tiles(fptr, xf, w, bias, y, C, cols, per_image, lo, hi):
+    """Tiles [lo, hi) of a 1x1 stride-1 conv: xf the images (N, C, P) flat, w (M, C), y (N, M,
+    P). Tile t: image t // per_image, columns from cols * (t % per_image); the input block is
+    read in place (ldb = P) and the product written straight into y (ldc = P), bias added."""
+    M, P = y.shape[1], y.shape[2]
+    for t in range(lo, hi):
+        n = t // per_image
+        p0 = (t % per_image) * cols
+        L = min(P, p0 + cols) - p0
+        _sgemm_at(fptr, M, L, C, w, 0, C, xf, n * C * P + p0, P, np.float32(0.0), y, n * M * P + p0, P)
+        if bias.size:
+            for m in range(M):
+                bm = bias[m]
+                row = y[n, m, p0:p0 + L]
+                for p in range(L):
+                    row[p] += bm

@@ -329,6 +329,30 @@ def test_global_average_pool_specials(dtype):
     np.testing.assert_allclose(got, np.mean(x, axis=(2, 3), keepdims=True), rtol=1e-12)
 
 
+@pytest.mark.parametrize("threads,driver", [("1", True), ("3", True), ("3", False)])
+@pytest.mark.parametrize("xs,ws", [
+    ((1, 16, 37, 70), (24, 16, 1, 1)),     # one thread: column tiles of ~_SHIFT_TILE_BYTES
+    ((2, 64, 45, 47), (40, 64, 1, 1)),     # over 8M multiply-adds: split, 2115 columns in uneven tiles
+    ((1, 64, 300), (32, 64, 1)),           # 1-D
+])
+def test_conv_pointwise_tiles(xs, ws, threads, driver, monkeypatch):
+    # Plain fp32 1x1 stride-1 convs run as nogil sgemm tiles on the input in place (driver),
+    # else (no sgemm binding) as one matmul.
+    from halfsim.ops import conv as conv_mod
+    if driver and not conv_mod._sgemm_address():
+        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
+    monkeypatch.setenv("HALFSIM_THREADS", threads)
+    calls = []
+    real = conv_mod._conv_pointwise_driver
+    monkeypatch.setattr(conv_mod, "_conv_pointwise_driver", lambda *a: calls.append(1) or real(*a))
+    if not driver:
+        monkeypatch.setattr(conv_mod, "_sgemm_address", lambda: 0)
+    check_plans("Conv", [r(*xs), r(*ws), r(ws[0])], {}, initializers=(1, 2), rtol=1e-4, atol=1e-4,
+                expect_matmul=True)
+    check_op("Conv", [r(*xs), r(*ws)], {}, initializers=(1,), rtol=1e-4, atol=1e-4)
+    assert len(calls) == (2 if driver else 0)
+
+
 # ------------------------------------------------- shifted-GEMM conv and fused Conv tails
 SHIFTED_CASES = [
     # Stride-1 2-D convs over 1M multiply-adds (the strided-sgemm path, no im2col): pads on
