@@ -70,9 +70,22 @@ def _distance(a: Any, b: np.ndarray) -> tuple[float, str]:
     return (0.0 if diff == 0 else float("inf")), (note or (f"{diff} of {b.size} elements differ" if diff else ""))
 
 
+def oracle_intermediates(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray], fmt: str = "fp16",
+                         threads: int | None = None) -> dict[str, np.ndarray]:
+    """Every main-graph tensor of the Cast-rewrite oracle (halfsim.backends.ort.cast_rewrite):
+    ORT on the model with each float node output rounded to `fmt`, weights and float inputs
+    rounded, graph optimizations off; tensors under their original names (the rounded values)."""
+    from halfsim.backends.ort import cast_rewrite
+    low = np.float16 if fmt == "fp16" else __import__("ml_dtypes").bfloat16
+    rounded = {k: (v.astype(low).astype(np.float32) if v.dtype == np.float32 else v) for k, v in feeds.items()}
+    ref = ort_intermediates(cast_rewrite(proto, fmt), rounded, threads)
+    return {k: v for k, v in ref.items() if not k.endswith(("__raw", "__low"))}
+
+
 def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "fp32",
                 threads: int | None = None, stop_at_first: float | None = None,
-                hook: Callable | None = None, forced: bool = False) -> list[dict]:
+                hook: Callable | None = None, forced: bool = False,
+                reference: Mapping[str, np.ndarray] | None = None) -> list[dict]:
     """One row per halfsim node output that ORT also exposes, in topological order:
     {"index","node","op_type","output","rel_l2","shape","note"}. If halfsim fails at a node, the
     last row has "error". With stop_at_first=tol the list ends at the first row above tol.
@@ -82,9 +95,10 @@ def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "f
     forced=True (teacher forcing): after each node is compared, ORT's value replaces halfsim's,
     so every node computes from exactly ORT's inputs and each row measures that op alone.
     This separates a wrong op from legitimate last-bit differences that a model amplifies
-    (a dynamically quantized model flips a uint8 rounding on a 1e-7 input difference)."""
+    (a dynamically quantized model flips a uint8 rounding on a 1e-7 input difference).
+    `reference`: the tensors to compare against instead of ORT's (e.g. oracle_intermediates)."""
     proto = _proto(model)
-    ref = ort_intermediates(proto, feeds, threads)
+    ref = ort_intermediates(proto, feeds, threads) if reference is None else reference
     m = halfsim.load(proto)
     rows: list[dict] = []
 
@@ -132,12 +146,14 @@ def _failing_node(m, rows):
 
 def first_divergence(model: Any, feeds: Mapping[str, np.ndarray], tol: float = 1e-5,
                      precision: Any = "fp32", threads: int | None = None,
-                     hook: Callable | None = None, forced: bool = False) -> dict | None:
+                     hook: Callable | None = None, forced: bool = False,
+                     reference: Mapping[str, np.ndarray] | None = None) -> dict | None:
     """The first node (topological order) whose output differs from ORT's by more than `tol`
     rel L2 (or where halfsim raised), with the worst drift among its inputs for context;
     None when every exposed tensor agrees. forced=True: the first op that is wrong on its
     own, given ORT's exact inputs (see layer_drift)."""
-    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol, hook=hook, forced=forced)
+    rows = layer_drift(model, feeds, precision, threads, stop_at_first=tol, hook=hook, forced=forced,
+                       reference=reference)
     if not rows:
         return None
     last = rows[-1]
@@ -166,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tol", type=float, default=1e-5)
     ap.add_argument("--all", action="store_true", help="print every node, not just the first divergence")
     ap.add_argument("--forced", action="store_true", help="teacher forcing: each node computes from ORT's inputs")
+    ap.add_argument("--oracle", choices=("fp16", "bf16"),
+                    help="halfsim under this preset against the Cast-rewrite oracle (validation.fidelity) instead of fp32 against ORT")
     args = ap.parse_args(argv)
     e = fetch.entry(args.name)
     path = fetch.fetch(args.name)
@@ -175,11 +193,14 @@ def main(argv: list[str] | None = None) -> int:
     if pre is not None:
         proto = pre[0]
         print(f"halfsim lacks the ops of {pre[1]}: checking the {len(proto.graph.node)} nodes before them")
+    prec, ref = "fp32", None
+    if args.oracle:
+        prec, ref = args.oracle, oracle_intermediates(proto, feeds, args.oracle)
     if args.all:
-        for r in layer_drift(proto, feeds, forced=args.forced):
+        for r in layer_drift(proto, feeds, prec, forced=args.forced, reference=ref):
             print(f"{r['index']!s:>5} {r['op_type']:<22} {r['node'][:40]:<40} {r['rel_l2']:.3e} {r.get('error') or r.get('note') or ''}")
         return 0
-    d = first_divergence(proto, feeds, args.tol, forced=args.forced)
+    d = first_divergence(proto, feeds, args.tol, prec, forced=args.forced, reference=ref)
     print("no divergence" if d is None else d)
     return 0
 
