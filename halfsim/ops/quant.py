@@ -175,6 +175,10 @@ def dynamic_quantize_linear(ctx, x):
     if x.dtype != np.float32:
         raise ExecutionError(f"DynamicQuantizeLinear needs float32 input, got {x.dtype}")
     mn, mx = (x.min(), x.max()) if x.size else (0, 0)
+    if not (np.isfinite(mn) and np.isfinite(mx)):
+        # NaN or inf: ORT's MLAS range and quantizer decide (ops/specials.py)
+        from .specials import dynamic_quantize_u8
+        return dynamic_quantize_u8(x)
     scale, zp = _range_params(mn, mx)
     if x.size >= _DQL_NUMBA_MIN and np.isfinite(mn) and np.isfinite(mx):
         # one pass instead of numpy's five (divide, rint, add, clip, cast); NaN/inf inputs keep

@@ -60,6 +60,10 @@ def _max_min(x: np.ndarray, axes: tuple, keepdims: bool, is_max: bool) -> np.nda
     r = (np.max if is_max else np.min)(xf, axis=axes, keepdims=keepdims)
     if xf.dtype.kind == "f":
         nan = np.isnan(r)
+        if nan.any() and x.dtype in (np.float32, np.float64):
+            # Which NaN survives depends on ORT's fold order per reduction path: replay it.
+            from ..kernels.reduce_ort import ort_max_min
+            return ort_max_min(x, axes, keepdims, is_max)
         if nan.any():
             # ORT keeps the running best with '>' (or '<'): a NaN wins only when it is the first
             # element of its reduction, later NaNs are skipped.
@@ -176,21 +180,19 @@ def _arg(x: np.ndarray, axis: int, keepdims: int, last: int, is_max: bool) -> np
     if x.ndim and x.shape[ax] == 0:
         raise ExecutionError(f"{'ArgMax' if is_max else 'ArgMin'}: cannot reduce an empty axis {ax}")
     xf = up(x)
-    first_nan = None
     if xf.dtype.kind == "f" and x.ndim:
         nan = np.isnan(xf)
         if nan.any():
             # ORT skips NaN unless it is the first element (it keeps the running best with '>').
-            first_nan = np.take(nan, [0], axis=ax)
-            xf = np.where(nan, xf.dtype.type(-np.inf if is_max else np.inf), xf)
+            from .specials import arg_with_nan
+            r = arg_with_nan(xf, nan, ax, last, is_max)
+            return r if keepdims else np.squeeze(r, axis=ax)
     if last:
         flipped = np.flip(xf, axis=ax)
         r = (np.argmax if is_max else np.argmin)(flipped, axis=ax, keepdims=True)
         r = xf.shape[ax] - 1 - r
     else:
         r = (np.argmax if is_max else np.argmin)(xf, axis=ax, keepdims=True)
-    if first_nan is not None:
-        r = np.where(first_nan, 0, r)
     r = np.asarray(r, dtype=np.int64)
     return r if keepdims else np.squeeze(r, axis=ax)
 
@@ -298,6 +300,11 @@ def _hardmax(x, axis, old):
     out = np.zeros(v.shape, dtype=x.dtype)
     if v.size:
         idx = np.argmax(up(v), axis=ax)
+        if x.dtype == np.float32 and np.isnan(np.take_along_axis(v, np.expand_dims(idx, ax), ax)).any():
+            # np.argmax stops at a row's first NaN; ORT's row maximum decides (ops/specials.py)
+            from .specials import hardmax_rows
+            rows = hardmax_rows(np.moveaxis(v, ax, -1).reshape(-1, v.shape[ax]))
+            return np.moveaxis(rows.reshape(np.moveaxis(v, ax, -1).shape), -1, ax).reshape(x.shape)
         np.put_along_axis(out, np.expand_dims(idx, ax), 1, axis=ax)
     return out.reshape(x.shape)
 

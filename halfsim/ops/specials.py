@@ -1,0 +1,63 @@
+"""NaN and infinities where ONNX Runtime's CPU kernels give an answer that plain numpy does not:
+the op modules call these only after a cheap check found such values, so ordinary inputs keep
+their fast paths. Each rule names the ORT code it follows; tests/test_specials.py compares
+against ORT bit for bit."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..kernels.reduce_ort import mlas_min_max, ort_max_min
+
+
+def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DynamicQuantizeLinear of float32 x holding NaN or +-inf, as ORT computes it (one thread):
+    MLAS's min/max (kernels/reduce_ort.mlas_min_max), widened to 0 with std::min/std::max
+    (a NaN bound stays NaN), scale (max - min) / 255, zero point round(clamp(0 - min / scale))
+    where std::min(255, NaN) is 255; then MLAS's quantizer: x / scale clamped with maxps/minps
+    against -zp and 255 - zp (a NaN quotient becomes -zp, so 0 after adding zp), rounded to even."""
+    f32 = np.float32
+    mn, mx = mlas_min_max(x)
+    mn = f32(0) if f32(0) < mn else mn
+    mx = f32(0) if mx < f32(0) else mx
+    with np.errstate(all="ignore"):
+        scale = f32(1) if mx == mn else f32((mx - mn) / f32(255))
+        izp = f32(f32(0) - mn / scale)
+        c = izp if izp < f32(255) else f32(255)
+        c = c if f32(0) < c else f32(0)
+        zp = f32(np.rint(c))
+        v = np.divide(x, scale, dtype=np.float32)
+        lo, hi = f32(0) - zp, f32(255) - zp
+        v = np.where(v > lo, v, lo)  # maxps(v, lo): NaN -> lo
+        v = np.where(v < hi, v, hi)
+        y = (np.rint(v) + zp).astype(np.uint8)
+    return y, np.asarray(scale, np.float32), np.asarray(np.uint8(zp))
+
+
+def hardmax_rows(v: np.ndarray) -> np.ndarray:
+    """Hardmax of float32 rows (N, D) holding NaN, as ORT: the row maximum from Eigen's
+    colwise maxCoeff (ReduceMax's trailing-axes fold, kernels/reduce_ort), then a one at the
+    first cell equal to it; a NaN maximum equals no cell, so its row stays all zeros."""
+    m = ort_max_min(v, (1,), True, True)
+    eq = v == m
+    out = np.zeros(v.shape, v.dtype)
+    rows = np.flatnonzero(eq.any(axis=1))
+    out[rows, eq[rows].argmax(axis=1)] = 1
+    return out
+
+
+def arg_with_nan(xf: np.ndarray, nan: np.ndarray, ax: int, last: int, is_max: bool) -> np.ndarray:
+    """ArgMax/ArgMin index (keepdims) along `ax` of float xf whose NaN mask is `nan`, as ORT's
+    loops: the first element, then each later one strictly better (`>=`/`<=` with
+    select_last_index). A NaN first element is never replaced (index 0); a later NaN never
+    wins nor ties, even with an infinite extreme."""
+    fill = xf.dtype.type(-np.inf if is_max else np.inf)
+    clean = np.where(nan, fill, xf)
+    best = (np.max if is_max else np.min)(clean, axis=ax, keepdims=True)
+    hit = (clean == best) & ~nan
+    n = xf.shape[ax]
+    if last:
+        r = n - 1 - np.argmax(np.flip(hit, axis=ax), axis=ax, keepdims=True)
+    else:
+        r = np.argmax(hit, axis=ax, keepdims=True)
+    first_nan = np.take(nan, [0], axis=ax)
+    return np.where(first_nan | ~hit.any(axis=ax, keepdims=True), 0, r).astype(np.int64)

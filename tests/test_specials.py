@@ -1,0 +1,171 @@
+"""NaN, infinities and signed zeros op by op, bit for bit against ONNX Runtime (CPU, one thread):
+which special value comes out depends on ORT's kernels, which halfsim replays where they differ
+from plain numpy (kernels/reduce_ort.py, halfsim/ops/specials.py)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import halfsim
+
+from opcheck import feeds_of, make_model, run_ort
+from test_pool_nan import _sprinkle
+
+
+def _bits_equal(got, want, zero_sign=True):
+    """Same dtype, shape and bits (NaN payloads and signs included; zero signs if asked)."""
+    got, want = np.asarray(got), np.asarray(want)
+    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
+    g, w = np.atleast_1d(got).reshape(-1), np.atleast_1d(want).reshape(-1)
+    if got.dtype.kind == "f":
+        if not zero_sign:
+            g, w = g + 0, w + 0  # -0.0 + 0 == +0.0
+        u = {2: np.uint16, 4: np.uint32, 8: np.uint64}[got.dtype.itemsize]
+        g, w = g.view(u), w.view(u)
+    bad = np.flatnonzero(g != w)
+    assert bad.size == 0, f"{bad.size} of {g.size} cells differ, first at {bad[:4]}: " \
+                          f"{got.reshape(-1)[bad[:4]]} vs ORT {want.reshape(-1)[bad[:4]]}"
+
+
+def _run_both(op, inputs, attrs=None, n_outputs=1, opset=17):
+    m = make_model(op, inputs, attrs or {}, n_outputs=n_outputs, opset=opset)
+    feeds = feeds_of(m, inputs)
+    want = run_ort(m, feeds)
+    got = halfsim.load(m).run(feeds)
+    return [got[f"out{i}"] for i in range(n_outputs)], want
+
+
+def _check(op, inputs, attrs=None, n_outputs=1, opset=17, zero_sign=True):
+    got, want = _run_both(op, inputs, attrs, n_outputs, opset)
+    for g, w in zip(got, want):
+        _bits_equal(g, w, zero_sign=zero_sign)
+
+
+def _random_axes(rng, nd):
+    k = int(rng.integers(1, nd + 1))
+    return sorted(rng.choice(nd, k, replace=False).tolist())
+
+
+# -- ReduceMax / ReduceMin ------------------------------------------------------------------
+@pytest.mark.parametrize("seed", range(6))
+def test_reduce_max_min_nan_match_ort_bitwise(seed):
+    # Random ranks 1-4, axes sets (every ORT path: all axes, trailing, middle, leading+trailing,
+    # leading, scattered), keepdims, float32/float64, axes as attribute (opset 13) and as input
+    # (opset 18). With NaN present halfsim replays ORT's fold, signed zeros included.
+    rng = np.random.default_rng(seed)
+    for _ in range(12):
+        nd = int(rng.integers(1, 5))
+        shape = tuple(int(rng.integers(1, 10)) for _ in range(nd))
+        x = _sprinkle(rng, shape, np.float64 if rng.random() < 0.25 else np.float32)
+        axes = _random_axes(rng, nd)
+        kd = int(rng.integers(0, 2))
+        exact = bool(np.isnan(x).any())
+        for op in ("ReduceMax", "ReduceMin"):
+            _check(op, [x], {"axes": axes, "keepdims": kd}, opset=13, zero_sign=exact)
+            _check(op, [x, np.array(axes, np.int64)], {"keepdims": kd}, opset=18, zero_sign=exact)
+
+
+@pytest.mark.parametrize("shape,axes", [
+    ((2, 3, 5, 6), [3]),        # KR: per-row Eigen fold, rows at every 16-byte offset
+    ((1, 37), [1]),             # KR, one long row: two packet accumulators and a tail
+    ((150,), [0]),              # R: whole buffer
+    ((3, 9, 7), [1]),           # KRK: packets of 4 output cells, columns folded 1 + 4 + ...
+    ((1, 9, 7), [1]),           # KRK shape with one outer block: the sequential fold instead
+    ((4, 3, 10), [0, 2]),       # RKR: first element, then each trailing block's fold
+    ((20, 300), [0]),           # RK above ORT's threshold (its own loop: the sequential fold)
+    ((2, 3, 4, 5), [0, 2]),     # scattered axes: the sequential row-major fold
+])
+@pytest.mark.parametrize("share", [0.02, 0.3, 1.0])
+def test_reduce_max_min_nan_paths(shape, axes, share):
+    rng = np.random.default_rng(len(shape) * 100 + int(share * 10))
+    x = _sprinkle(rng, shape, share=share)
+    x.reshape(-1)[0] = np.nan if share > 0.5 else x.reshape(-1)[0]
+    for op in ("ReduceMax", "ReduceMin"):
+        _check(op, [x], {"axes": axes, "keepdims": 1}, opset=13, zero_sign=bool(np.isnan(x).any()))
+        _check(op, [x], {"keepdims": 0}, opset=13, zero_sign=bool(np.isnan(x).any()))  # all axes
+
+
+def test_reduce_max_min_nan_in_every_position():
+    # One NaN walked through a row of 13 at each 16-byte offset: which positions ORT keeps
+    # (a packet lane's start, the head) and which it drops (later packets, the tail).
+    for n in (3, 4, 8, 13):
+        for pos in range(n):
+            x = np.arange(4 * n, dtype=np.float32).reshape(4, n)
+            x[:, pos] = np.nan
+            for op in ("ReduceMax", "ReduceMin"):
+                _check(op, [x], {"axes": [1]}, opset=13)
+                _check(op, [x.T.copy()], {"axes": [0]}, opset=13)
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.int8, np.uint8])
+def test_reduce_max_min_integers_untouched(dtype):
+    rng = np.random.default_rng(3)
+    info = np.iinfo(dtype)
+    x = rng.integers(info.min, info.max, size=(3, 4, 5), dtype=dtype, endpoint=True)
+    for axes in ([0], [1], [2], [0, 2], [0, 1, 2]):
+        for op in ("ReduceMax", "ReduceMin"):
+            _check(op, [x], {"axes": axes}, opset=13)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_argmax_argmin_nan_match_ort(seed):
+    rng = np.random.default_rng(50 + seed)
+    for _ in range(8):
+        nd = int(rng.integers(1, 4))
+        shape = tuple(int(rng.integers(1, 9)) for _ in range(nd))
+        x = _sprinkle(rng, shape)
+        axis = int(rng.integers(-nd, nd))
+        for op in ("ArgMax", "ArgMin"):
+            for last in (0, 1):
+                _check(op, [x], {"axis": axis, "keepdims": int(rng.integers(0, 2)),
+                                 "select_last_index": last})
+
+
+@pytest.mark.parametrize("n", [1, 7, 8, 13, 31, 32, 45, 64, 77, 300])
+def test_argmax_argmin_1d_nan(n):
+    # A 1-D input is ORT's whole-buffer path (Eigen's maxCoeff(&index)), not the loop.
+    rng = np.random.default_rng(n)
+    for share in (0.1, 0.6):
+        x = _sprinkle(rng, (n,), share=share)
+        for op in ("ArgMax", "ArgMin"):
+            for last in (0, 1):
+                _check(op, [x], {"axis": 0, "select_last_index": last})
+
+
+# -- DynamicQuantizeLinear ------------------------------------------------------------------
+@pytest.mark.parametrize("n", [1, 5, 8, 12, 31, 32, 40, 67, 100, 1 << 14])
+@pytest.mark.parametrize("kind", ["nan", "posinf", "neginf", "both_inf", "mixed"])
+def test_dynamic_quantize_linear_specials(n, kind):
+    # MLAS's min/max (8-lane and 32-lane AVX folds, scalar tail) decides whether NaN reaches the
+    # range; the zero point and y follow from std::min/max and maxps/minps clamps.
+    rng = np.random.default_rng(n)
+    pick = {"nan": [np.nan], "posinf": [np.inf], "neginf": [-np.inf], "both_inf": [np.inf, -np.inf],
+            "mixed": [np.nan, np.inf, -np.inf, 0.0, -0.0]}[kind]
+    for share in (0.01, 0.2, 1.0):
+        x = (rng.standard_normal(n) * 3).astype(np.float32)
+        hit = rng.random(n) < share
+        hit[rng.integers(0, n)] = True
+        x[hit] = rng.choice(np.array(pick, np.float32), int(hit.sum()))
+        _check("DynamicQuantizeLinear", [x.reshape(1, n)], n_outputs=3, opset=11)
+
+
+def test_dynamic_quantize_linear_nan_lane_positions():
+    # A NaN survives MLAS's vector fold only as the last value of its lane: walk one through.
+    for n in (8, 11, 32, 40, 45):
+        for pos in range(n):
+            x = np.linspace(-2, 3, n, dtype=np.float32)
+            x[pos] = np.nan
+            _check("DynamicQuantizeLinear", [x], n_outputs=3, opset=11)
+
+
+# -- Hardmax --------------------------------------------------------------------------------
+@pytest.mark.parametrize("shape,axis,opset", [
+    ((4, 7), -1, 13), ((3, 5, 6), 1, 13), ((2, 3, 9), 0, 13), ((2, 3, 5, 6), -1, 13),
+    ((3, 5, 6), 1, 11), ((2, 13), 1, 11)])
+def test_hardmax_nan_rows(shape, axis, opset):
+    # ORT: the row maximum from Eigen's colwise fold, then the first cell equal to it; a NaN
+    # maximum matches nothing and leaves its row all zeros.
+    rng = np.random.default_rng(len(shape) + axis + opset)
+    for share in (0.05, 0.3, 0.9):
+        x = _sprinkle(rng, shape, share=share)
+        _check("Hardmax", [x], {"axis": axis}, opset=opset)
