@@ -617,7 +617,13 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
         if not sub:
             glb[f"c{k}"] = OpContext(node, None, _FP32_RUNNER)
             ctx = f"c{k}"
-        args = ", ".join([ctx] + [var(t) if t else "None" for t in ins]) + kw
+        direct = getattr(fn, "direct", None)
+        if direct is not None and not attrs and not sub and all(ins):
+            # An op that is one numpy call under quiet_run (Add, Mul, ...): called directly.
+            glb[f"f{k}"] = direct
+            args = ", ".join(var(t) for t in ins)
+        else:
+            args = ", ".join([ctx] + [var(t) if t else "None" for t in ins]) + kw
         call = f"f{k}({args})"
         lines.append(f"        i = {k}")
         if sub:  # bodies see this graph's tensors through the runner's scopes

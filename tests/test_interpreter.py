@@ -419,3 +419,30 @@ def test_small_conv1d_step_keeps_the_folded_batchnorm_weights():
     m = halfsim.load(proto)
     for _ in range(3):
         np.testing.assert_allclose(m.run({"x": x})["y"], want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,shape", [(np.float32, (3, 4)), (np.float32, ()), (np.float16, (2, 5)), (np.float64, (4,))])
+def test_fp32_schedule_direct_elementwise_steps_match_ort_and_the_general_path(dtype, shape):
+    # Add/Sub/Mul called as ufuncs, float unary ops and Cast specialized in fp32 schedules.
+    import onnxruntime as ort
+    et = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+    nodes = [helper.make_node("Mul", ["x", "x"], ["sq"]), helper.make_node("Add", ["sq", "k"], ["p"]),
+             helper.make_node("Sqrt", ["p"], ["r"]), helper.make_node("Sub", ["r", "x"], ["d"]),
+             helper.make_node("Sigmoid", ["d"], ["s"]), helper.make_node("Tanh", ["x"], ["t"]),
+             helper.make_node("Exp", ["t"], ["e"]), helper.make_node("Mul", ["s", "e"], ["m"]),
+             helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT),
+             helper.make_node("Cast", ["m"], ["yi"], to=TensorProto.INT32),
+             helper.make_node("Add", ["yi", "yi"], ["z"])]
+    g = helper.make_graph(nodes, "ew", [helper.make_tensor_value_info("x", et, list(shape))],
+                          [helper.make_tensor_value_info(n, t, None) for n, t in
+                           (("y", TensorProto.FLOAT), ("z", TensorProto.INT32), ("s", et))],
+                          [numpy_helper.from_array(np.asarray(1.5, dtype), "k")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = np.asarray(np.random.default_rng(2).standard_normal(shape) * 3, dtype)
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    m = halfsim.load(proto)
+    fast, general = m.run({"x": x}), m.run({"x": x}, observe="all")
+    for i, name in enumerate(["y", "z", "s"]):
+        assert fast[name].dtype == want[i].dtype and fast[name].shape == want[i].shape
+        np.testing.assert_allclose(fast[name].astype(np.float64), want[i].astype(np.float64), rtol=2e-3, atol=1e-3)
+        np.testing.assert_array_equal(fast[name], general[name])

@@ -47,11 +47,20 @@ def is_float(x: np.ndarray) -> bool:
     return x.dtype.kind == "f" or x.dtype in _NARROW
 
 
+_F32 = np.dtype(np.float32)
+
+
 def _float_unary(fn):
     """Wrap a float32/float64 ufunc-style function: narrow floats go through float32."""
     def impl(ctx, x):
         with quiet():
             return down(fn(up(x)), x.dtype)
+
+    def fp32(ctx, x):
+        # fp32 schedules run under quiet_run: a float32 tensor goes straight to fn, which is
+        # all that up/down/quiet() amount to there (~1 us of a streaming model's ~2 us step).
+        return fn(x) if x.dtype is _F32 else impl(ctx, x)
+    impl.specialize = lambda node, consts: fp32
     return impl
 
 
@@ -127,6 +136,8 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     if x.dtype == np.float32:
         # 1 / (1 + exp(-x)) in place on one fresh array: exp overflow gives 1/inf = 0, no NaN
         y = np.negative(x)
+        if type(y) is not np.ndarray:  # a 0-d input gives a scalar
+            y = np.asarray(y)
         np.exp(y, out=y)
         y += _f(1)
         return np.reciprocal(y, out=y)
@@ -150,6 +161,10 @@ def sub(ctx, a, b):
 def mul(ctx, a, b):
     with quiet():
         return np.multiply(a, b)
+
+
+# What these ops are under quiet_run, for the fp32 schedules to call without the op's frame.
+add.direct, sub.direct, mul.direct = np.add, np.subtract, np.multiply
 
 
 def _int_div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -709,6 +724,22 @@ def cast(ctx, x, *, to):
 @op("Cast", since=19)
 def cast19(ctx, x, *, to, saturate=1):
     return cast_array(x, _onnx_np_dtype(to), saturate)
+
+
+def _specialize_cast(node, consts):
+    """The target dtype looked up once (the lookup cost as much as a small tensor's cast)."""
+    try:
+        dt = _onnx_np_dtype(node.attrs["to"])
+    except Exception:  # missing or unknown: the op reports it when it runs
+        return None
+    saturate = node.attrs.get("saturate", 1)
+
+    def fn(ctx, x, **attrs):
+        return cast_array(x, dt, saturate)
+    return fn
+
+
+cast.specialize = cast19.specialize = _specialize_cast
 
 
 @op("CastLike", since=15)
