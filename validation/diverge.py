@@ -74,12 +74,14 @@ def oracle_intermediates(proto: onnx.ModelProto, feeds: Mapping[str, np.ndarray]
                          threads: int | None = None) -> dict[str, np.ndarray]:
     """Every main-graph tensor of the Cast-rewrite oracle (halfsim.backends.ort.cast_rewrite):
     ORT on the model with each float node output rounded to `fmt`, weights and float inputs
-    rounded, graph optimizations off; tensors under their original names (the rounded values)."""
+    rounded, graph optimizations off; tensors under their original names (the rounded values).
+    Constant nodes are left out: they are weights, which halfsim rounds where they are read."""
     from halfsim.backends.ort import cast_rewrite
     low = np.float16 if fmt == "fp16" else __import__("ml_dtypes").bfloat16
     rounded = {k: (v.astype(low).astype(np.float32) if v.dtype == np.float32 else v) for k, v in feeds.items()}
     ref = ort_intermediates(cast_rewrite(proto, fmt), rounded, threads)
-    return {k: v for k, v in ref.items() if not k.endswith(("__raw", "__low"))}
+    consts = {o for n in proto.graph.node if n.op_type == "Constant" for o in n.output}
+    return {k: v for k, v in ref.items() if not k.endswith(("__raw", "__low")) and k not in consts}
 
 
 def layer_drift(model: Any, feeds: Mapping[str, np.ndarray], precision: Any = "fp32",

@@ -31,7 +31,9 @@ def _round_inputs(feeds: dict, np_dtype) -> dict:
 class _NoisyGemmPlan:
     """halfsim's fp16 plan with every GEMM result moved by up to one float32 ulp: what another
     fp32 summation order (ORT's MLAS instead of OpenBLAS) does. How far that alone moves the
-    outputs is the floor under any fidelity figure against an independent runtime."""
+    outputs is the floor under any fidelity figure against an independent runtime. The plan is
+    never `plain`, so that every GEMM goes through its matmul (ops take their own BLAS or fused
+    paths for plain fp32 nodes: the LSTM's gate products did, which left dtln's floor at 0)."""
 
     def __new__(cls, model, seed: int = 0):
         from halfsim.policy import preset
@@ -39,6 +41,9 @@ class _NoisyGemmPlan:
         rng = np.random.default_rng(seed)
 
         class Plan(PrecisionPlan):
+            def plain(self, ctx) -> bool:
+                return False
+
             def matmul(self, ctx, a, b):
                 y = super().matmul(ctx, a, b)
                 if y.dtype == np.float32:
