@@ -445,9 +445,18 @@ def _tile(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic, mode):
 
 
 @njit(cache=True, inline="always")
-def _grouped_item(a2, b2, o2, g, two_emin, magic, mode):
+def _all_bad(colbad, j0, w):
+    """Whether columns j0:j0+w of one product all hold inf/NaN (_mm_general computes those)."""
+    for j in range(j0, j0 + w):
+        if not colbad[j]:
+            return False
+    return True
+
+
+@njit(cache=True, inline="always")
+def _grouped_item(a2, b2, o2, colbad, g, two_emin, magic, mode):
     """Products g*_TR .. g*_TR+_TR-1 of a batch of 1-row products, one per tile row:
-    a2 (B, K), b2 (B*K, N) (b's batch items one under another), o2 (B, N)."""
+    a2 (B, K), b2 (B*K, N) (b's batch items one under another), o2 (B, N), colbad (B, N)."""
     K = a2.shape[1]
     N = o2.shape[1]
     g0 = g * _TR
@@ -455,6 +464,11 @@ def _grouped_item(a2, b2, o2, g, two_emin, magic, mode):
     for jt in range(-(-N // _TW)):
         j0 = jt * _TW
         w = min(_TW, N - j0)
+        skip = True
+        for r in range(_TR):
+            skip &= _all_bad(colbad[g0 + r], j0, w)
+        if skip:
+            continue
         if w == _TW:
             _tile(a2, b2, o2, g0, g0, j0, g0 * K, j0, K, two_emin, magic, mode)
         else:  # the last columns, zero-padded
@@ -466,9 +480,11 @@ def _grouped_item(a2, b2, o2, g, two_emin, magic, mode):
 
 
 @njit(cache=True, parallel=True)
-def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
+def _mm_fast(a, b, out, rowok, colbad, two_emin, magic, mode):
     """Sequential order in float32 for the rows with rowok set (see module docstring), over a
-    batch: a (B, M, K), b (B, K, N), out (B, M, N), rowok (B, M).
+    batch: a (B, M, K), b (B, K, N), out (B, M, N), rowok (B, M); column tiles whose columns
+    all have colbad (B, N) set are skipped (_mm_general computes them, and NaN operands make
+    the tile's arithmetic several times slower: rapidocr_det's NaN-fed layers under fp16).
     mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23;
     4, 5: modes 0, 2 for fp16. Everything goes through the register-tiled kernel: b's last
     partial panel and a's last partial row tile are zero-padded (zero products leave the other
@@ -485,14 +501,14 @@ def _mm_fast(a, b, out, rowok, two_emin, magic, mode):
     if ng:
         a2, b2, o2 = a.reshape(nb, K), b.reshape(nb * K, N), out.reshape(nb, N)
         for g in prange(ng):
-            _grouped_item(a2, b2, o2, g, two_emin, magic, mode)
+            _grouped_item(a2, b2, o2, colbad, g, two_emin, magic, mode)
     for w in prange(ng * _TR, nb * items):  # (with ng, items == 1: the remaining products)
         bt = w // items
         t = w - bt * items
         if packed:
-            _fast_item(a[bt], bp[bt].reshape(-1, _TW), K, out[bt], rowok[bt], t, two_emin, magic, mode)
+            _fast_item(a[bt], bp[bt].reshape(-1, _TW), K, out[bt], rowok[bt], colbad[bt], t, two_emin, magic, mode)
         else:
-            _fast_item(a[bt], b[bt], 0, out[bt], rowok[bt], t, two_emin, magic, mode)
+            _fast_item(a[bt], b[bt], 0, out[bt], rowok[bt], colbad[bt], t, two_emin, magic, mode)
 
 
 @njit(cache=True)
@@ -514,7 +530,7 @@ def _pack_panels(b):
 
 
 @njit(cache=True, inline="always")
-def _fast_item(a, b2, kp, out, rowok, t, two_emin, magic, mode):
+def _fast_item(a, b2, kp, out, rowok, colbad, t, two_emin, magic, mode):
     """Row tile t of one 2-D product into out. b2: b's packed panels one after another
     (kp = K: panel jt is rows jt*K.. of b2), or b itself (kp = 0: column tile jt starts at
     column jt*_TW of b2's rows, and the last partial one is zero-padded here)."""
@@ -536,6 +552,8 @@ def _fast_item(a, b2, kp, out, rowok, t, two_emin, magic, mode):
     for jt in range(-(-N // _TW)):
         j0 = jt * _TW
         w = min(_TW, N - j0)
+        if _all_bad(colbad, j0, w):
+            continue
         pb, k0, bj = b2, jt * kp, j0
         if kp:
             bj = 0
@@ -814,8 +832,8 @@ def _matmul3d(a: np.ndarray, b: np.ndarray, fmt: _Fmt, order: int, block: int, f
                 mode = 0 if fmt.m <= 10 else 1
             if (fmt.e, fmt.m) == (5, 10) and mode in (0, 2):
                 mode = 4 if mode == 0 else 5
-            if done.any():
-                _mm_fast(a, b, out, done, fmt.two_emin32, fmt.magic32, mode)
+            if done.any() and not colbad.all():
+                _mm_fast(a, b, out, done, colbad, fmt.two_emin32, fmt.magic32, mode)
         if not done.all() or colbad.any():
             _mm_general(a, b, out, done, colbad, order, int(block), bool(fma), fmt.m, fmt.emin, fmt.maxbits64)
     return out

@@ -568,7 +568,8 @@ def test_fp16_conversion_tiles_equal_portable_tiles(mode_pair):
     outs = []
     for mode in mode_pair:
         out = np.zeros((1, M, N), np.float32)
-        acc_mod._mm_fast(a[None], b[None], out, ok[None], fmt.two_emin32, fmt.magic32, mode)
+        acc_mod._mm_fast(a[None], b[None], out, ok[None], np.zeros((1, N), np.bool_), fmt.two_emin32,
+                          fmt.magic32, mode)
         outs.append(out)
     assert same_bits(outs[0], outs[1])
     assert (np.abs(outs[0]) < 2.0 ** -14).any()  # the subnormal range was reached
@@ -727,3 +728,31 @@ def test_fast_path_refuses_products_below_the_float32_subnormal_grid():
     assert acc_mod._fast_rows(np.float32([[2.0 ** -80, 1.0]]), b, fmt)[0]  # lowest bit 2**-140
     want = mm_oracle(a, b, lambda r, c: seq_exact(r, c, 8, 23, False))
     assert same_bits(matmul_acc(a, b, 8, 23, fma=False), want)
+
+
+def test_column_tiles_of_nonfinite_columns_are_left_to_the_general_path():
+    # A column tile whose columns all hold NaN/inf is skipped by the tile kernel (the general
+    # path computes it): one such tile between good ones, in a plain product and in a batch of
+    # one-row products where only some tile rows' columns are bad.
+    rng = np.random.default_rng(24)
+    T = acc_mod._TW
+    M, K, N = 6, 30, 3 * T + 2
+    a = rand_fmt_values(rng, (M, K), *F16, lo=-8, hi=0)
+    b = rand_fmt_values(rng, (K, N), *F16, lo=-8, hi=0)
+    b[rng.integers(0, K, T), np.arange(T, 2 * T)] = _nan32(1, 0x400000)  # tile 1: all bad
+    b[5, 2 * T:] = np.inf  # the last full tile and the partial one
+    b[7, 3 * T] = _nan32(0, 0x11)
+    nb = 2 * acc_mod._TR + 1
+    ab = rand_fmt_values(rng, (nb, 1, K), *F16, lo=-8, hi=0)
+    bb = rand_fmt_values(rng, (nb, K, T + 3), *F16, lo=-8, hi=0)
+    bb[:acc_mod._TR, 3, :T] = np.nan  # the first group's first tile: every product's columns bad
+    bb[acc_mod._TR, 0, 1:T] = -np.inf  # the second group's: one column of one product good
+    for fma in (False, True):
+        with np.errstate(invalid="ignore", over="ignore"):
+            got = matmul_acc(a, b, *F16, fma=fma)
+            want = [[seq_nonfinite_oracle(a[i], b[:, j], fma) for j in range(N)] for i in range(M)]
+            assert same_bits(got, want)
+            got = matmul_acc(ab, bb, *F16, fma=fma)
+            for i in range(nb):
+                want = [[seq_nonfinite_oracle(ab[i, 0], bb[i, :, j], fma) for j in range(T + 3)]]
+                assert same_bits(got[i], want)
