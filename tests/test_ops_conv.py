@@ -310,6 +310,25 @@ def test_conv_integer_exact_on_both_paths(cin):
              initializers=(1, 3), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("xs,ws,attrs", [
+    ((1, 16, 20, 70), (24, 16, 3, 3), dict(pads=[1, 1, 1, 1])),                 # shifted-GEMM tiles
+    ((2, 24, 33, 40), (32, 24, 3, 3), dict(pads=[1, 0, 1, 2], strides=[2, 2])),  # im2col tiles, uneven
+    ((1, 32, 17, 19), (32, 1, 3, 3), dict(group=32, pads=[1, 1, 1, 1])),        # depthwise kernel
+    ((1, 48, 16, 33), (64, 48, 1, 1), {}),                                      # pointwise tiles
+])
+def test_conv_integer_float_route(xs, ws, attrs, threads, monkeypatch):
+    # Every partial sum below 2**24 (per-filter sum of |w - wzp| times max |x - xzp|): the
+    # integer conv runs as the plain fp32 conv on (x - xzp) and (w - wzp), exact in any order.
+    monkeypatch.setenv("HALFSIM_THREADS", threads)
+    x = rng.integers(0, 256, xs, dtype=np.uint8)
+    w = rng.integers(-127, 128, ws, dtype=np.int8)
+    x[0, :, :2] = 255  # windows at the extreme
+    for inits in ((1, 3), ()):
+        check_op("ConvInteger", [x, w, np.array(128, np.uint8), np.array(-1, np.int8)], attrs, opset=10,
+                 initializers=inits, rtol=0, atol=0)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_global_average_pool_specials(dtype):
     # The plain path sums planes with a BLAS matrix-vector product: NaN and inf propagate as in ORT.
@@ -361,7 +380,7 @@ SHIFTED_CASES = [
     ((2, 8, 33, 47), (12, 8, 3, 3), dict(pads=[0, 2, 1, 0])),
     ((1, 12, 30, 64), (8, 12, 3, 3), {}),
     ((1, 8, 40, 80), (16, 8, 3, 5), dict(dilations=[2, 1], pads=[2, 2, 2, 2])),
-    ((1, 4, 64, 64), (16, 4, 5, 5), dict(auto_pad="SAME_UPPER")),
+    ((1, 4, 64, 96), (16, 4, 5, 5), dict(auto_pad="SAME_UPPER")),
 ]
 
 

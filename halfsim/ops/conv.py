@@ -170,11 +170,13 @@ _SHIFT_TILE_BYTES = 1 << 19  # one tile's output block (M x rows * Wp floats): s
 def _use_shifted(C, M, kernel, out_sp, strides, dilations) -> bool:
     """Stride-1 convs with wide rows. Strided convs would need the input split into stride
     phases first: measured 1.0-1.5x slower than im2col. Each output row carries (KW - 1) * dw
-    dropped columns: measured a gain (one thread, 3x3) from 32-wide rows (0.82-0.96x of the
-    im2col time), none at 20 and below."""
+    dropped columns. Against the im2col tile driver (one thread, 3x3, CPU): 0.74x at 104-wide
+    rows, 0.80-0.92x at 208/80/40 (64 and 32 channels), 1.0x at 40 with 128 channels, 1.14x
+    at 33 (48 -> 192 channels): so from 40-wide rows (the numpy im2col it was first measured
+    against lost from 32 on)."""
     if max(strides) > 1 or M * C * math.prod(kernel) * math.prod(out_sp) < _SHIFT_MIN_WORK:
         return False
-    return out_sp[1] >= 16 * (kernel[1] - 1) * dilations[1] and _sgemm() is not None
+    return out_sp[1] >= 20 * (kernel[1] - 1) * dilations[1] and _sgemm() is not None
 
 
 def _sgemm():
@@ -509,31 +511,63 @@ def conv_transpose(ctx, x, w, b=None, *, auto_pad="NOTSET", dilations=None, grou
 
 
 # -------------------------------------------------------------------------- integer convs
-def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides, op_name):
-    """Exact sum (x - xzp) * (w - wzp) over each window, as int64 (N, M, *out)."""
-    kernel = _check_conv(x, w, group, kernel_shape, op_name)
-    if w.shape[1] * group != x.shape[1] or w.shape[0] % group:
-        raise ExecutionError(f"{op_name}: weight {list(w.shape)} does not fit input {list(x.shape)} with group {group}")
-    out_sp, pb, pe, st, dl = window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad, op_name=op_name)
+class _IntWeights:
+    """ConvInteger/QLinearConv weights prepared for exact float32 convolution: w - wzp as int32
+    (wi) and float32 (wf), max |w - wzp| and the largest per-filter sum of |w - wzp| (every
+    partial sum of an output is at most that times max |x - xzp|)."""
+    __slots__ = ("wi", "wf", "wmax", "wrow", "wt_cache")
+
+    def __init__(self, w: np.ndarray, w_zero_point) -> None:
+        wi = w.astype(np.int32)
+        if w_zero_point is not None:
+            wz = np.asarray(w_zero_point).astype(np.int32)
+            wi = wi - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
+        self.wi = wi
+        self.wf = wi.astype(np.float32)
+        self.wmax = int(np.abs(wi).max()) if wi.size else 0
+        self.wrow = int(np.abs(wi, dtype=np.int64).reshape(wi.shape[0], -1).sum(axis=1).max()) if wi.size else 0
+        self.wt_cache = [None, None]
+
+
+class _PlainCtx:
+    """The fp32 plan's view for exact integer convs run through _conv_float: integer results
+    do not depend on any precision policy."""
+    plain = True
+    matmul = staticmethod(lambda a, b: _split_matmul(a, b))
+
+
+def _split_matmul(a, b):
+    from ..kernels.blas import matmul
+    return matmul(a, b)
+
+
+def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides, op_name,
+              prep: _IntWeights | None = None, geo=None):
+    """Exact sum (x - xzp) * (w - wzp) over each window, as int32 or int64 (N, M, *out).
+    prep: the weights prepared once (constant weights); geo: _int_geometry's result."""
+    kernel, out_sp, pb, pe, st, dl = geo or _int_geometry(x, w, group, auto_pad, dilations, kernel_shape, pads,
+                                                        strides, op_name)
     N, C = x.shape[:2]
     M = w.shape[0]
     Cg, Mg = C // group, M // group
     xz = 0 if x_zero_point is None else int(np.asarray(x_zero_point).reshape(-1)[0])
-    wi = w.astype(np.int32)
-    if w_zero_point is not None:
-        wz = np.asarray(w_zero_point).astype(np.int32)
-        wi = wi - (wz.reshape((-1,) + (1,) * (w.ndim - 1)) if wz.size > 1 else wz.reshape(()))
+    pw = prep if prep is not None else _IntWeights(w, w_zero_point)
+    wi = pw.wi
     K = Cg * math.prod(kernel)
     P = math.prod(out_sp)
     # Subtracting the zero point first makes zero padding equal to padding with the zero point.
     xmax = max(abs(int(x.max()) - xz), abs(int(x.min()) - xz)) if x.size else 0
-    wmax = int(np.abs(wi).max()) if wi.size else 0
     # Float32 columns hold the integers exactly; the GEMMs are exact as long as every partial
     # sum stays below 2**24 (sgemm_exact slices K or splits the weights to keep it so), and
     # the range comes from the input, not from a scan of the columns.
     xf = x.astype(np.float32) - np.float32(xz)
+    if pw.wrow * xmax < 2 ** 24 and N * M * P > 0:
+        # Every partial sum, in any order, is below 2**24: the plain fp32 conv (its nogil tile
+        # drivers, depthwise kernel) is exact, and its float32 integers convert exactly.
+        y = _conv_float(_PlainCtx, xf, pw.wf, None, group, kernel, out_sp, st, dl, pb, pe, wt_cache=pw.wt_cache)
+        return y.astype(np.int32)
     cols = windows(pad_spatial(xf, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
-    y = sgemm_exact(wi.reshape(group, Mg, K), cols, wmax, xmax, K)
+    y = sgemm_exact(wi.reshape(group, Mg, K), cols, pw.wmax, xmax, K)
     if y is None:
         xi = x.astype(np.int32) - xz
         cols = windows(pad_spatial(xi, pb, pe), kernel, out_sp, st, dl).reshape(N, group, K, P)
@@ -541,11 +575,41 @@ def _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kern
     return y.reshape((N, M) + tuple(out_sp))
 
 
+def _int_geometry(x, w, group, auto_pad, dilations, kernel_shape, pads, strides, op_name):
+    kernel = _check_conv(x, w, group, kernel_shape, op_name)
+    if w.shape[1] * group != x.shape[1] or w.shape[0] % group:
+        raise ExecutionError(f"{op_name}: weight {list(w.shape)} does not fit input {list(x.shape)} with group {group}")
+    out_sp, pb, pe, st, dl = window_geometry(x.shape[2:], kernel, strides, dilations, pads, auto_pad, op_name=op_name)
+    return kernel, out_sp, pb, pe, st, dl
+
+
 @op("ConvInteger", since=10)
 def conv_integer(ctx, x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
                  kernel_shape=None, pads=None, strides=None):
     return _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides,
-                     "ConvInteger").astype(np.int32)
+                     "ConvInteger").astype(np.int32, copy=False)
+
+
+def _specialize_conv_integer(node, consts: dict):
+    """Constant weights (and weight zero point): prepared once per model (int32/float32 copies,
+    bounds: ~0.6 ms a run on ddddocr_ocr_int8's 21 ConvIntegers), geometry once per shape."""
+    if 1 not in consts or (len(node.inputs) > 3 and node.inputs[3] and 3 not in consts):
+        return None
+    prep = _IntWeights(consts[1], consts.get(3))
+    seen: dict = {}
+
+    def fn(ctx, x, w, x_zero_point=None, w_zero_point=None, *, auto_pad="NOTSET", dilations=None, group=1,
+           kernel_shape=None, pads=None, strides=None):
+        geo = seen.get(x.shape)
+        if geo is None:
+            geo = seen[x.shape] = _int_geometry(x, w, group, auto_pad, dilations, kernel_shape, pads, strides,
+                                                "ConvInteger")
+        return _int_conv(x, w, x_zero_point, w_zero_point, group, auto_pad, dilations, kernel_shape, pads, strides,
+                         "ConvInteger", prep, geo).astype(np.int32, copy=False)
+    return fn
+
+
+conv_integer.specialize = _specialize_conv_integer
 
 
 @op("QLinearConv", since=10)
