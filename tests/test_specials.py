@@ -169,3 +169,45 @@ def test_hardmax_nan_rows(shape, axis, opset):
     for share in (0.05, 0.3, 0.9):
         x = _sprinkle(rng, shape, share=share)
         _check("Hardmax", [x], {"axis": axis}, opset=opset)
+
+
+# -- Clip -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("lo,hi", [(np.nan, 1.0), (-1.0, np.nan), (np.nan, np.nan), (np.nan, -np.inf),
+                                   (np.inf, np.nan), (2.0, -2.0), (np.inf, -np.inf), (-0.0, 0.0)])
+def test_clip_special_bounds(dtype, lo, hi):
+    # ORT ignores a NaN bound (x stays as it is on that side); NaN x stays NaN; lo > hi gives hi.
+    rng = np.random.default_rng(9)
+    for n in (5, 37):
+        x = _sprinkle(rng, (3, n), dtype)
+        _check("Clip", [x, dtype(lo), dtype(hi)], opset=13)
+        # fp16 with a missing bound: ORT's default is 65504, halfsim's fp32 plan computes fp16 in
+        # float32 whose default max lets inf through (known, left to the interpreter's owners)
+        if dtype != np.float16:
+            _check("Clip", [x, dtype(lo)], opset=13)
+
+
+def test_clip_nan_bound_fused_after_conv():
+    # The interpreter fuses Conv + Clip with constant bounds (ops/elementwise.clip_bounds).
+    from onnx import TensorProto, helper
+    from opcheck import graph_model
+    rng = np.random.default_rng(2)
+    x = _sprinkle(rng, (1, 2, 6, 6), share=0.1)
+    for lo, hi in [(np.nan, 6.0), (0.0, np.nan)]:
+        nodes = [helper.make_node("Conv", ["x", "w"], ["c"]), helper.make_node("Clip", ["c", "lo", "hi"], ["y"])]
+        m = graph_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(x.shape))],
+                        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 4, 4])],
+                        {"w": rng.standard_normal((3, 2, 3, 3)).astype(np.float32),
+                         "lo": np.array(lo, np.float32), "hi": np.array(hi, np.float32)}, opset=13)
+        _bits_equal(halfsim.load(m).run({"x": x})["y"], run_ort(m, {"x": x})[0])
+
+
+# -- QuantizeLinear -------------------------------------------------------------------------
+@pytest.mark.parametrize("zp", [np.uint8(7), np.int8(5), np.int8(-128), np.uint16(9), np.int16(-4)])
+@pytest.mark.parametrize("scale", [0.5, np.nan, np.inf, 0.0, 1e-30])
+def test_quantize_linear_specials(zp, scale):
+    # ORT clamps x / scale with maxps/minps before rounding: a NaN quotient (NaN x, 0/0,
+    # inf/inf) becomes the lowest code, +-inf the extremes.
+    x = np.array([np.nan, -np.nan, np.inf, -np.inf, 1.5, -0.0, 0.0, 300, -300, 2.5, -2.5, 1e30] * 3,
+                 np.float32)
+    _check("QuantizeLinear", [x, np.float32(scale), zp], opset=21 if zp.dtype.itemsize == 2 else 13)

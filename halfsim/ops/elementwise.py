@@ -425,10 +425,16 @@ def shrink(ctx, x, *, bias=0.0, lambd=0.5):
 
 
 # -- Clip and variadic ----------------------------------------------------------------------
+def _nan_bound(b, fill):
+    """ORT ignores a NaN Clip bound (its max/min keep x on an unordered pair): +-inf instead."""
+    return np.asarray(fill, b.dtype) if is_float(b) and b.size == 1 and np.isnan(b) else b
+
+
 @op("Clip", since=6)
 def clip6(ctx, x, *, min=-3.4028234663852886e38, max=3.4028234663852886e38):
     xf = up(x)
     t = xf.dtype.type
+    min, max = (-np.inf if np.isnan(min) else min), (np.inf if np.isnan(max) else max)
     if xf.dtype in _F32_64:
         return down(clip_ufunc(xf, t(min), t(max)), x.dtype)
     return down(np.minimum(np.maximum(xf, t(min)), t(max)), x.dtype)
@@ -442,6 +448,7 @@ def clip11(ctx, x, lo=None, hi=None):
         info = np.finfo(x.dtype) if is_float(x) else np.iinfo(x.dtype)
     lo = np.asarray(info.min, dtype=x.dtype) if lo is None else (lo.reshape(()) if lo.size == 1 else lo)
     hi = np.asarray(info.max, dtype=x.dtype) if hi is None else (hi.reshape(()) if hi.size == 1 else hi)
+    lo, hi = _nan_bound(lo, -np.inf), _nan_bound(hi, np.inf)
     if x.dtype in _F32_64:
         return clip_ufunc(x, lo, hi)
     y = np.maximum(x, lo)
@@ -455,8 +462,8 @@ def clip_bounds(node, const, dtype) -> tuple | None:
     not a one-element constant of that dtype."""
     dtype = np.dtype(dtype)
     if node.opset < 11:
-        return (np.asarray(node.attrs.get("min", -3.4028234663852886e38), dtype),
-                np.asarray(node.attrs.get("max", 3.4028234663852886e38), dtype))
+        return (_nan_bound(np.asarray(node.attrs.get("min", -3.4028234663852886e38), dtype), -np.inf),
+                _nan_bound(np.asarray(node.attrs.get("max", 3.4028234663852886e38), dtype), np.inf))
     bounds = []
     for k, default in ((1, np.finfo(dtype).min), (2, np.finfo(dtype).max)):
         name = node.inputs[k] if len(node.inputs) > k else ""
@@ -466,7 +473,7 @@ def clip_bounds(node, const, dtype) -> tuple | None:
         v = const(name)
         if not isinstance(v, np.ndarray) or v.size != 1 or v.dtype != dtype:
             return None
-        bounds.append(v.reshape(()))
+        bounds.append(_nan_bound(v.reshape(()), np.inf if k == 2 else -np.inf))
     return tuple(bounds)
 
 

@@ -63,6 +63,12 @@ def quantize(x: np.ndarray, scale, zp, qdtype, saturate: int = 1) -> np.ndarray:
         return v.astype(qdtype)
     lo, hi = _int_range(qdtype)
     z = np.float32(0) if zp is None else np.asarray(zp).astype(np.float32)
+    if qdtype in (np.int8, np.int16):
+        # ORT (MLAS maxps) maps a NaN quotient to the lowest code; numpy casts NaN to 0. Quantize
+        # to the unsigned type of the same width (codes - lo, NaN -> 0), then flip the sign bit.
+        u = np.dtype(qdtype.str.replace("i", "u"))
+        v = np.clip(np.rint(v) + (z - np.float32(lo)), np.float32(0), np.float32(hi - lo))
+        return (v.astype(u) ^ u.type(-lo)).view(qdtype)
     v = np.clip(np.rint(v) + z, np.float32(lo), np.float32(hi))
     if qdtype == np.int32:
         # float32 cannot hold int32's max: clip in float64 before the cast.
