@@ -387,3 +387,38 @@ def test_matmul_integer_constant_b_prepared_once(k, a_lo, a_hi, a_zp, b_zp):
     got = check_op("MatMulInteger", ins, opset=10, initializers=inits, rtol=0, atol=0)
     want = (a.astype(np.int64) - a_zp) @ (b.astype(np.int64) - (b_zp or 0))
     np.testing.assert_array_equal(got[0], want)
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("tb,b_zp", [(np.uint8, "scalar"), (np.int8, "vector"), (np.uint8, None)])
+@pytest.mark.parametrize("bound", [True, False])
+def test_matmul_integer_constant_8bit_b_blocks(tb, b_zp, threads, bound, monkeypatch):
+    # An 8-bit constant B stays 8-bit: column blocks widened per call (kernels/qgemm.py),
+    # 1100 columns in uneven ~1 MB blocks, a 3-D A, split over threads from 8M multiply-adds;
+    # without a bindable sgemm (bound=False) the float32 copy of B - bzp goes to sgemm_exact.
+    from halfsim.kernels import cblas
+    from halfsim.ops import linalg
+    if bound and not cblas.sgemm_address():
+        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
+    monkeypatch.setenv("HALFSIM_THREADS", threads)
+    calls = []
+    real = linalg._blocked_int_gemm
+    monkeypatch.setattr(linalg, "_blocked_int_gemm", lambda *a: calls.append(1) or real(*a))
+    if not bound:
+        monkeypatch.setattr(cblas, "sgemm_address", lambda: 0)
+    K, N = 1024, 1100
+    a = rng.integers(0, 128, (2, 4, K), dtype=np.uint8)
+    a[0, 0, ::50] = 127  # extremes; every row still within one exact GEMM
+    lo, hi = np.iinfo(tb).min, np.iinfo(tb).max
+    b = rng.integers(lo, hi + 1, (K, N)).astype(tb)
+    b[:, 0], b[:, -1] = lo, hi
+    ins = [a, b, np.array(60, np.uint8)]
+    if b_zp == "scalar":
+        ins.append(np.array(7, tb))
+    elif b_zp == "vector":
+        ins.append(rng.integers(-5, 6, (N,)).astype(tb))
+    inits = (1, 3) if b_zp else (1,)
+    got = check_op("MatMulInteger", ins, opset=10, initializers=inits, rtol=0, atol=0)
+    bz = ins[3].astype(np.int64) if b_zp else 0
+    np.testing.assert_array_equal(got[0], (a.astype(np.int64) - 60) @ (b.astype(np.int64) - bz))
+    assert len(calls) == (1 if bound else 0)

@@ -52,6 +52,12 @@ def int_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return split_matmul(a.astype(np.int64), b.astype(np.int64))
 
 
+def one_gemm_exact(a: np.ndarray, amax: int, bmax: int, k: int) -> bool:
+    """Whether every partial sum of a @ b (integers, |a| <= amax, |b| <= bmax) is below 2**24,
+    so that one float32 GEMM is exact in any summation order."""
+    return amax * bmax * k < 2 ** 24 or bool(a.size and int(np.abs(a, dtype=np.int64).sum(axis=-1).max()) * bmax < 2 ** 24)
+
+
 def sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray | None:
     """a @ b as int32 through float32 GEMMs when that is exact, else None. a: integers with
     |a| <= amax; bf: b as float32 (or a callable making it) with |b| <= bmax. Every result is
@@ -60,7 +66,7 @@ def sgemm_exact(a: np.ndarray, bf, amax: int, bmax: int, k: int) -> np.ndarray |
     # Every partial sum of row m is at most sum_k |a_mk| * bmax: activations are far from
     # amax almost everywhere, so this usually allows one GEMM where amax * bmax * k does not
     # (K-slices cost ~1.4x one GEMM; ddddocr's MatMulInteger bound: 0.07 * 2**24 vs 1.06).
-    if amax * bmax * k < 2 ** 24 or (a.size and int(np.abs(a, dtype=np.int64).sum(axis=-1).max()) * bmax < 2 ** 24):
+    if one_gemm_exact(a, amax, bmax, k):
         return split_matmul(a.astype(np.float32), bf() if callable(bf) else bf).astype(np.int32)
     kc = (2 ** 24 - 1) // (amax * bmax) if amax * bmax else k
     if kc >= 1 and -(-k // kc) <= 8:
@@ -286,25 +292,61 @@ def matmul_integer(ctx, a, b, a_zero_point=None, b_zero_point=None):
 
 
 def _specialize_matmul_integer(node, consts: dict):
-    """With a constant 2-D B (and zero point), B - bzp is converted to float32 once per model
-    instead of on every run; A (the activation, usually the small side) is split into
-    16 * hi + lo when one sgemm would not be exact. Same int32 result as matmul_integer."""
+    """With a constant 2-D B (and zero point): B - bzp is prepared once per model. An 8-bit B
+    stays 8-bit: column blocks are widened to float32 per call in a cache-sized buffer
+    (kernels/qgemm.py; no 4x float32 copy of the weights, same CPU time) whenever one float32
+    GEMM is exact; otherwise (or without a bindable sgemm) a float32 copy of B - bzp, made on
+    first need, goes to sgemm_exact, which may split A into 16 * hi + lo. Same int32 result as
+    matmul_integer."""
     b = consts.get(1)
     if b is None or b.ndim != 2 or (len(node.inputs) > 3 and node.inputs[3] and 3 not in consts):
         return None
-    bc = (b.astype(np.int32) - _zp_col(consts.get(3))).astype(np.float32)
-    bmax = int(np.abs(bc).max()) if bc.size else 0
-    K = b.shape[0]
+    K, N = b.shape
+    zp = consts.get(3)
+    zc = _zp_col(zp)
+    # max |b - bzp| from column extremes (no full-size temporary: peak memory counts it).
+    z = np.asarray(zc, dtype=np.int64)
+    bmax = int(np.maximum(np.abs(b.max(axis=0).astype(np.int64) - z), np.abs(b.min(axis=0).astype(np.int64) - z)).max()) \
+        if b.size else 0
+    bz = np.asarray(zc, dtype=np.float32).reshape(-1)
+    blocked = b.dtype in (np.uint8, np.int8) and b.flags.c_contiguous and bz.size in (1, N) and b.size > 0
+    bc: list = []  # the float32 copy of B - bzp, made on first need
+
+    def bf():
+        if not bc:
+            bc.append((b.astype(np.int32) - zc).astype(np.float32))
+        return bc[0]
 
     def fn(ctx, a, b_, a_zero_point=None, b_zero_point=None):
         if a.ndim < 2:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         A = a.astype(np.int32) - _zp_row(a_zero_point, a)
-        y = sgemm_exact(A, bc, int(np.abs(A).max()) if A.size else 0, bmax, K)
+        amax = int(np.abs(A).max()) if A.size else 0
+        if blocked and A.size and one_gemm_exact(A, amax, bmax, K):
+            from ..kernels.cblas import sgemm_address
+            fptr = sgemm_address()
+            if fptr:
+                return _blocked_int_gemm(fptr, A, b, bz)
+        y = sgemm_exact(A, bf, amax, bmax, K)
         if y is None:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
         return y
     return fn
+
+
+def _blocked_int_gemm(fptr: int, A: np.ndarray, b: np.ndarray, bz: np.ndarray) -> np.ndarray:
+    """A (..., K) @ (b - bz) as int32 through kernels/qgemm.blocks_u8 (exactness is the
+    caller's check); column blocks of ~1 MB of float32, split on the kernel threads from the
+    split matmul's threshold."""
+    from ..kernels.blas import _MIN_WORK
+    from ..kernels.conv import run_split
+    from ..kernels.qgemm import blocks_u8
+    K, N = b.shape
+    af = A.reshape(-1, K).astype(np.float32)
+    y = np.empty((af.shape[0], N), np.float32)
+    nb = max(16, min(N, (1 << 20) // (4 * K) // 16 * 16))
+    run_split(blocks_u8, (fptr, af, b, bz, y, nb), -(-N // nb), af.shape[0] * K * N, min_work=_MIN_WORK)
+    return y.astype(np.int32).reshape(A.shape[:-1] + (N,))
 
 
 # The fp32 interpreter offers ops with a `specialize(node, constant inputs)` attribute a
