@@ -211,3 +211,24 @@ def test_quantize_linear_specials(zp, scale):
     x = np.array([np.nan, -np.nan, np.inf, -np.inf, 1.5, -0.0, 0.0, 300, -300, 2.5, -2.5, 1e30] * 3,
                  np.float32)
     _check("QuantizeLinear", [x, np.float32(scale), zp], opset=21 if zp.dtype.itemsize == 2 else 13)
+
+
+# -- RNN ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("direction", ["forward", "reverse", "bidirectional"])
+@pytest.mark.parametrize("with_init", [False, True])
+def test_rnn_first_step_without_initial_h(direction, with_init):
+    # ORT's first step without initial_h skips h.R^T, so an infinite or NaN recurrence weight
+    # only reaches the output from the second step on; with an (all-zero) initial_h it is
+    # multiplied in at once. Values and NaN positions vs ORT (tanh's last bit is ORT's own).
+    from opcheck import assert_same
+    rng = np.random.default_rng(4)
+    nd, H = (2 if direction == "bidirectional" else 1), 3
+    x = rng.standard_normal((4, 2, 2)).astype(np.float32)
+    W = rng.standard_normal((nd, H, 2)).astype(np.float32)
+    R = rng.standard_normal((nd, H, H)).astype(np.float32)
+    R[:, 1, 0], R[:, 2, 2] = np.inf, np.nan
+    ins = [x, W, R] + ([None, None, np.zeros((nd, 2, H), np.float32)] if with_init else [])
+    got, want = _run_both("RNN", ins, {"hidden_size": H, "direction": direction}, n_outputs=2)
+    for g, w in zip(got, want):
+        assert_same(g, w)
+    assert np.isnan(want[0]).any() and not np.isnan(want[0]).all()

@@ -274,8 +274,15 @@ def _rnn(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation
     H = R.shape[-1]
     bias = None if B is None else B[:, :H] + B[:, H:]
 
+    started = set() if initial_h is None else None
+
     def cell(ctx, d, xw, states, bd):
-        pre = xw + ctx.matmul(states[0], Rt[d])
+        if started is not None and d not in started:
+            # ORT's first step without initial_h has no h.R^T product (0 * inf would be NaN)
+            started.add(d)
+            pre = xw + xw.dtype.type(0)
+        else:
+            pre = xw + ctx.matmul(states[0], Rt[d])
         if bd is not None:
             pre = pre + bd
         pre = ctx.round(_clip(pre, clip))
