@@ -334,6 +334,7 @@ class _FastGraph:
                  and vi.dtype.kind in "iub" and vi.shape is not None
                  and all(isinstance(d, int) for d in vi.shape) and int(np.prod(vi.shape)) <= _META_VALUE_MAX}
         self.steps = _memo_meta_steps(self.steps, env, set(self.outputs), small)
+        self.steps = _fuse_view_chains(graph, self.steps, env, set(self.outputs))
         self.code, self._code_steps = None, None
 
     def compiled(self) -> Callable[["_Runner", dict], None]:
@@ -855,6 +856,85 @@ class _MetaMemo:
                 _frozen(v)
             self.cache[key] = vals
         return vals
+
+
+# Ops whose output is their input's elements in the same order (Transpose: when the
+# permutation moves only size-1 axes, checked per shape), and the heads a chain may start with.
+_VIEW_TAIL = frozenset(("Squeeze", "Unsqueeze", "Reshape", "Flatten", "Identity", "Transpose"))
+_VIEW_HEAD = _VIEW_TAIL | {"Slice"}
+
+
+def _fuse_view_chains(graph: G.Graph, steps: list, consts: Mapping, outputs: set) -> list:
+    """A step of _VIEW_HEAD followed by _VIEW_TAIL steps, each the only reader of the previous
+    output (DTLN: Slice -> Squeeze -> Unsqueeze, Transpose -> Squeeze -> Transpose), with
+    constant parameters, becomes one step: the head, then one reshape to the tail's final
+    shape, found per input shape by running the tail's own ops (errors theirs). Streaming
+    models run dozens of these ~1 us steps a call. Same values: each tail op is a reshape
+    of the same elements (a real transpose keeps running the ops)."""
+    def plain(st) -> bool:
+        node, fn, ins, attrs, outs, dead, sub = st
+        return (not sub and node.domain == "" and len(outs) == 1 and bool(outs[0]) and outs == tuple(node.outputs)
+                and bool(ins) and bool(ins[0]) and ins[0] not in consts and not isinstance(fn, _MetaMemo)
+                and all((not t) or t in consts for t in ins[1:]))
+    by_node = {st[0].index: i for i, st in enumerate(steps) if plain(st)}
+    out, taken = [], set()
+    for i, st in enumerate(steps):
+        if i in taken:
+            continue
+        if st[0].op_type not in _VIEW_HEAD or i not in by_node.values() or by_node.get(st[0].index) != i:
+            out.append(st)
+            continue
+        chain, t = [], st[4][0]
+        while t not in outputs:
+            c = graph.consumers.get(t, [])
+            j = by_node.get(c[0], -1) if len(c) == 1 else -1
+            if j <= i or j in taken or steps[j][0].op_type not in _VIEW_TAIL or steps[j][2][0] != t \
+                    or t in steps[j][2][1:]:
+                break
+            chain.append(steps[j])
+            taken.add(j)
+            t = steps[j][4][0]
+        if not chain:
+            out.append(st)
+            continue
+        out.append((st[0], _ViewChain(st, chain, consts), st[2], {}, (t,), (), False))
+    return _redo_dead(out, set(outputs) | set(consts)) if taken else steps
+
+
+class _ViewChain:
+    """One chain of _fuse_view_chains as a step function."""
+
+    def __init__(self, head: tuple, tail: list, consts: Mapping):
+        self.head, self.head_attrs = head[1], head[3]
+        self.tail = [(st[0], st[1], [consts[t] if t else None for t in st[2][1:]], st[3],
+                      OpContext(st[0], None, _FP32_RUNNER)) for st in tail]
+        self.cache: dict = {}
+
+    def __call__(self, ctx, *args):
+        y = self.head(ctx, *args, **self.head_attrs)
+        if type(y) is np.ndarray:
+            shape = self.cache.get(y.shape)
+            if shape is not None:
+                return y.reshape(shape)
+        x, flat = y, type(y) is np.ndarray
+        for node, fn, rest, attrs, c in self.tail:
+            x0 = x
+            x = _normalize(_call_op(node, fn, c, [x] + rest, attrs), 1)[0]
+            if flat and (type(x) is not np.ndarray or node.op_type == "Transpose"
+                         and not _keeps_order(x0.shape, attrs.get("perm"))):
+                flat = False
+        if flat:
+            if len(self.cache) >= _META_ENTRIES:
+                self.cache.clear()
+            self.cache[y.shape] = x.shape
+        return x
+
+
+def _keeps_order(shape: tuple, perm) -> bool:
+    """Whether Transpose(perm) of `shape` leaves the elements in C order (it moves only size-1 axes)."""
+    perm = list(range(len(shape)))[::-1] if perm is None else [int(p) % max(1, len(shape)) for p in perm]
+    moved = [p for p in perm if shape[p] != 1]
+    return moved == sorted(moved)
 
 
 def _redo_dead(steps: list, keep: set) -> list:

@@ -446,3 +446,69 @@ def test_fp32_schedule_direct_elementwise_steps_match_ort_and_the_general_path(d
         assert fast[name].dtype == want[i].dtype and fast[name].shape == want[i].shape
         np.testing.assert_allclose(fast[name].astype(np.float64), want[i].astype(np.float64), rtol=2e-3, atol=1e-3)
         np.testing.assert_array_equal(fast[name], general[name])
+
+
+def _view_chain_model():
+    """sl..rs: Slice -> Squeeze -> Unsqueeze -> Transpose (of size-1 axes while n == 1) ->
+    Reshape; id..fl: Identity -> a real Transpose -> Flatten; s2 is read twice (w and v), so
+    the chain from sl2 ends with sq2."""
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    f = TensorProto.FLOAT
+    nodes = [helper.make_node("Slice", ["x", "st", "en", "ax"], ["sl"], name="sl"),
+             helper.make_node("Squeeze", ["sl", "one"], ["sq"], name="sq"),
+             helper.make_node("Unsqueeze", ["sq", "zero"], ["us"], name="us"),
+             helper.make_node("Transpose", ["us"], ["tr"], perm=[1, 0, 2], name="tr"),
+             helper.make_node("Reshape", ["tr", "shp"], ["y"], name="rs"),
+             helper.make_node("Identity", ["x"], ["t"], name="id"),
+             helper.make_node("Transpose", ["t"], ["t2"], perm=[2, 1, 0], name="t"),
+             helper.make_node("Flatten", ["t2"], ["z"], axis=1, name="fl"),
+             helper.make_node("Squeeze", ["x2", "one"], ["s2"], name="sq2"),
+             helper.make_node("Add", ["s2", "fone"], ["w"], name="w"),
+             helper.make_node("Unsqueeze", ["s2", "zero"], ["v"], name="v"),
+             helper.make_node("Slice", ["x", "st", "en", "ax"], ["x2"], name="sl2")]
+    nodes = nodes[:8] + [nodes[11]] + nodes[8:11]
+    inits = [numpy_helper.from_array(a, n) for n, a in
+             [("st", i64(0)), ("en", i64(1)), ("ax", i64(1)), ("one", i64(1)), ("zero", i64(0)),
+              ("shp", i64(0, -1)), ("fone", np.ones((), np.float32))]]
+    g = helper.make_graph(nodes, "views", [helper.make_tensor_value_info("x", f, ["n", 2, "l"])],
+                          [helper.make_tensor_value_info(n, f, None) for n in ("y", "z", "w", "v")], inits)
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_view_chains_run_as_one_step_with_the_ops_values_and_errors():
+    import onnxruntime as ort
+    proto = _view_chain_model()
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    m = halfsim.load(proto)
+    rng = np.random.default_rng(8)
+    for n, L in [(1, 5), (1, 5), (3, 4), (1, 7), (3, 4)]:  # n = 3: Transpose(1, 0, 2) really moves data
+        x = rng.standard_normal((n, 2, L)).astype(np.float32)
+        if L == 7:
+            x = np.ascontiguousarray(x.transpose(2, 1, 0)).transpose(2, 1, 0)  # a non-contiguous input
+        want = dict(zip(["y", "z", "w", "v"], sess.run(None, {"x": x})))
+        fast, general = m.run({"x": x}), m.run({"x": x}, observe="all")
+        for k in want:
+            assert fast[k].shape == want[k].shape
+            np.testing.assert_array_equal(fast[k], want[k])
+            np.testing.assert_array_equal(fast[k], general[k])
+    fg = m._fast[id(m.graph)]
+    # sl..rs, id..fl and sl2 -> sq2 (whose output has two readers: the chain ends there), w, v
+    assert len(fg.steps_exact) == 12 and len(fg.steps) == 5
+    # A tail op that rejects a new shape: its own error, as node by node.
+    i64 = lambda *v: np.array(v, np.int64)  # noqa: E731
+    g = helper.make_graph([helper.make_node("Slice", ["x", "st", "en", "ax"], ["sl"]),
+                           helper.make_node("Squeeze", ["sl", "zero"], ["sq"], name="squeeze_n"),
+                           helper.make_node("Unsqueeze", ["sq", "zero"], ["y"])],
+                          "bad", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [numpy_helper.from_array(a, n) for n, a in
+                           [("st", i64(0)), ("en", i64(2)), ("ax", i64(1)), ("zero", i64(0))]])
+    m2 = halfsim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    np.testing.assert_array_equal(m2.run({"x": np.ones((1, 4), np.float32)})["y"], np.ones((1, 2), np.float32))
+    assert len(m2._fast[id(m2.graph)].steps) == 1
+    feeds = {"x": np.ones((2, 4), np.float32)}
+    with pytest.raises(HalfsimError) as fast_err:
+        m2.run(feeds)
+    with pytest.raises(HalfsimError) as general_err:
+        m2.run(feeds, observe="all")
+    assert str(fast_err.value) == str(general_err.value) and "\n" not in str(fast_err.value)
