@@ -15,7 +15,8 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from ..errors import ExecutionError, ModelError
-from ..kernels.conv import threads
+from ..kernels import convtile
+from ..kernels.conv import run_split, threads
 from .linalg import int_matmul, is_float, requantize, sgemm_exact
 from .registry import op
 
@@ -186,11 +187,14 @@ def _sgemm():
 
 def _sgemm_address() -> int:
     """sgemm's address for the nogil tile drivers; 0 (the numpy/ctypes tiles) when unbound or
-    when HALFSIM_NO_CONV_DRIVER is set (A/B timing of the two routes)."""
-    if os.environ.get("HALFSIM_NO_CONV_DRIVER"):
-        return 0
-    from ..kernels.cblas import sgemm_address
-    return sgemm_address()
+    when HALFSIM_NO_CONV_DRIVER is set at the first conv (A/B timing of the two routes)."""
+    if not _ADDR:
+        from ..kernels.cblas import sgemm_address
+        _ADDR.append(0 if os.environ.get("HALFSIM_NO_CONV_DRIVER") else sgemm_address())
+    return _ADDR[0]
+
+
+_ADDR: list = []  # [sgemm's address or 0], looked up once (a lookup per conv cost ~6 us)
 
 
 _EMPTY32 = np.empty(0, np.float32)
@@ -218,7 +222,6 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
     and numpy for the copy-out, so a tile holds the GIL only between calls. Each output is a
     sum of per-tap dot products of length C, then the bias (im2col: one dot product of length
     C*KH*KW, then the bias): the same values up to fp32 summation order."""
-    from ..kernels.conv import run_split
     sgemm = _sgemm()
     N, C, H, W = x.shape
     KH, KW, M = wt.shape[:3]
@@ -241,10 +244,9 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
     fptr = _sgemm_address()
     if fptr:
         # One nogil numba call per chunk of tiles (kernels/convtile.py): no GIL between calls.
-        from ..kernels.convtile import shifted_tiles
         offs = np.array([off for _, off in taps], dtype=np.int64)
         bias1 = _EMPTY32 if bias is None else bias.reshape(M)
-        run_split(shifted_tiles, (fptr, xp.reshape(-1), wt.reshape(-1), offs, bias1, y, C, plane, Wp, rows,
+        run_split(convtile.shifted_tiles, (fptr, xp.reshape(-1), wt.reshape(-1), offs, bias1, y, C, plane, Wp, rows,
                                   per_image), N * per_image, work, min_work=_POINTWISE_PAR_WORK)
         return y
     base = xp.ctypes.data
@@ -294,7 +296,6 @@ def _conv_tiles_parallel(win, w, b, N, group, Mg, K, out_sp):
     so the whole conv, not only its GEMM, uses the cores. Tiles hold ~_TILE_BYTES of columns
     (cache-resident between copy and GEMM, and wide enough for an efficient GEMM). Each
     output is still one BLAS dot product of length K, as in the serial path."""
-    from ..kernels.conv import run_split
     inner = math.prod(out_sp[1:])
     y = np.empty((N, group, Mg, math.prod(out_sp)), dtype=np.result_type(win.dtype, w.dtype))
     bias = None if b is None else b.astype(y.dtype, copy=False).reshape(group, Mg, 1)
@@ -321,8 +322,6 @@ def _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides
     threads from _PAR_WORK multiply-adds (as _conv_tiles_parallel). One thread: the same
     tiles serially, ~_TILE_BYTES of columns each (no whole im2col matrix: less memory, and the
     block stays in cache between copy and GEMM; measured faster than the numpy route)."""
-    from ..kernels.conv import run_split
-    from ..kernels.convtile import im2col_tiles
     OH, OW = out_sp
     M = group * Mg
     y = np.empty((N, M, OH * OW), dtype=np.float32)
@@ -332,7 +331,7 @@ def _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides
         rows = max(1, min(OH, _TILE_BYTES // (4 * K * OW)))
     per_image = -(-OH // rows)
     bias = _EMPTY32 if b is None else np.ascontiguousarray(b, dtype=np.float32)
-    run_split(im2col_tiles, (fptr, xp.reshape(-1), np.ascontiguousarray(w).reshape(M, K), bias, y, xp.shape[1],
+    run_split(convtile.im2col_tiles, (fptr, xp.reshape(-1), np.ascontiguousarray(w).reshape(M, K), bias, y, xp.shape[1],
                              xp.shape[2], xp.shape[3], group, kernel[0], kernel[1],
                              strides[0], strides[1], dilations[0], dilations[1], OW, rows, per_image),
               N * per_image, N * M * K * OH * OW, min_work=_PAR_WORK)
@@ -346,8 +345,6 @@ def _conv_pointwise_driver(fptr, x, w, b, N, M, C, P, out_sp):
     this replaces: kernels/blas._MIN_WORK; at 2M, 16x64x208 -> 32 measured 0.51 -> 0.81 ms
     CPU at two threads); tiles hold ~_SHIFT_TILE_BYTES of output (still in cache for the
     bias) and, with threads, >= 2 per thread and >= _MIN_TILE_COLS."""
-    from ..kernels.conv import run_split
-    from ..kernels.convtile import pointwise_tiles
     y = np.empty((N, M, P), dtype=np.float32)
     cols = max(_MIN_TILE_COLS, _SHIFT_TILE_BYTES // (4 * M))
     work = N * M * C * P
@@ -356,7 +353,7 @@ def _conv_pointwise_driver(fptr, x, w, b, N, M, C, P, out_sp):
     cols = min(cols, P)
     per_image = -(-P // cols)
     bias = _EMPTY32 if b is None else np.ascontiguousarray(b, dtype=np.float32)
-    run_split(pointwise_tiles, (fptr, x.reshape(-1), np.ascontiguousarray(w).reshape(M, C), bias, y, C, cols,
+    run_split(convtile.pointwise_tiles, (fptr, x.reshape(-1), np.ascontiguousarray(w).reshape(M, C), bias, y, C, cols,
                                 per_image), N * per_image, work, min_work=_POINTWISE_PAR_WORK)
     return y.reshape((N, M) + tuple(out_sp))
 
