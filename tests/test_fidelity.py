@@ -140,3 +140,23 @@ def test_unrolled_lstm_directions(attrs):
         ulp = np.spacing(np.abs(want[name]).astype(np.float16)).astype(np.float32)
         assert np.all(np.abs(got[name] - want[name]) <= 0.5 * ulp + 1e-6), name
         assert np.array_equal(got[name], got[name].astype(np.float16).astype(np.float32))
+
+
+@pytest.mark.parametrize("n", [300, 20000])
+@pytest.mark.parametrize("static", [True, False])
+def test_sigmoid_oracle_computes_halfsims_fp32_sigmoid(n, static):
+    # Small tensors: halfsim computes 1/(1+exp(-x)) in fp32, where MLAS's logistic (ORT's
+    # Sigmoid) errs by ~1e-7 absolute and flips fp16 roundings of outputs below 1e-3; large
+    # ones: halfsim emulates MLAS bit for bit. The oracle follows, with a size known before the
+    # run or not.
+    node = helper.make_node("Sigmoid", ["x"], ["y"])
+    g = helper.make_graph([node], "s", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n] if static else ["n"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    x = np.random.default_rng(n).uniform(-16, 4, n).astype(np.float16).astype(np.float32)
+    oracle = ortb.run(ortb.cast_rewrite(proto, "fp16"), {"x": x}, optimize=False)["y"]
+    got = halfsim.load(proto).run({"x": x}, precision="fp16")["y"]
+    np.testing.assert_array_equal(got, oracle)
+    if n < 16384:  # ORT's own Sigmoid, rounded, is another function there
+        plain = ortb.run(proto, {"x": x})["y"].astype(np.float16).astype(np.float32)
+        assert not np.array_equal(plain, oracle)

@@ -111,6 +111,7 @@ def cast_rewrite(proto: onnx.ModelProto, fmt: str = "fp16", saturate_weights: bo
                 for sg in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
                     collect(sg)
     collect(inferred.graph)
+    opset = max((o.version for o in m.opset_import if o.domain in ("", "ai.onnx")), default=1)
     float_names = {k for k, v in infos.items() if v.type.tensor_type.elem_type == TensorProto.FLOAT}
 
     def rewrite(g: onnx.GraphProto) -> None:
@@ -139,7 +140,7 @@ def cast_rewrite(proto: onnx.ModelProto, fmt: str = "fp16", saturate_weights: bo
                         a.floats.extend(float(v) for v in vals)
                 new_nodes.append(n2)
                 continue
-            body = _faithful_nodes(n2, inits, infos) if faithful else None
+            body = _faithful_nodes(n2, inits, infos, opset) if faithful else None
             new_nodes.extend(body if body is not None else [n2])
             for j, o in enumerate(n.output):
                 if o in float_names:
@@ -170,9 +171,9 @@ def _static_size(vi) -> int | None:
     return int(np.prod([d.dim_value for d in dims], dtype=np.int64))
 
 
-def _faithful_nodes(n: onnx.NodeProto, inits: dict, infos: dict) -> list | None:
-    """n as ORT nodes computing it faithfully in fp32 (see cast_rewrite), producing n's output
-    names; None to keep n as it is."""
+def _faithful_nodes(n: onnx.NodeProto, inits: dict, infos: dict, opset: int) -> list | None:
+    """n as ORT nodes computing what halfsim's fp32 mode computes for it (see cast_rewrite),
+    producing n's output names; None to keep n as it is."""
     from onnx import helper, numpy_helper
     if n.domain not in ("", "ai.onnx"):
         return None
@@ -180,10 +181,18 @@ def _faithful_nodes(n: onnx.NodeProto, inits: dict, infos: dict) -> list | None:
     p = (n.name or n.output[0]) + "__f_"
     if n.op_type == "Sigmoid":
         size = _static_size(infos.get(n.input[0]))
-        if size is None or size >= _MLAS_MIN:
+        if (size is not None and size >= _MLAS_MIN) or (size is None and opset < 9):
             return None
         one = helper.make_node("Constant", [], [p + "one"], value=numpy_helper.from_array(np.ones((), np.float32)))
-        return [one] + _sigmoid_nodes(n.input[0], n.output[0], p, one.output[0])
+        if size is not None:
+            return [one] + _sigmoid_nodes(n.input[0], n.output[0], p, one.output[0])
+        # Size unknown before the run: both, chosen by the tensor's size as halfsim chooses.
+        lim = helper.make_node("Constant", [], [p + "lim"], value=numpy_helper.from_array(np.array(_MLAS_MIN - 1, np.int64)))
+        return [one, lim] + _sigmoid_nodes(n.input[0], p + "small", p, one.output[0]) + [
+            helper.make_node("Sigmoid", [n.input[0]], [p + "mlas"]),
+            helper.make_node("Size", [n.input[0]], [p + "size"]),
+            helper.make_node("Greater", [p + "size", p + "lim"], [p + "big"]),
+            helper.make_node("Where", [p + "big", p + "mlas", p + "small"], [n.output[0]])]
     if n.op_type == "LSTM":
         return _lstm_nodes(n, inits, infos, p)
     return None
