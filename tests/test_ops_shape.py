@@ -320,3 +320,26 @@ def test_constant_parameter_ops_on_changing_shapes():
             assert_same(got[name], want, 0, 0, what=f"{name} at {shp}")
     with pytest.raises(halfsim.HalfsimError, match="Squeeze"):
         hm.run({"x": r(3, 4, 5), "x1": r(3, 2)})
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "edge", "wrap"])
+def test_pad_constant_pads_on_changing_shapes(mode):
+    """A Pad with constant pads keeps its plan (checks, gather indices) per input shape and
+    dtype in fp32 schedules: ORT's values and the node-by-node path's, shape after shape;
+    a shape too small to reflect still fails with the op's one-line error."""
+    inits = {"pads": I64(1, -1, 2, 0, 2, 1), "cv": np.array(2.5, F)}
+    g = helper.make_graph([helper.make_node("Pad", ["x", "pads", "cv"], ["y"], mode=mode)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["a", "b", "c"])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                          [helper.make_tensor(k, TensorProto.FLOAT if v.dtype == F else TensorProto.INT64, v.shape,
+                                              v.reshape(-1)) for k, v in inits.items()])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)])
+    hm = halfsim.load(m)
+    for shp in [(3, 4, 5), (2, 5, 7), (3, 4, 5), (4, 6, 3)]:
+        feeds = {"x": r(*shp)}
+        got = hm.run(feeds)["y"]
+        assert_same(got, run_ort(m, feeds)[0], 0, 0, what=f"{mode} at {shp}")
+        np.testing.assert_array_equal(got, hm.run(feeds, observe="all")["y"])
+    if mode == "reflect":
+        with pytest.raises(halfsim.HalfsimError, match="reflect pads"):
+            hm.run({"x": r(3, 4, 2)})

@@ -351,7 +351,15 @@ def tile(ctx, x, repeats):
 # --- padding --------------------------------------------------------------------------------
 
 def _pad(x: np.ndarray, pads: list[int], mode: str, value, axes=None) -> np.ndarray:
-    rank = x.ndim
+    return _pad_apply(x, _pad_plan(x.shape, pads, mode, value, axes))
+
+
+def _pad_plan(shape: tuple, pads: list[int], mode: str, value, axes=None) -> tuple:
+    """What Pad does to an input of `shape` (all checks here): (crop index, "copy") or
+    (crop, "const", output shape, fill value, destination index) or (crop, "take", [(axis,
+    source index per output position)]) for reflect/edge/wrap (one gather per padded axis;
+    np.pad's generic machinery cost ~50 us a call)."""
+    rank = len(shape)
     axes = list(range(rank)) if axes is None else _axes(_ints(axes), rank)
     if len(pads) != 2 * len(axes):
         raise ExecutionError(f"Pad: {len(pads)} pads for {len(axes)} axes")
@@ -359,42 +367,51 @@ def _pad(x: np.ndarray, pads: list[int], mode: str, value, axes=None) -> np.ndar
     for i, a in enumerate(axes):
         before[a], after[a] = pads[i], pads[i + len(axes)]
     # Negative pads crop first.
-    crop = tuple(slice(-b if b < 0 else 0, x.shape[i] + a if a < 0 else None)
+    crop = tuple(slice(-b if b < 0 else 0, shape[i] + a if a < 0 else None)
                  for i, (b, a) in enumerate(zip(before, after)))
-    x = x[crop]
+    cshape = tuple(len(range(*c.indices(d))) for c, d in zip(crop, shape))
     widths = [(max(b, 0), max(a, 0)) for b, a in zip(before, after)]
     if mode == "constant":
         if not any(b or a for b, a in widths):
-            return np.array(x)
-        v = np.zeros((), x.dtype) if value is None or np.asarray(value).size == 0 \
-            else np.asarray(value).reshape(-1)[0]
-        out = np.full([d + b + a for d, (b, a) in zip(x.shape, widths)], v, dtype=x.dtype)
-        out[tuple(slice(b, b + d) for d, (b, _) in zip(x.shape, widths))] = x
-        return out
+            return crop, "copy"
+        v = None if value is None or np.asarray(value).size == 0 else np.asarray(value).reshape(-1)[0]
+        return (crop, "const", [d + b + a for d, (b, a) in zip(cshape, widths)], v,
+                tuple(slice(b, b + d) for d, (b, _) in zip(cshape, widths)))
     if mode in ("reflect", "edge", "wrap"):
-        for d, (b, a) in zip(x.shape, widths):
+        gathers = []
+        for ax, (d, (b, a)) in enumerate(zip(cshape, widths)):
             if (b or a) and d == 0:
                 raise ExecutionError(f"Pad: cannot {mode}-pad an empty dimension")
             if mode == "reflect" and (b or a) and (b >= d or a >= d):
                 raise ExecutionError(f"Pad: reflect pads {b},{a} must be smaller than dimension {d}")
-        if mode == "reflect":  # np.pad's generic machinery costs ~50 us: one concatenate per axis
-            x0 = x
-            for ax, (b, a) in enumerate(widths):
-                if b or a:
-                    d = x.shape[ax]
-                    idx = [slice(None)] * x.ndim
-                    parts = []
-                    if b:
-                        idx[ax] = slice(b, 0, -1)
-                        parts.append(x[tuple(idx)])
-                    parts.append(x)
-                    if a:
-                        idx[ax] = slice(d - 2, d - 2 - a if d - 2 - a >= 0 else None, -1)
-                        parts.append(x[tuple(idx)])
-                    x = np.concatenate(parts, axis=ax)
-            return np.array(x) if x is x0 else x  # never a view of the input
-        return np.pad(x, widths, mode={"edge": "edge", "wrap": "wrap"}[mode])
+            if b or a:
+                pos = np.arange(-b, d + a)
+                if mode == "reflect":  # ... 2 1 | 0 1 2 .. d-1 | d-2 ...
+                    pos = np.abs(pos)
+                    pos = np.where(pos >= d, 2 * (d - 1) - pos, pos)
+                elif mode == "edge":
+                    pos = np.clip(pos, 0, d - 1)
+                else:
+                    pos = np.mod(pos, d)
+                gathers.append((ax, pos.astype(np.intp)))
+        return (crop, "take", gathers) if gathers else (crop, "copy")
     raise ExecutionError(f"Pad: unsupported mode {mode!r}")
+
+
+def _pad_apply(x: np.ndarray, plan: tuple) -> np.ndarray:
+    """Pad by a _pad_plan; never a view of the input."""
+    x = x[plan[0]]
+    kind = plan[1]
+    if kind == "copy":
+        return np.array(x)
+    if kind == "const":
+        v = np.zeros((), x.dtype) if plan[3] is None else plan[3]
+        out = np.full(plan[2], v, dtype=x.dtype)
+        out[plan[4]] = x
+        return out
+    for ax, idx in plan[2]:
+        x = x.take(idx, axis=ax)
+    return x
 
 
 @op("Pad", since=2, data_movement=True)
@@ -581,8 +598,34 @@ def _specialize_split(node, consts):
     return _by_shape(lambda shp: _split_index(shp, axis, split, n_out, num), _split_apply)
 
 
+def _specialize_pad(node, consts):
+    """Constant pads (value, axes): the checks and gather indices worked out per input shape."""
+    if "pads" in node.attrs:  # opset 2: attributes, the value cast to the input's dtype
+        pads, value, axes, cast = list(node.attrs["pads"]), node.attrs.get("value", 0.0), None, True
+    else:
+        p = _params(node, consts, 3)
+        if p is None or p[0] is None:
+            return None
+        pads, value, axes, cast = _ints(p[0]), p[1], p[2], False
+    mode = node.attrs.get("mode", "constant")
+    cache: dict = {}
+
+    def fn(ctx, x, *rest, **attrs):
+        key = (x.shape, x.dtype)
+        plan = cache.get(key)
+        if plan is None:
+            v = np.array(value, dtype=x.dtype) if cast and x.dtype.kind != "O" else value
+            plan = _pad_plan(x.shape, pads, mode, v, axes)
+            if len(cache) >= _MEMO_MAX:
+                cache.clear()
+            cache[key] = plan
+        return _pad_apply(x, plan)
+    return fn
+
+
 for _f, _s in ((split2, _specialize_split), (split13, _specialize_split), (split18, _specialize_split),
                (slice1, _specialize_slice), (slice10, _specialize_slice), (reshape, _specialize_reshape),
                (reshape14, _specialize_reshape), (squeeze, _specialize_squeeze), (squeeze13, _specialize_squeeze),
-               (unsqueeze, _specialize_unsqueeze), (unsqueeze13, _specialize_unsqueeze)):
+               (unsqueeze, _specialize_unsqueeze), (unsqueeze13, _specialize_unsqueeze), (pad2, _specialize_pad),
+               (pad11, _specialize_pad), (pad18, _specialize_pad)):
     _f.specialize = _s
