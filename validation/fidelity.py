@@ -79,6 +79,14 @@ def fp16_fidelity(proto: onnx.ModelProto, model, feeds: dict) -> dict[str, dict]
     return out
 
 
+def _first_departure(proto: onnx.ModelProto, feeds: dict) -> dict | None:
+    """The first node whose fp16 output is not bit-equal to the oracle's (validation.diverge)."""
+    from .diverge import first_divergence, oracle_intermediates
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        return first_divergence(proto, feeds, 0.0, "fp16", reference=oracle_intermediates(proto, feeds))
+
+
 def ort_cpu_fp16_agreement(proto: onnx.ModelProto, model, feeds: dict) -> dict[str, float]:
     from onnxconverter_common import float16
     with warnings.catch_warnings():
@@ -95,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m validation.fidelity")
     ap.add_argument("--models")
     ap.add_argument("--json")
+    ap.add_argument("--first-departure", action="store_true",
+                    help="also name the first node (topological order) whose fp16 output differs from the oracle's")
     args = ap.parse_args(argv)
     manifest = fetch.load_manifest()
     names = args.models.split(",") if args.models else [e["name"] for e in manifest]
@@ -109,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
             feeds = recipes.build_inputs(e["recipe"], proto)
             model = halfsim.load(path)
             rec["fp16"] = fp16_fidelity(proto, model, feeds)
+            if args.first_departure:
+                rec["first_departure"] = _first_departure(proto, feeds)
             try:
                 rec["ort_cpu_fp16"] = ort_cpu_fp16_agreement(proto, model, feeds)
             except Exception as ex:  # the converter's output does not load in ORT for some models
@@ -119,8 +131,14 @@ def main(argv: list[str] | None = None) -> int:
         fid = max((v["fidelity"] for v in rec.get("fp16", {}).values()), default=float("nan"))
         floor = max((v["noise_floor"] for v in rec.get("fp16", {}).values()), default=float("nan"))
         agree = max(rec.get("ort_cpu_fp16", {}).values(), default=float("nan"))
+        nonfinite = [f"{k}: nonfinite halfsim {v['nonfinite_halfsim']} oracle {v['nonfinite_oracle']}"
+                     for k, v in rec.get("fp16", {}).items() if v["nonfinite_halfsim"] != v["nonfinite_oracle"]]
         print(f"{e['name']:<18} fp16 fidelity {fid:9.3g} (1-ulp GEMM noise floor {floor:9.3g})   ort-cpu-fp16 rel L2 {agree:9.3g}  "
-              f"{rec.get('error', '') or rec.get('ort_cpu_fp16_error', '')}", flush=True)
+              f"{rec.get('error', '') or rec.get('ort_cpu_fp16_error', '')}{'; '.join(nonfinite)}", flush=True)
+        d = rec.get("first_departure")
+        if d:
+            print(f"{'':<18} first departure: node {d['index']} {d['op_type']} {d['node']!r} output {d['output']!r} "
+                  f"rel L2 {d['rel_l2']:.3g} {d.get('note') or ''}", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=2, default=float)
