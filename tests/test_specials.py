@@ -232,3 +232,34 @@ def test_rnn_first_step_without_initial_h(direction, with_init):
     for g, w in zip(got, want):
         assert_same(g, w)
     assert np.isnan(want[0]).any() and not np.isnan(want[0]).all()
+
+
+# -- Pow ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+@pytest.mark.parametrize("exponent", [0.5, 2.0, -1.0, 3.0, -0.5, np.nan, np.inf, -np.inf, 0.0])
+def test_pow_special_cases(dtype, exponent):
+    # C's pow as ORT calls it: pow(-inf, 0.5) = +inf and pow(-0, 0.5) = +0 (numpy's sqrt
+    # shortcut for 0.5 gave NaN and -0), pow(x, 0) = 1 even for NaN, pow(1, NaN) = 1.
+    x = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 2.5, -2.5, 4.0], dtype)
+    _check("Pow", [x, dtype(exponent)], opset=15)
+    _check("Pow", [x, np.full(x.shape, exponent, dtype)], opset=15)
+
+
+# -- ScatterElements / ScatterND reduction max/min --------------------------------------------
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("reduction", ["max", "min"])
+def test_scatter_max_min_nan(seed, reduction):
+    # ORT folds updates in order with acc = acc > u ? acc : u: a NaN survives only as a cell's
+    # last update, and a NaN in data gives way to the first update.
+    rng = np.random.default_rng(seed)
+    data = _sprinkle(rng, (4, 5), share=0.3)
+    idx = rng.integers(-4, 4, (6, 5)).astype(np.int64)  # many duplicates, negative indices
+    upd = _sprinkle(rng, (6, 5), share=0.4)
+    _check("ScatterElements", [data, idx, upd], {"axis": 0, "reduction": reduction}, opset=18)
+    idx1 = rng.integers(0, 5, (4, 7)).astype(np.int64)
+    _check("ScatterElements", [data, idx1, _sprinkle(rng, (4, 7), share=0.4)], {"axis": 1, "reduction": reduction},
+           opset=18)
+    nd_idx = rng.integers(0, 4, (7, 1)).astype(np.int64)  # whole rows, repeated
+    _check("ScatterND", [data, nd_idx, _sprinkle(rng, (7, 5), share=0.4)], {"reduction": reduction}, opset=18)
+    nd_idx2 = np.stack([rng.integers(0, 4, 9), rng.integers(0, 5, 9)], axis=1).astype(np.int64)
+    _check("ScatterND", [data, nd_idx2, _sprinkle(rng, (9,), share=0.4)], {"reduction": reduction}, opset=18)

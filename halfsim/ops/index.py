@@ -103,9 +103,16 @@ def gather_nd(ctx, data, indices, *, batch_dims=0):
 _UFUNC = {"add": np.add, "mul": np.multiply, "max": np.maximum, "min": np.minimum}
 
 
+def _nan_scatter(out, ix, upd, is_max) -> bool:
+    from .specials import scatter_max_min
+    return scatter_max_min(out, ix, upd, is_max)
+
+
 def _scatter_into(out: np.ndarray, ix: tuple, upd: np.ndarray, reduction: str, what: str) -> None:
     if reduction == "none":
         out[ix] = upd  # duplicates: the last update wins, as ORT's sequential loop does
+    elif reduction in ("max", "min") and out.dtype.kind == "f" and _nan_scatter(out, ix, upd, reduction == "max"):
+        pass  # NaN in data or updates: ORT's sequential fold (ops/specials.py)
     elif reduction in _UFUNC:
         _UFUNC[reduction].at(out, ix, upd)
     else:

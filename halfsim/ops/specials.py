@@ -4,6 +4,7 @@ their fast paths. Each rule names the ORT code it follows; tests/test_specials.p
 against ORT bit for bit."""
 from __future__ import annotations
 
+import numba
 import numpy as np
 
 from ..kernels.reduce_ort import mlas_min_max, ort_max_min
@@ -61,3 +62,29 @@ def arg_with_nan(xf: np.ndarray, nan: np.ndarray, ax: int, last: int, is_max: bo
         r = np.argmax(hit, axis=ax, keepdims=True)
     first_nan = np.take(nan, [0], axis=ax)
     return np.where(first_nan | ~hit.any(axis=ax, keepdims=True), 0, r).astype(np.int64)
+
+
+@numba.njit(cache=True, nogil=True)
+def _scatter_fold(out, targets, upd, is_max):
+    for k in range(targets.size):
+        t = targets[k]
+        a = out[t]
+        u = upd[k]
+        out[t] = a if (a > u if is_max else a < u) else u
+
+
+def scatter_max_min(out: np.ndarray, ix: tuple, upd: np.ndarray, is_max: bool) -> bool:
+    """ScatterElements/ScatterND reduction max/min in place, as ORT's loop: updates in order,
+    `acc = acc > u ? acc : u` (or <), so an unordered pair takes the update: a NaN survives only
+    as the last update of its cell, and a NaN already in data gives way to the first update.
+    Returns False (nothing done) when neither side holds NaN: then numpy's ufunc.at agrees."""
+    lead = np.broadcast_shapes(*(np.shape(i) for i in ix))
+    tail = out.shape[len(ix):]  # ScatterND indexes leading axes and scatters whole slices
+    upd = np.broadcast_to(upd, lead + tail)
+    if not (np.isnan(upd).any() or np.isnan(out[ix]).any()):
+        return False
+    cells = np.ravel_multi_index(tuple(np.broadcast_to(i, lead) for i in ix), out.shape[:len(ix)])
+    r = int(np.prod(tail, dtype=np.int64))
+    targets = (cells.reshape(-1, 1) * r + np.arange(r)).reshape(-1)
+    _scatter_fold(out.reshape(-1), targets, np.ascontiguousarray(upd).reshape(-1), is_max)
+    return True
