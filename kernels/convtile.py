@@ -46,6 +46,13 @@ def _sgemm_at(typingctx, fptr, M, N, K, a, aoff, lda, b, boff, ldb, beta, c, cof
     return sig, codegen
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile(t, per_image, rows, OH):
+    """Tile t's image and output rows [i0, i1): `per_image` tiles of `rows` rows per image."""
+    i0 = (t % per_image) * rows
+    return t // per_image, i0, min(OH, i0 + rows)
+
+
 @njit(cache=True, nogil=True)
 def shifted_tiles(fptr, xp, wt, offs, bias, y, C, plane, Wp, rows, per_image, lo, hi):
     """Tiles [lo, hi) of the shifted-GEMM conv (halfsim/ops/conv._conv_shifted): xp the padded
@@ -57,9 +64,7 @@ def shifted_tiles(fptr, xp, wt, offs, bias, y, C, plane, Wp, rows, per_image, lo
     nt = offs.size
     buf = np.empty(M * rows * Wp, np.float32)
     for t in range(lo, hi):
-        n = t // per_image
-        i0 = (t % per_image) * rows
-        i1 = min(OH, i0 + rows)
+        n, i0, i1 = _tile(t, per_image, rows, OH)
         L = (i1 - i0) * Wp
         for q in range(nt):
             _sgemm_at(fptr, M, L, C, wt, q * M * C, C, xp, n * C * plane + offs[q] + i0 * Wp, plane,
@@ -101,9 +106,7 @@ def im2col_tiles(fptr, xf, w, bias, y, C, Hp, Wp, group, KH, KW, sh, sw, dh, dw,
     K = Cg * KH * KW
     col = np.empty(K * rows * OW, np.float32)
     for t in range(lo, hi):
-        n = t // per_image
-        i0 = (t % per_image) * rows
-        i1 = min(OH, i0 + rows)
+        n, i0, i1 = _tile(t, per_image, rows, OH)
         L = (i1 - i0) * OW
         for g in range(group):
             r = 0

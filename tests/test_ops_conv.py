@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from opcheck import check_op
-from test_ops_linalg import check_plans, u8s8_max
+from test_ops_linalg import check_plans, route_calls, u8s8_max
 
 rng = np.random.default_rng(1)
 
@@ -109,14 +109,7 @@ def test_conv_parallel_row_tiles(xs, ws, attrs, driver, monkeypatch):
     # 2-D float32 tiles run as nogil numba calls (driver), else (no sgemm binding, other
     # ranks) as numpy calls.
     from halfsim.ops import conv as conv_mod
-    if driver and not conv_mod._sgemm_address():
-        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
-    monkeypatch.setenv("HALFSIM_THREADS", "3")
-    calls = []
-    real = conv_mod._conv_im2col_driver
-    monkeypatch.setattr(conv_mod, "_conv_im2col_driver", lambda *a: calls.append(1) or real(*a))
-    if not driver:
-        monkeypatch.setattr(conv_mod, "_sgemm_address", lambda: 0)
+    calls = route_calls(monkeypatch, "3", driver, conv_mod, "_conv_im2col_driver", conv_mod, "_sgemm_address")
     check_plans("Conv", [r(*xs), r(*ws), r(ws[0])], attrs, initializers=(1, 2), rtol=1e-4, atol=1e-4,
                 expect_matmul=True)
     check_op("Conv", [r(*xs), r(*ws)], attrs, initializers=(1,), rtol=1e-4, atol=1e-4)
@@ -358,14 +351,7 @@ def test_conv_pointwise_tiles(xs, ws, threads, driver, monkeypatch):
     # Plain fp32 1x1 stride-1 convs run as nogil sgemm tiles on the input in place (driver),
     # else (no sgemm binding) as one matmul.
     from halfsim.ops import conv as conv_mod
-    if driver and not conv_mod._sgemm_address():
-        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
-    monkeypatch.setenv("HALFSIM_THREADS", threads)
-    calls = []
-    real = conv_mod._conv_pointwise_driver
-    monkeypatch.setattr(conv_mod, "_conv_pointwise_driver", lambda *a: calls.append(1) or real(*a))
-    if not driver:
-        monkeypatch.setattr(conv_mod, "_sgemm_address", lambda: 0)
+    calls = route_calls(monkeypatch, threads, driver, conv_mod, "_conv_pointwise_driver", conv_mod, "_sgemm_address")
     check_plans("Conv", [r(*xs), r(*ws), r(ws[0])], {}, initializers=(1, 2), rtol=1e-4, atol=1e-4,
                 expect_matmul=True)
     check_op("Conv", [r(*xs), r(*ws)], {}, initializers=(1,), rtol=1e-4, atol=1e-4)

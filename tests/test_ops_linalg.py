@@ -398,14 +398,7 @@ def test_matmul_integer_constant_8bit_b_blocks(tb, b_zp, threads, bound, monkeyp
     # without a bindable sgemm (bound=False) the float32 copy of B - bzp goes to sgemm_exact.
     from halfsim.kernels import cblas
     from halfsim.ops import linalg
-    if bound and not cblas.sgemm_address():
-        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
-    monkeypatch.setenv("HALFSIM_THREADS", threads)
-    calls = []
-    real = linalg._blocked_int_gemm
-    monkeypatch.setattr(linalg, "_blocked_int_gemm", lambda *a: calls.append(1) or real(*a))
-    if not bound:
-        monkeypatch.setattr(cblas, "sgemm_address", lambda: 0)
+    calls = route_calls(monkeypatch, threads, bound, linalg, "_blocked_int_gemm", cblas, "sgemm_address")
     K, N = 1024, 1100
     a = rng.integers(0, 128, (2, 4, K), dtype=np.uint8)
     a[0, 0, ::50] = 127  # extremes; every row still within one exact GEMM
@@ -422,3 +415,18 @@ def test_matmul_integer_constant_8bit_b_blocks(tb, b_zp, threads, bound, monkeyp
     bz = ins[3].astype(np.int64) if b_zp else 0
     np.testing.assert_array_equal(got[0], (a.astype(np.int64) - 60) @ (b.astype(np.int64) - bz))
     assert len(calls) == (1 if bound else 0)
+
+
+def route_calls(monkeypatch, threads: str, driver: bool, mod, fn: str, addr_mod, addr_fn: str) -> list:
+    """Set HALFSIM_THREADS, count the calls of mod.fn (a route under test) in the returned list,
+    and without `driver` make addr_mod.addr_fn (the sgemm binding) report none; skip when the
+    route is wanted and there is no binding."""
+    if driver and not getattr(addr_mod, addr_fn)():
+        pytest.skip("numpy's BLAS has no bindable ILP64 sgemm")
+    monkeypatch.setenv("HALFSIM_THREADS", threads)
+    calls: list = []
+    real = getattr(mod, fn)
+    monkeypatch.setattr(mod, fn, lambda *a: calls.append(1) or real(*a))
+    if not driver:
+        monkeypatch.setattr(addr_mod, addr_fn, lambda: 0)
+    return calls
