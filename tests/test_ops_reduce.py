@@ -201,3 +201,35 @@ def test_cumsum_large_non_last_axis():
     x = randn(4, 300, 50)
     for axis in (0, 1):
         check_op("CumSum", [x, np.array(axis, np.int64)], {"reverse": 1}, opset=14, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("op_type,opset,const_axes", [("ReduceMean", 13, True), ("ReduceMean", 18, True),
+                                                      ("ReduceSum", 13, True), ("ReduceSum", 11, True),
+                                                      ("ReduceMean", 18, False)])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_sum_mean_fp32_schedule_matches_the_general_path_on_changing_shapes(op_type, opset, const_axes, keepdims):
+    """fp32 schedules run a float32 ReduceSum/ReduceMean with constant axes as np.add.reduce
+    and a division (axes kept per shape): bit-equal to the node-by-node op and ORT's values,
+    shape after shape; other dtypes go through the op."""
+    from onnx import TensorProto, helper, numpy_helper
+    from opcheck import assert_same, run_ort
+    axes = np.array([-1, 0], np.int64)
+    attr_form = opset < input_since(op_type)
+    for dt, et in [(np.float32, TensorProto.FLOAT), (np.float16, TensorProto.FLOAT16), (np.int32, TensorProto.INT32)]:
+        ins, inits, graph_ins = ["x"], [], [helper.make_tensor_value_info("x", et, ["a", "b", "c"])]
+        if not attr_form:
+            ins.append("axes")
+            if const_axes:
+                inits.append(numpy_helper.from_array(axes, "axes"))
+            else:
+                graph_ins.append(helper.make_tensor_value_info("axes", TensorProto.INT64, [2]))
+        node = helper.make_node(op_type, ins, ["y"], keepdims=keepdims, **({"axes": axes.tolist()} if attr_form else {}))
+        g = helper.make_graph([node], "r", graph_ins, [helper.make_tensor_value_info("y", et, None)], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+        hm = halfsim.load(m)
+        for shape in [(2, 3, 4), (1, 1, 5), (2, 3, 4), (4, 1, 3)]:
+            x = randn(*shape, dtype=dt) if dt != np.int32 else rng.integers(-9, 9, shape).astype(dt)
+            feeds = {"x": x} if attr_form or const_axes else {"x": x, "axes": axes}
+            got = hm.run(feeds)["y"]
+            np.testing.assert_array_equal(got, hm.run(feeds, observe="all")["y"])
+            assert_same(got, run_ort(m, feeds)[0], 2e-3 if dt == np.float16 else 1e-6, 1e-6, what=f"{shape} {dt}")

@@ -165,8 +165,54 @@ def _register(kind: str, input_since: int) -> None:
         return _reduce(kind, ctx, data, axes, keepdims, noop_with_empty_axes)
 
     attr_form.__name__ = input_form.__name__ = name
+    if kind in ("Sum", "Mean"):
+        attr_form.specialize = lambda node, consts: _specialize_sum(kind, node, consts, attr_form, True)
+        input_form.specialize = lambda node, consts: _specialize_sum(kind, node, consts, input_form, False)
     op(name, since=1)(attr_form)
     op(name, since=input_since)(input_form)
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _specialize_sum(kind: str, node, consts: dict, op_fn, attr_axes: bool):
+    """fp32 schedules, constant axes: a float32 ReduceSum/ReduceMean is np.add.reduce (what
+    ctx.sum is there) and one division, with the axes normalized once per input shape; other
+    dtypes and the no-axis identity go to the op (the general path's ~10 Python calls cost
+    more than a streaming model's few hundred elements)."""
+    if attr_axes:
+        axes = node.attrs.get("axes")
+    elif len(node.inputs) > 1 and node.inputs[1]:
+        if 1 not in consts:
+            return None
+        axes = consts[1]
+    else:
+        axes = None
+    noop = node.attrs.get("noop_with_empty_axes", 0)
+    kd = bool(node.attrs.get("keepdims", 1))
+    mean = kind == "Mean"
+    cache: dict = {}
+
+    def fn(ctx, x, *rest, **attrs):
+        if x.dtype is not _F32:
+            return op_fn(ctx, x, *rest, **attrs)
+        p = cache.get(x.shape)
+        if p is None:
+            ax = _axes_of(x, axes, noop, "Reduce" + kind)
+            n = 1
+            for a in ax:
+                n *= x.shape[a]
+            if len(cache) >= 64:
+                cache.clear()
+            p = cache[x.shape] = (ax, _F32.type(n) if n else None)
+        ax, n = p
+        if not ax:
+            return op_fn(ctx, x, *rest, **attrs)
+        r = np.add.reduce(x, axis=ax, keepdims=kd)
+        if mean and n is not None:
+            r = r / n
+        return r if type(r) is np.ndarray else np.asarray(r)
+    return fn
 
 
 for _k in ("Mean", "Max", "Min", "Prod", "L1", "L2", "LogSum", "LogSumExp", "SumSquare"):
