@@ -263,3 +263,20 @@ def test_scatter_max_min_nan(seed, reduction):
     _check("ScatterND", [data, nd_idx, _sprinkle(rng, (7, 5), share=0.4)], {"reduction": reduction}, opset=18)
     nd_idx2 = np.stack([rng.integers(0, 4, 9), rng.integers(0, 5, 9)], axis=1).astype(np.int64)
     _check("ScatterND", [data, nd_idx2, _sprinkle(rng, (9,), share=0.4)], {"reduction": reduction}, opset=18)
+
+
+@pytest.mark.parametrize("pick", [[np.nan], [np.inf], [-np.inf], [np.inf, -np.inf], [np.nan, -np.inf]])
+def test_dynamic_quantize_matmul_specials(pick):
+    # com.microsoft.DynamicQuantizeMatMul quantizes A with the same ORT parameters as
+    # DynamicQuantizeLinear (MLAS's min/max). uint8 B: ORT's U8U8 GEMM is exact (its U8S8 AVX2
+    # kernel saturates int16 pair sums, for ordinary inputs too: not a special-value matter).
+    rng = np.random.default_rng(len(pick))
+    for share in (0.02, 0.2):
+        A = (rng.standard_normal((5, 37)) * 2).astype(np.float32)
+        hit = rng.random(A.shape) < share
+        A[hit] = rng.choice(np.array(pick, np.float32), int(hit.sum()))
+        B = rng.integers(0, 256, (37, 4)).astype(np.uint8)
+        ins = [A, B, np.float32(0.05), np.uint8(131), rng.standard_normal(4).astype(np.float32)]
+        m = make_model("DynamicQuantizeMatMul", ins, {}, domain="com.microsoft", initializers=(1, 2, 3, 4))
+        feeds = feeds_of(m, ins)
+        _bits_equal(halfsim.load(m).run(feeds)["out0"], run_ort(m, feeds)[0])

@@ -151,7 +151,14 @@ def dequantize_linear_21(ctx, x, x_scale, x_zero_point=None, *, axis=1, block_si
 
 def dynamic_quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8]:
     """uint8 scale and zero point from the range of x widened to include 0 (ORT's rule)."""
-    return _range_params(x.min(), x.max()) if x.size else (np.float32(1), np.uint8(0))
+    if not x.size:
+        return np.float32(1), np.uint8(0)
+    mn, mx = x.min(), x.max()
+    if not (np.isfinite(mn) and np.isfinite(mx)):  # NaN or inf: ORT's MLAS range (ops/specials.py)
+        from .specials import quant_params_u8
+        scale, zp = quant_params_u8(x)
+        return scale, np.uint8(zp)
+    return _range_params(mn, mx)
 
 
 def _range_params(mn, mx) -> tuple[np.float32, np.uint8]:

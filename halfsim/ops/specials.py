@@ -10,12 +10,11 @@ import numpy as np
 from ..kernels.reduce_ort import mlas_min_max, ort_max_min
 
 
-def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DynamicQuantizeLinear of float32 x holding NaN or +-inf, as ORT computes it (one thread):
-    MLAS's min/max (kernels/reduce_ort.mlas_min_max), widened to 0 with std::min/std::max
-    (a NaN bound stays NaN), scale (max - min) / 255, zero point round(clamp(0 - min / scale))
-    where std::min(255, NaN) is 255; then MLAS's quantizer: x / scale clamped with maxps/minps
-    against -zp and 255 - zp (a NaN quotient becomes -zp, so 0 after adding zp), rounded to even."""
+def quant_params_u8(x: np.ndarray) -> tuple[np.float32, np.float32]:
+    """ORT's GetQuantizationParameter<uint8_t> (DynamicQuantizeLinear, DynamicQuantizeMatMul, one
+    thread) for float32 x holding NaN or +-inf: MLAS's min/max (kernels/reduce_ort.mlas_min_max),
+    widened to 0 with std::min/std::max (a NaN bound stays NaN), scale (max - min) / 255, zero
+    point round(clamp(0 - min / scale)) where std::min(255, NaN) is 255. Returns (scale, zp)."""
     f32 = np.float32
     mn, mx = mlas_min_max(x)
     mn = f32(0) if f32(0) < mn else mn
@@ -23,9 +22,18 @@ def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     with np.errstate(all="ignore"):
         scale = f32(1) if mx == mn else f32((mx - mn) / f32(255))
         izp = f32(f32(0) - mn / scale)
-        c = izp if izp < f32(255) else f32(255)
-        c = c if f32(0) < c else f32(0)
-        zp = f32(np.rint(c))
+    c = izp if izp < f32(255) else f32(255)
+    c = c if f32(0) < c else f32(0)
+    return scale, f32(np.rint(c))
+
+
+def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DynamicQuantizeLinear of float32 x holding NaN or +-inf, as ORT computes it: its
+    parameters (quant_params_u8), then MLAS's quantizer: x / scale clamped with maxps/minps
+    against -zp and 255 - zp (a NaN quotient becomes -zp, so 0 after adding zp), rounded to even."""
+    f32 = np.float32
+    scale, zp = quant_params_u8(x)
+    with np.errstate(all="ignore"):
         v = np.divide(x, scale, dtype=np.float32)
         lo, hi = f32(0) - zp, f32(255) - zp
         v = np.where(v > lo, v, lo)  # maxps(v, lo): NaN -> lo
