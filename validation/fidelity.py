@@ -1,12 +1,16 @@
 """Fidelity of halfsim's precision presets on the real models, against independent executions.
 
 - fp16: ORT running the model rewritten with Cast(float16) -> Cast(float) after every float node
-  output, weights rounded (saturating) and inputs rounded, graph optimizations off
-  (halfsim.backends.ort.cast_rewrite). fidelity = ||halfsim - oracle|| / ||fp32 - oracle||
-  per output: 0 is bit-exact, 1 means no better than ignoring precision altogether.
+  output (If/Loop/Scan bodies too), weights (initializers and Constant nodes) rounded
+  saturating and inputs rounded, graph optimizations off (halfsim.backends.ort.cast_rewrite;
+  where ORT's fp32 function differs from halfsim's, Sigmoid and LSTM gates, the oracle computes
+  halfsim's). fidelity = ||halfsim - oracle|| / ||fp32 - oracle|| per output: 0 is bit-exact,
+  1 means no better than ignoring precision altogether. A 1-ulp fp32 difference (another
+  summation order) flips the fp16 rounding of ~1 value in 8000 and a model may amplify it: the
+  noise floor printed beside it is what that alone does to halfsim's own fp16 outputs.
 - ort-cpu-fp16: ORT CPU running onnxconverter-common's fp16 model (keep_io_types=False); rel L2.
 
-Run: PYTHONPATH=. python -m validation.fidelity [--models a,b] [--json F]"""
+Run: PYTHONPATH=. python -m validation.fidelity [--models a,b] [--json F] [--first-departure]"""
 from __future__ import annotations
 
 import argparse
