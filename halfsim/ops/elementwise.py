@@ -202,11 +202,14 @@ def pow_(ctx, x, y):
     with quiet():
         if is_float(x):
             xf = up(x)
-            r = np.power(xf, y.astype(xf.dtype, copy=False))
             if y.size == 1 and y.reshape(-1)[0] == 0.5:
-                # numpy takes sqrt for a scalar 0.5; C's pow (ORT): +inf for -inf, +0 for -0
-                r = np.where(np.isneginf(xf), r.dtype.type(np.inf), r + r.dtype.type(0))
-            return down(r, x.dtype)
+                # numpy's pow takes sqrt for a scalar 0.5; C's pow (ORT) gives +0 for -0 and +inf
+                # for -inf: sqrt of x + 0 (-0 + 0 = +0), then -inf patched when the minimum says so
+                r = np.sqrt(np.add(xf, xf.dtype.type(0)))
+                if xf.size and not xf.min() > -np.inf:  # NaN min: look too
+                    r[np.isneginf(xf)] = np.inf
+                return down(r, x.dtype)
+            return down(np.power(xf, y.astype(xf.dtype, copy=False)), x.dtype)
         # Integer base: C++ std::pow in double, then a truncating conversion.
         r = np.power(x.astype(np.float64), y.astype(np.float64))
         return _float_to_int(r, x.dtype)
