@@ -327,6 +327,8 @@ class _FastGraph:
                 from .kernels.conv_small import specialize_conv1d
                 fn = specialize_conv1d(env[n.inputs[1]], env[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else None,
                                        n.attrs, fn) or fn
+            elif n.op_type == "MatMul" and n.domain == "" and len(n.inputs) == 2 and n.inputs[1] in env:
+                fn = _matmul_const_b(env[n.inputs[1]], fn) or fn
             self.steps_exact.append((n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
         self.steps = _fuse_conv_chains(graph, self.steps_exact, env, set(self.outputs))
         # Small integer graph inputs (silero's sample rate) key shape-only steps by value.
@@ -343,6 +345,28 @@ class _FastGraph:
         if self._code_steps is not self.steps:
             self.code, self._code_steps = _compile_steps(self.steps, self.outputs), self.steps
         return self.code
+
+
+_F32 = np.dtype(np.float32)
+
+
+def _matmul_const_b(b: Any, base: Callable) -> Callable | None:
+    """A MatMul step for a constant 2-D float32 B: a float32 A of one matrix (2-D, or 3-D with
+    one batch) below the split size goes straight to np.matmul, which is what the MatMul op,
+    ctx.matmul and the split matmul come down to there (~3 us of Python a call); anything
+    else (and every error) through the op."""
+    if not isinstance(b, np.ndarray) or b.dtype != _F32 or b.ndim != 2 or not b.size:
+        return None
+    from .kernels.blas import _MIN_WORK
+    K = b.shape[0]
+    rows = _MIN_WORK // b.size  # M below which the split matmul is one np.matmul
+
+    def fn(ctx, a, b_):
+        if b_ is b and type(a) is np.ndarray and (a.ndim == 2 or a.ndim == 3 and a.shape[0] == 1) \
+                and a.dtype is _F32 and a.shape[-1] == K and a.shape[-2] < rows:
+            return np.matmul(a, b)
+        return base(ctx, a, b_)
+    return fn
 
 
 class Model:

@@ -512,3 +512,31 @@ def test_view_chains_run_as_one_step_with_the_ops_values_and_errors():
     with pytest.raises(HalfsimError) as general_err:
         m2.run(feeds, observe="all")
     assert str(fast_err.value) == str(general_err.value) and "\n" not in str(fast_err.value)
+
+
+@pytest.mark.parametrize("a_shape", [(3, 5), (1, 4, 5), (2, 4, 5), (5,), (0, 5), (3, 6)])
+def test_matmul_with_constant_b_step_matches_ort_and_the_general_path(a_shape):
+    # fp32 schedules send a float32 one-matrix A straight to np.matmul; batches, 1-D A and
+    # mismatched shapes go through the op (its values and errors).
+    import onnxruntime as ort
+    f = TensorProto.FLOAT
+    b = np.random.default_rng(6).standard_normal((5, 7)).astype(np.float32)
+    g = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["y"], name="mm")], "mm",
+                          [helper.make_tensor_value_info("a", f, None)], [helper.make_tensor_value_info("y", f, None)],
+                          [numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    m = halfsim.load(proto)
+    a = np.random.default_rng(7).standard_normal(a_shape).astype(np.float32)
+    if a_shape[-1] != 5:
+        with pytest.raises(HalfsimError) as fast:
+            m.run({"a": a})
+        with pytest.raises(HalfsimError) as general:
+            m.run({"a": a}, observe="all")
+        assert str(fast.value) == str(general.value) and "MatMul" in str(fast.value)
+        return
+    want = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"a": a})[0]
+    for _ in range(2):
+        got = m.run({"a": a})["y"]
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got, m.run({"a": a}, observe="all")["y"])
