@@ -343,3 +343,31 @@ def test_pad_constant_pads_on_changing_shapes(mode):
     if mode == "reflect":
         with pytest.raises(halfsim.HalfsimError, match="reflect pads"):
             hm.run({"x": r(3, 4, 2)})
+
+
+def test_transpose_and_concat_keep_their_checks_per_rank():
+    """fp32 schedules check Transpose's perm and normalize Concat's axis once per rank: a
+    later input of another rank is checked again (ORT's values, the node-by-node errors)."""
+    g = helper.make_graph([helper.make_node("Transpose", ["x"], ["t"], perm=[1, 0]),
+                           helper.make_node("Concat", ["t", "t"], ["y"], axis=-1)], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    hm = halfsim.load(m)
+    for shp in [(2, 3), (4, 1), (2, 3)]:
+        feeds = {"x": r(*shp)}
+        assert_same(hm.run(feeds)["y"], run_ort(m, feeds)[0], 0, 0)
+    for feeds in ({"x": r(2, 3, 4)}, {"x": r(2, 3)}):
+        fast = general = None
+        try:
+            fast = hm.run(feeds)["y"]
+        except halfsim.HalfsimError as e:
+            fast = str(e)
+        try:
+            general = hm.run(feeds, observe="all")["y"]
+        except halfsim.HalfsimError as e:
+            general = str(e)
+        if isinstance(fast, str):
+            assert fast == general and "perm" in fast
+        else:
+            np.testing.assert_array_equal(fast, general)

@@ -623,9 +623,42 @@ def _specialize_pad(node, consts):
     return fn
 
 
+def _specialize_transpose(node, consts):
+    """The permutation checked once per rank and kept as a tuple; each call one transpose."""
+    perm = node.attrs.get("perm")
+    fixed = None if perm is None else tuple(int(p) for p in perm)
+    ranks: set = set()
+
+    def fn(ctx, x, **attrs):
+        if x.ndim not in ranks:
+            if perm is not None and sorted(perm) != list(range(x.ndim)):
+                raise ExecutionError(f"Transpose: perm {perm} is not a permutation of rank {x.ndim}")
+            ranks.add(x.ndim)
+        return np.ascontiguousarray(np.transpose(x, fixed))
+    return fn
+
+
+def _specialize_concat(node, consts):
+    """The axis normalized once per rank."""
+    axis = node.attrs.get("axis")
+    if axis is None:
+        return None
+    axes: dict = {}
+
+    def fn(ctx, *inputs, **attrs):
+        if not inputs:
+            raise ExecutionError("Concat has no inputs")
+        ax = axes.get(inputs[0].ndim)
+        if ax is None:
+            ax = axes[inputs[0].ndim] = _axis(axis, inputs[0].ndim)
+        return np.concatenate(inputs, axis=ax)
+    return fn
+
+
 for _f, _s in ((split2, _specialize_split), (split13, _specialize_split), (split18, _specialize_split),
                (slice1, _specialize_slice), (slice10, _specialize_slice), (reshape, _specialize_reshape),
                (reshape14, _specialize_reshape), (squeeze, _specialize_squeeze), (squeeze13, _specialize_squeeze),
                (unsqueeze, _specialize_unsqueeze), (unsqueeze13, _specialize_unsqueeze), (pad2, _specialize_pad),
-               (pad11, _specialize_pad), (pad18, _specialize_pad)):
+               (pad11, _specialize_pad), (pad18, _specialize_pad), (transpose, _specialize_transpose),
+               (concat, _specialize_concat)):
     _f.specialize = _s
