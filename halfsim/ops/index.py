@@ -112,7 +112,7 @@ def _scatter_into(out: np.ndarray, ix: tuple, upd: np.ndarray, reduction: str, w
     if reduction == "none":
         out[ix] = upd  # duplicates: the last update wins, as ORT's sequential loop does
     elif reduction in ("max", "min") and out.dtype.kind == "f" and _nan_scatter(out, ix, upd, reduction == "max"):
-        pass  # NaN in data or updates: ORT's sequential fold (ops/specials.py)
+        pass  # ORT's sequential fold, NaN and signed zeros included (ops/specials.py)
     elif reduction in _UFUNC:
         _UFUNC[reduction].at(out, ix, upd)
     else:
