@@ -611,18 +611,22 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
     variables, instead of a loop over step tuples with dict traffic per argument (about
     1 us per node less; streaming models run ~100 tiny nodes). Same calls, same arguments,
     same freeing (del after the last use), same errors (the step index names the node)."""
-    glb: dict[str, Any] = {"C": OpContext, "nd": np.ndarray, "norm": _normalize, "HalfsimError": HalfsimError,
+    glb: dict[str, Any] = {"C": OpContext, "nd": np.ndarray, "norm": _normalize, "HalfsimError": HalfsimError, "IF": _run_if,
                            "fail": lambda i, e: _step_failed(steps, i, e), "M": _MISSING, "DEBUG": _DEBUG}
     local: dict[str, str] = {}
     lines: list[str] = []
     loads: list[str] = []
     produced: set[str] = set()
 
+    maybe_missing: set[str] = set()  # tensors loaded with env.get(name, M): may be absent
+
     def var(t: str, load: str = "env[{!r}]") -> str:
         v = local.get(t)
         if v is None:  # read before any step wrote it: a graph input, weight, folded or outer tensor
             v = local[t] = f"v{len(local)}"
             loads.append(f"        {v} = {load.format(t)}")
+            if load != "env[{!r}]":
+                maybe_missing.add(t)
         return v
 
     for k, (node, fn, ins, attrs, outs, dead, sub) in enumerate(steps):
@@ -652,11 +656,19 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
         call = f"f{k}({args})"
         lines.append(f"        i = {k}")
         if sub:  # bodies see this graph's tensors through the runner's scopes
-            lines.append(f"        c = C(n{k}, None, r)")
+            if node.op_type == "If" and node.domain == "" and fn is _if_op() and len(ins) == 1 and ins[0]:
+                # The If op's work without its context, keywords and run_graph indirection:
+                # pick the branch (the op's own condition check), run it in this runner.
+                call = f"IF(r, n{k}, {var(ins[0])})"
+            else:
+                lines.append(f"        c = C(n{k}, None, r)")
             outer = sorted({t for sg in node.subgraphs for t in sg.outer_names})
-            items = ", ".join(f"({t!r}, {var(t, 'env.get({!r}, M)')})" for t in outer)
-            lines.append(f"        r.scopes.append({{k_: v_ for k_, v_ in ({items},) if v_ is not M}})"
-                         if outer else "        r.scopes.append({})")
+            vals = [(t, var(t, 'env.get({!r}, M)')) for t in outer]
+            if any(t in maybe_missing for t in outer):
+                items = ", ".join(f"({t!r}, {v})" for t, v in vals)
+                lines.append(f"        r.scopes.append({{k_: v_ for k_, v_ in ({items},) if v_ is not M}})")
+            else:  # every name is bound here: a dict display
+                lines.append("        r.scopes.append({" + ", ".join(f"{t!r}: {v}" for t, v in vals) + "})")
             lines.append("        try:")
             lines.append(f"            res = {call}")
             lines.append("        finally:")
@@ -684,6 +696,21 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
                      "        if DEBUG:", "            raise", "        raise fail(i, e) from None"])
     exec(compile(src, "<halfsim schedule>", "exec"), glb)
     return glb["run"]
+
+
+def _if_op() -> Callable:
+    from .ops.control import if_
+    return if_
+
+
+_NO_FEEDS: Mapping[str, np.ndarray] = {}
+
+
+def _run_if(r: "_Runner", node: G.Node, cond: Any) -> list:
+    """The If op in a compiled schedule: the branch its condition picks, run in `r`."""
+    from .ops.control import _scalar_bool
+    a = node.attrs
+    return r.run_subgraph(a["then_branch"] if _scalar_bool(cond, "If condition") else a["else_branch"], _NO_FEEDS)
 
 
 def _step_failed(steps: list, i: int, e: Exception) -> ExecutionError:

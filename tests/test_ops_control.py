@@ -470,3 +470,22 @@ def test_if_branch_folds_outer_weights_and_tolerates_a_dead_branch():
     assert any("wc" in fg.folded for fg in hm._fast.values())
     with pytest.raises(HalfsimError, match="Reshape"):
         hm.run({"cond": np.array(False), "x": x})
+
+
+def test_if_condition_error_and_branch_choice_match_the_general_path():
+    # fp32 schedules run If without the op's context (interpreter._run_if): the branch pick,
+    # values and the condition's one-element error are the node-by-node path's.
+    m = halfsim.load(_if_model())
+    x0, y = f32(2, 3), f32(2, 3)
+    for cond in (np.array(True), np.array([False]), np.array([[1]], dtype=bool), np.array(False)):
+        feeds = {"cond": cond.reshape(()), "x0": x0, "y": y}
+        np.testing.assert_array_equal(m.run(feeds)["out"], m.run(feeds, observe="all")["out"])
+    g = _if_model()
+    g.graph.input[0].type.tensor_type.ClearField("shape")  # any shape, so a 2-element condition gets in
+    m2 = halfsim.load(g)
+    feeds = {"cond": np.array([True, False]), "x0": x0, "y": y}
+    with pytest.raises(halfsim.HalfsimError) as fast:
+        m2.run(feeds)
+    with pytest.raises(halfsim.HalfsimError) as general:
+        m2.run(feeds, observe="all")
+    assert str(fast.value) == str(general.value) and "one element" in str(fast.value)
