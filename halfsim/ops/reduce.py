@@ -226,13 +226,6 @@ def _arg(x: np.ndarray, axis: int, keepdims: int, last: int, is_max: bool) -> np
     if x.ndim and x.shape[ax] == 0:
         raise ExecutionError(f"{'ArgMax' if is_max else 'ArgMin'}: cannot reduce an empty axis {ax}")
     xf = up(x)
-    if xf.dtype.kind == "f" and x.ndim:
-        nan = np.isnan(xf)
-        if nan.any():
-            # ORT skips NaN unless it is the first element (it keeps the running best with '>').
-            from .specials import arg_with_nan
-            r = arg_with_nan(xf, nan, ax, last, is_max)
-            return r if keepdims else np.squeeze(r, axis=ax)
     if last:
         flipped = np.flip(xf, axis=ax)
         r = (np.argmax if is_max else np.argmin)(flipped, axis=ax, keepdims=True)
@@ -240,6 +233,11 @@ def _arg(x: np.ndarray, axis: int, keepdims: int, last: int, is_max: bool) -> np
     else:
         r = (np.argmax if is_max else np.argmin)(xf, axis=ax, keepdims=True)
     r = np.asarray(r, dtype=np.int64)
+    # numpy's arg-extremes stop at a NaN, so a row holds NaN iff its index points at one (a
+    # check the size of the output). ORT skips NaN unless it is the first element.
+    if xf.dtype.kind == "f" and x.ndim and np.isnan(np.take_along_axis(xf, r, ax)).any():
+        from .specials import arg_with_nan
+        r = arg_with_nan(xf, np.isnan(xf), ax, last, is_max)
     return r if keepdims else np.squeeze(r, axis=ax)
 
 
