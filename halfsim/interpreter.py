@@ -207,7 +207,7 @@ class _Runner:
     def run_subgraph(self, graph: G.Graph, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if self.fast:
             fg = self.model._fast_graph(graph)
-            env = dict(fg.env0)
+            env = {}  # the compiled body holds its constants (fg.env0) itself
             # Outer-scope names (transitively, for nested bodies) become local: one lookup per
             # call instead of a scope walk per read.
             for t in fg.outer:
@@ -343,7 +343,7 @@ class _FastGraph:
         """`steps` as one generated function (built on first use, and again if `steps` is
         replaced, e.g. by a profiler wrapping them)."""
         if self._code_steps is not self.steps:
-            self.code, self._code_steps = _compile_steps(self.steps, self.outputs), self.steps
+            self.code, self._code_steps = _compile_steps(self.steps, self.outputs, self.env0), self.steps
         return self.code
 
 
@@ -491,8 +491,11 @@ class Model:
             if plan.identity and hook is None and obs is None and reuse is None and not overrides:
                 runner.fast = True
                 fg = self._fast_graph(g)
-                env = dict(fg.env0)
-                env.update(feeds)
+                if keep_trace:  # the step loop reads weights and folded tensors from env
+                    env = dict(fg.env0)
+                    env.update(feeds)
+                else:  # the compiled schedule holds them itself; feeds is check_feeds' own dict
+                    env = feeds
                 with quiet_run():  # numpy's error state once per run, not once per op
                     runner.run_fast(fg, env, free=not keep_trace)
             else:
@@ -606,7 +609,11 @@ def _constant_nodes(g: G.Graph, known_outer: Iterable[str] = ()) -> set[int]:
     return out
 
 
-def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict], None]:
+_NO_CONSTS: Mapping[str, Any] = {}
+
+
+def _compile_steps(steps: list, outputs: list[str], consts: Mapping[str, Any] = _NO_CONSTS
+                   ) -> Callable[["_Runner", dict], None]:
     """Straight-line Python for a schedule: one statement per step with tensors in local
     variables, instead of a loop over step tuples with dict traffic per argument (about
     1 us per node less; streaming models run ~100 tiny nodes). Same calls, same arguments,
@@ -624,9 +631,13 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
         v = local.get(t)
         if v is None:  # read before any step wrote it: a graph input, weight, folded or outer tensor
             v = local[t] = f"v{len(local)}"
-            loads.append(f"        {v} = {load.format(t)}")
-            if load != "env[{!r}]":
-                maybe_missing.add(t)
+            if t in consts:  # weights and folded tensors: bound into the code, not copied per call
+                glb[f"K{v}"] = consts[t]
+                loads.append(f"        {v} = K{v}")
+            else:
+                loads.append(f"        {v} = {load.format(t)}")
+                if load != "env[{!r}]":
+                    maybe_missing.add(t)
         return v
 
     for k, (node, fn, ins, attrs, outs, dead, sub) in enumerate(steps):
@@ -689,8 +700,8 @@ def _compile_steps(steps: list, outputs: list[str]) -> Callable[["_Runner", dict
             if t in local:
                 lines.append(f"        del {local[t]}")
     for t in outputs:
-        if t in produced:
-            lines.append(f"        env[{t!r}] = {local[t]}")
+        if t in produced or t in consts:
+            lines.append(f"        env[{t!r}] = {var(t)}")
     src = "\n".join(["def run(r, env):", "    i = -1", "    try:"] + loads + lines + ["        pass",
                      "    except HalfsimError:", "        raise", "    except Exception as e:",
                      "        if DEBUG:", "            raise", "        raise fail(i, e) from None"])
