@@ -540,3 +540,28 @@ def test_matmul_with_constant_b_step_matches_ort_and_the_general_path(a_shape):
         assert got.shape == want.shape
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got, m.run({"a": a}, observe="all")["y"])
+
+
+def test_fast_path_outputs_that_are_weights_folded_tensors_or_inputs():
+    # Compiled schedules hold weights and folded tensors as constants: outputs naming them,
+    # or naming a graph input, still come back (also from an If body).
+    f = TensorProto.FLOAT
+    W = np.arange(3, dtype=np.float32)
+    then_g = helper.make_graph([], "then", [], [helper.make_tensor_value_info("W2", f, None)])
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["nx"])], "else", [],
+                               [helper.make_tensor_value_info("nx", f, None)])
+    nodes = [helper.make_node("Add", ["W", "W"], ["W2"]),  # folded
+             helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["c"]),
+             helper.make_node("If", ["c"], ["b"], then_branch=then_g, else_branch=else_g)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", f, [3])],
+                          [helper.make_tensor_value_info(n, f, None) for n in ("W", "W2", "x", "b")],
+                          [numpy_helper.from_array(W, "W"), numpy_helper.from_array(np.float32(0), "zero")])
+    m = halfsim.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+    for sign in (1, -1, 1):
+        x = sign * np.ones(3, np.float32)
+        for r in (m.run({"x": x}), m.run({"x": x}, observe="all"), m.run({"x": x}, keep_trace=True)):
+            np.testing.assert_array_equal(r["W"], W)
+            np.testing.assert_array_equal(r["W2"], 2 * W)
+            np.testing.assert_array_equal(r["x"], x)
+            np.testing.assert_array_equal(r["b"], 2 * W if sign > 0 else -x)
