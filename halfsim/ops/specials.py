@@ -1,7 +1,8 @@
-"""NaN and infinities where ONNX Runtime's CPU kernels give an answer that plain numpy does not:
-the op modules call these only after a cheap check found such values, so ordinary inputs keep
-their fast paths. Each rule names the ORT code it follows; tests/test_specials.py compares
-against ORT bit for bit."""
+"""NaN and infinities where ONNX Runtime's CPU kernels give an answer that plain numpy does not.
+The op modules call these only after a cheap check found such values, so ordinary inputs keep
+their fast paths (the scatter fold, exact and faster than numpy's ufunc.at, serves all float
+inputs). Each rule names the ORT code it follows; tests/test_specials.py compares against ORT
+bit for bit."""
 from __future__ import annotations
 
 import numba
@@ -86,7 +87,10 @@ def scatter_max_min(out: np.ndarray, ix: tuple, upd: np.ndarray, is_max: bool) -
     data) in place, as ORT's loop: updates in order, `acc = acc > u ? acc : u` (or <), so an
     unordered pair takes the update: a NaN survives only as the last update of its cell, and a
     NaN already in data gives way to the first update; a tie of zeros keeps the update's sign.
-    Also for ordinary inputs: one compiled pass, far cheaper than numpy's ufunc.at."""
+    Also for ordinary inputs: one compiled pass, far cheaper than numpy's ufunc.at. Returns
+    False (nothing done) for a non-contiguous `out`, which could not be updated through a view."""
+    if not out.flags.c_contiguous:
+        return False
     lead = np.broadcast_shapes(*(np.shape(i) for i in ix))
     tail = out.shape[len(ix):]  # ScatterND indexes leading axes and scatters whole slices
     upd = np.broadcast_to(upd, lead + tail)
