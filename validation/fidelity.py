@@ -68,12 +68,12 @@ def fp16_fidelity(proto: onnx.ModelProto, model, feeds: dict) -> dict[str, dict]
         if p.dtype.kind != "f" or o.size == 0:
             continue
         ok = np.isfinite(p) & np.isfinite(o) & np.isfinite(r)
-        num = float(np.linalg.norm((p - o)[ok]))
-        den = float(np.linalg.norm((r - o)[ok]))
+        num = float(np.linalg.norm(p[ok] - o[ok]))
+        den = float(np.linalg.norm(r[ok] - o[ok]))
         n = np.asarray(noisy[name], np.float64)
         ok2 = np.isfinite(n) & np.isfinite(p) & np.isfinite(r)
-        den2 = float(np.linalg.norm((r - p)[ok2]))
-        floor = float(np.linalg.norm((n - p)[ok2])) / den2 if den2 > 0 else 0.0
+        den2 = float(np.linalg.norm(r[ok2] - p[ok2]))
+        floor = float(np.linalg.norm(n[ok2] - p[ok2])) / den2 if den2 > 0 else 0.0
         out[name] = {"fidelity": (num / den) if den > 0 else (0.0 if num == 0 else float("inf")),
                      "noise_floor": floor,
                      "halfsim_vs_oracle": metrics.rel_l2(pred[name], oracle[name]),
