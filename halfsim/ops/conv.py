@@ -140,7 +140,7 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe,
         # A strided window view copied by reshape: measured faster than a numba im2col.
         xp = pad_spatial(x, pb, pe)
         if (ctx.plain and nd == 2 and x.dtype == np.float32 and w.dtype == np.float32 and xp.flags.c_contiguous
-                and N * M * P > 0):
+                and N * M * P * K > 0):
             fptr = _sgemm_address()
             if fptr:
                 return _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides, dilations)
