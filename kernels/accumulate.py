@@ -259,7 +259,7 @@ def _row_stats16(x, maxabs, maxspan, minlsb, finite, not16):
             fin = u < np.int32(0x7F800000)
             bad += np.int32(not fin)
             ma = max(ma, u if fin else np.int32(0))
-            n16 += np.int32(fin and f32_to_f16_f32(row[c]) != row[c])
+            n16 += np.int32(fin & (f32_to_f16_f32(row[c]) != row[c]))  # (no branch: vectorises)
         maxabs[r] = np.float64(np.int32(ma).view(np.float32))
         maxspan[r] = 11
         minlsb[r] = -24
@@ -279,145 +279,200 @@ _TW = _TV * _TL  # tile columns
 _ARR2 = types.Array(types.float32, 2, "C")
 
 
+class _Kit:
+    """IR pieces shared by the tile and row kernels: the step acc <- rnd(acc + a*b) of a mode
+    on <_TL x float> vectors (see _make_tile), and for the rz form the MXCSR save/set/restore."""
+
+    def __init__(self, builder, mode: int, hw16: bool, rz: bool, te_, mg_) -> None:
+        L = _TL
+        self.b, self.mode, self.hw16, self.rz = builder, mode, hw16, rz
+        self.i32 = i32 = ir.IntType(32)
+        self.fv, self.iv, self.hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
+        self.zero = ir.Constant(self.fv, [0.0] * L)
+        self.te, self.mg = self.splat(te_), self.splat(mg_)
+        if rz:  # fp16, fma: the whole kernel rounds toward zero (MXCSR), conversions to nearest
+            i8p = ir.IntType(8).as_pointer()
+            fnty = ir.FunctionType(ir.VoidType(), [i8p])
+            self.ldm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
+            stm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
+            self.cvtps2ph = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VectorType(ir.IntType(16), L), [self.fv, i32]),
+                "llvm.x86.vcvtps2ph.256")
+            self.fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(self.fv, [self.fv] * 3),
+                                                      "llvm.fma.v8f32")
+            self.csr = cgutils.alloca_once(builder, i32)
+            self.i8p = i8p
+            builder.call(stm, [builder.bitcast(self.csr, i8p)])
+            self.saved = builder.load(self.csr)
+            builder.store(builder.or_(self.saved, ir.Constant(i32, 0x6000)), self.csr)  # RC = toward zero
+            builder.call(self.ldm, [builder.bitcast(self.csr, i8p)])
+
+    def restore(self) -> None:
+        if self.rz:
+            self.b.store(self.saved, self.csr)
+            self.b.call(self.ldm, [self.b.bitcast(self.csr, self.i8p)])
+
+    def ci(self, x):
+        return ir.Constant(self.iv, [x] * _TL)
+
+    def splat(self, x):
+        b = self.b
+        v = b.insert_element(ir.Constant(self.fv, ir.Undefined), x, ir.Constant(self.i32, 0))
+        return b.shuffle_vector(v, ir.Constant(self.fv, ir.Undefined), ir.Constant(self.iv, [0] * _TL))
+
+    def rnd(self, x, keep_sign):  # _rnd32 / _rnd32z, or the conversion pair
+        b = self.b
+        if self.hw16:
+            return b.fpext(b.fptrunc(x, self.hv), self.fv)
+        xb = b.bitcast(x, self.iv)
+        pe = b.bitcast(b.and_(xb, self.ci(0x7F800000)), self.fv)
+        c = b.fmul(b.select(b.fcmp_ordered(">", pe, self.te), pe, self.te), self.mg)
+        r = b.fsub(b.fadd(x, c), c)
+        if keep_sign:
+            r = b.bitcast(b.or_(b.bitcast(r, self.iv), b.and_(xb, self.ci(-0x80000000))), self.fv)
+        return r
+
+    def add_odd(self, x, y):  # _add_odd32
+        b = self.b
+        s = b.fadd(x, y)
+        bb = b.fsub(s, x)
+        e = b.fadd(b.fsub(x, b.fsub(s, bb)), b.fsub(y, bb))
+        sb, eb = b.bitcast(s, self.iv), b.bitcast(e, self.iv)
+        adj = b.or_(b.ashr(b.xor(sb, eb), self.ci(31)), self.ci(1))
+        odd = b.and_(b.fcmp_unordered("!=", e, self.zero), b.icmp_signed("==", b.and_(sb, self.ci(1)), self.ci(0)))
+        return b.bitcast(b.select(odd, b.add(sb, adj), sb), self.fv)
+
+    def fma_odd_rn16(self, av, bv, p, acc):
+        """rnd16(acc + p), p = av*bv exact, under rounding toward zero: s = RZ(acc + p)
+        by one FMA; s minus the larger-magnitude operand is exact (Fast2Sum's first
+        step, which holds for RZ too), so s is exact iff s - acc == p and s - p == acc
+        (the difference with the smaller operand subtracted may round, but only
+        when s is inexact). s | inexact is then acc + p rounded to odd in float32
+        (24 >= 11 + 2 bits), and its nearest-even conversion to fp16 (immediate 0:
+        not MXCSR's mode) is rnd16(acc + p). A zero sum is +0 under RZ as under
+        nearest; a tiny one keeps its sign through s. 11 operations, 2 of them
+        conversions, for 8 lanes; the TwoSum form took 18."""
+        b = self.b
+        s = b.call(self.fma, [av, bv, acc])
+        t1 = b.fsub(s, acc)
+        t2 = b.call(self.fma, [b.fneg(av), bv, s])  # RZ(s - p)
+        inexact = b.or_(b.fcmp_unordered("!=", t1, p), b.fcmp_unordered("!=", t2, acc))
+        odd = b.bitcast(b.or_(b.bitcast(s, self.iv), b.zext(inexact, self.iv)), self.fv)
+        h = b.call(self.cvtps2ph, [odd, ir.Constant(self.i32, 0)])
+        return b.fpext(b.bitcast(h, self.hv), self.fv)
+
+    def step(self, av, bv, acc):
+        """The accumulator after one more product av*bv (vectors)."""
+        b, mode = self.b, self.mode
+        p = b.fmul(av, bv)
+        if self.rz:
+            return self.fma_odd_rn16(av, bv, p, acc)
+        if mode == 0:
+            return self.rnd(b.fadd(acc, self.rnd(p, False)), False)
+        if mode == 1:
+            return self.rnd(self.add_odd(acc, self.rnd(p, False)), False)
+        if mode == 2:
+            return self.rnd(self.add_odd(acc, p), True)
+        return b.fadd(acc, p)
+
+    def vptr(self, ary, off):
+        return self.b.bitcast(self.b.gep(ary.data, [off]), self.fv.as_pointer())
+
+
 def _make_tile(mode: int, hw16: bool, rz: bool = False):
     """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
     sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
     C-contiguous panel of b's columns (packed: one stream of loads, where b's own rows lie a
-    whole row apart: ~3x the cost a multiply-add at K=1280). Modes as _mm_fast: 0 acc =
+    whole row apart: ~3x the cost a multiply-add at K=1280), from row k0 and column bj. Modes as _mm_fast: 0 acc =
     rnd(acc + rnd(p)); 1 the same through round-to-odd; 2 acc = rnd(odd(acc + p)) keeping a
     zero's sign; 3 plain float32. Without fma the signs of zeros need no care: acc starts at +0
     and a sum of two format values is 0 or at least the smallest subnormal, so acc is never -0
     and a -0 product adds like +0; with fma, acc + p can round to -0. hw16: the format is fp16
     and rounding is the F16C conversion pair (same bits as _rnd32/_rnd32z in the fast path's
     range: both round correctly). rz (mode 2, fp16, F16C): the tile runs with MXCSR rounding
-    toward zero and rounds to odd without TwoSum (fma_odd_rn16); MXCSR is restored at the end
-    (it is per thread, and nothing in the tile can raise). Row r of the tile reads b's rows
-    k0 + r*rstep + k, from column bj: rstep = 0 shares them (one product), rstep = K gives each
-    row its own (a batch of 1-row products: depthwise convolutions, one group per tile row
-    instead of one group padded to a whole tile; the loads hit L1 either way)."""
-    L = _TL
-    i32 = ir.IntType(32)
-    fv, iv, hv = ir.VectorType(ir.FloatType(), L), ir.VectorType(i32, L), ir.VectorType(ir.HalfType(), L)
-
-    def ci(x):
-        return ir.Constant(iv, [x] * L)
-
-    def splat(builder, x):
-        v = builder.insert_element(ir.Constant(fv, ir.Undefined), x, ir.Constant(i32, 0))
-        return builder.shuffle_vector(v, ir.Constant(fv, ir.Undefined), ir.Constant(ir.VectorType(i32, L), [0] * L))
+    toward zero and rounds to odd without TwoSum (_Kit.fma_odd_rn16); MXCSR is restored at the
+    end (it is per thread, and nothing in the tile can raise)."""
 
     @intrinsic
-    def tile(typingctx, a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic):
+    def tile(typingctx, a, b, out, i0, oi, j0, k0, bj, two_emin, magic):
         sig = types.void(_ARR2, _ARR2, _ARR2, types.intp, types.intp, types.intp, types.intp, types.intp,
-                         types.intp, types.float32, types.float32)
+                         types.float32, types.float32)
 
         def codegen(context, builder, signature, args):
-            a_, b_, o_, i0_, oi_, j0_, k0_, bj_, rs_, te_, mg_ = args
+            a_, b_, o_, i0_, oi_, j0_, k0_, bj_, te_, mg_ = args
             A = context.make_array(_ARR2)(context, builder, a_)
             B = context.make_array(_ARR2)(context, builder, b_)
             O = context.make_array(_ARR2)(context, builder, o_)
             K = cgutils.unpack_tuple(builder, A.shape)[1]
             BN = cgutils.unpack_tuple(builder, B.shape)[1]
             N = cgutils.unpack_tuple(builder, O.shape)[1]
-            te, mg = splat(builder, te_), splat(builder, mg_)
+            kit = _Kit(builder, mode, hw16, rz, te_, mg_)
 
             def idx(x):
                 return ir.Constant(K.type, x)
 
-            def rnd(x, keep_sign):  # _rnd32 / _rnd32z, or the conversion pair
-                if hw16:
-                    return builder.fpext(builder.fptrunc(x, hv), fv)
-                xb = builder.bitcast(x, iv)
-                pe = builder.bitcast(builder.and_(xb, ci(0x7F800000)), fv)
-                c = builder.fmul(builder.select(builder.fcmp_ordered(">", pe, te), pe, te), mg)
-                r = builder.fsub(builder.fadd(x, c), c)
-                if keep_sign:
-                    r = builder.bitcast(builder.or_(builder.bitcast(r, iv), builder.and_(xb, ci(-0x80000000))), fv)
-                return r
-
-            def add_odd(x, y):  # _add_odd32
-                s = builder.fadd(x, y)
-                bb = builder.fsub(s, x)
-                e = builder.fadd(builder.fsub(x, builder.fsub(s, bb)), builder.fsub(y, bb))
-                sb, eb = builder.bitcast(s, iv), builder.bitcast(e, iv)
-                adj = builder.or_(builder.ashr(builder.xor(sb, eb), ci(31)), ci(1))
-                odd = builder.and_(builder.fcmp_unordered("!=", e, ir.Constant(fv, [0.0] * L)),
-                                   builder.icmp_signed("==", builder.and_(sb, ci(1)), ci(0)))
-                return builder.bitcast(builder.select(odd, builder.add(sb, adj), sb), fv)
-
-            def vptr(ary, off):
-                return builder.bitcast(builder.gep(ary.data, [off]), fv.as_pointer())
-
-            if rz:  # fp16, fma: the whole tile rounds toward zero (MXCSR), conversions to nearest
-                i8p = ir.IntType(8).as_pointer()
-                fnty = ir.FunctionType(ir.VoidType(), [i8p])
-                stm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.stmxcsr")
-                ldm = cgutils.get_or_insert_function(builder.module, fnty, "llvm.x86.sse.ldmxcsr")
-                cvtps2ph = cgutils.get_or_insert_function(
-                    builder.module, ir.FunctionType(ir.VectorType(ir.IntType(16), L), [fv, i32]),
-                    "llvm.x86.vcvtps2ph.256")
-                fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(fv, [fv, fv, fv]),
-                                                     "llvm.fma.v8f32")
-                csr = cgutils.alloca_once(builder, i32)
-                builder.call(stm, [builder.bitcast(csr, i8p)])
-                saved = builder.load(csr)
-                builder.store(builder.or_(saved, ir.Constant(i32, 0x6000)), csr)  # RC = toward zero
-                builder.call(ldm, [builder.bitcast(csr, i8p)])
-
-            def fma_odd_rn16(av, bv, p, acc):
-                """rnd16(acc + p), p = av*bv exact, under rounding toward zero: s = RZ(acc + p)
-                by one FMA; s minus the larger-magnitude operand is exact (Fast2Sum's first
-                step, which holds for RZ too), so s is exact iff s - acc == p and s - p == acc
-                (the difference with the smaller operand subtracted may round, but only
-                when s is inexact). s | inexact is then acc + p rounded to odd in float32
-                (24 >= 11 + 2 bits), and its nearest-even conversion to fp16 (immediate 0:
-                not MXCSR's mode) is rnd16(acc + p). A zero sum is +0 under RZ as under
-                nearest; a tiny one keeps its sign through s. 11 operations, 2 of them
-                conversions, for 8 lanes; the TwoSum form took 18."""
-                s = builder.call(fma, [av, bv, acc])
-                t1 = builder.fsub(s, acc)
-                t2 = builder.call(fma, [builder.fneg(av), bv, s])  # RZ(s - p)
-                inexact = builder.or_(builder.fcmp_unordered("!=", t1, p), builder.fcmp_unordered("!=", t2, acc))
-                odd = builder.bitcast(builder.or_(builder.bitcast(s, iv), builder.zext(inexact, iv)), fv)
-                h = builder.call(cvtps2ph, [odd, ir.Constant(i32, 0)])
-                return builder.fpext(builder.bitcast(h, hv), fv)
-
-            zero = ir.Constant(fv, [0.0] * L)
-            accs = [[cgutils.alloca_once_value(builder, zero) for _ in range(_TV)] for _ in range(_TR)]
+            accs = [[cgutils.alloca_once_value(builder, kit.zero) for _ in range(_TV)] for _ in range(_TR)]
             with cgutils.for_range(builder, K) as loop:  # allocas become registers (mem2reg)
                 k = loop.index
+                brow = builder.add(builder.mul(builder.add(k, k0_), BN), bj_)  # b[k0 + k, bj:]
+                bv = [builder.load(kit.vptr(B, builder.add(brow, idx(_TL * v))), align=4) for v in range(_TV)]
                 for r in range(_TR):
-                    kr = builder.add(builder.add(k, k0_), builder.mul(idx(r), rs_))
-                    brow = builder.add(builder.mul(kr, BN), bj_)  # b[k0 + r*rstep + k, bj:]
-                    bv = [builder.load(vptr(B, builder.add(brow, idx(L * v))), align=4) for v in range(_TV)]
                     ai = builder.add(builder.mul(builder.add(i0_, idx(r)), K), k)
-                    av = splat(builder, builder.load(builder.gep(A.data, [ai])))
+                    av = kit.splat(builder.load(builder.gep(A.data, [ai])))
                     for v in range(_TV):
-                        p = builder.fmul(av, bv[v])
-                        acc = builder.load(accs[r][v])
-                        if rz:
-                            acc = fma_odd_rn16(av, bv[v], p, acc)
-                        elif mode == 0:
-                            acc = rnd(builder.fadd(acc, rnd(p, False)), False)
-                        elif mode == 1:
-                            acc = rnd(add_odd(acc, rnd(p, False)), False)
-                        elif mode == 2:
-                            acc = rnd(add_odd(acc, p), True)
-                        else:
-                            acc = builder.fadd(acc, p)
-                        builder.store(acc, accs[r][v])
+                        builder.store(kit.step(av, bv[v], builder.load(accs[r][v])), accs[r][v])
             for r in range(_TR):
                 orow = builder.add(builder.mul(builder.add(oi_, idx(r)), N), j0_)
                 for v in range(_TV):
-                    builder.store(builder.load(accs[r][v]), vptr(O, builder.add(orow, idx(L * v))), align=4)
-            if rz:
-                builder.store(saved, csr)
-                builder.call(ldm, [builder.bitcast(csr, i8p)])
+                    builder.store(builder.load(accs[r][v]), kit.vptr(O, builder.add(orow, idx(_TL * v))), align=4)
+            kit.restore()
             return context.get_dummy_value()
 
         return sig, codegen
 
     return tile
+
+
+def _make_row(mode: int, hw16: bool, rz: bool = False):
+    """Intrinsic row(a, ai, b, k0, out, oi, nvec, two_emin, magic): out[oi, :_TL*nvec] = the
+    sequential sums of a[ai, k] * b[k0 + k, j] over k (modes as _make_tile), the accumulators
+    kept in out's row itself: k outside, j inside, so b's rows stream through once in order.
+    For one-row products (depthwise convolutions, matrix-vector products), where each element
+    of b is used once: the register tile's k-inside loop read ~100 rows of b at a time, more
+    streams than the prefetchers follow (~4x slower), and padded a single row to _TR."""
+
+    @intrinsic
+    def row(typingctx, a, ai, b, k0, out, oi, nvec, two_emin, magic):
+        sig = types.void(_ARR2, types.intp, _ARR2, types.intp, _ARR2, types.intp, types.intp,
+                         types.float32, types.float32)
+
+        def codegen(context, builder, signature, args):
+            a_, ai_, b_, k0_, o_, oi_, nv_, te_, mg_ = args
+            A = context.make_array(_ARR2)(context, builder, a_)
+            B = context.make_array(_ARR2)(context, builder, b_)
+            O = context.make_array(_ARR2)(context, builder, o_)
+            K = cgutils.unpack_tuple(builder, A.shape)[1]
+            BN = cgutils.unpack_tuple(builder, B.shape)[1]
+            ON = cgutils.unpack_tuple(builder, O.shape)[1]
+            kit = _Kit(builder, mode, hw16, rz, te_, mg_)
+            vl = ir.Constant(K.type, _TL)
+            orow = builder.mul(oi_, ON)
+            with cgutils.for_range(builder, nv_) as lv:
+                builder.store(kit.zero, kit.vptr(O, builder.add(orow, builder.mul(lv.index, vl))), align=4)
+            with cgutils.for_range(builder, K) as lk:
+                av = kit.splat(builder.load(builder.gep(A.data, [builder.add(builder.mul(ai_, K), lk.index)])))
+                brow = builder.mul(builder.add(k0_, lk.index), BN)
+                with cgutils.for_range(builder, nv_) as lv:
+                    off = builder.mul(lv.index, vl)
+                    op = kit.vptr(O, builder.add(orow, off))
+                    bv = builder.load(kit.vptr(B, builder.add(brow, off)), align=4)
+                    builder.store(kit.step(av, bv, builder.load(op, align=4)), op, align=4)
+            kit.restore()
+            return context.get_dummy_value()
+
+        return sig, codegen
+
+    return row
 
 
 _TILE0, _TILE1, _TILE2, _TILE3 = (_make_tile(m, False) for m in range(4))
@@ -427,21 +482,42 @@ _TILE16_0 = _make_tile(0, HW_F16C)
 _TILE16_2 = _make_tile(2, True, rz=True) if HW_F16C else _make_tile(2, False)
 
 
+_ROW0, _ROW1, _ROW2, _ROW3 = (_make_row(m, False) for m in range(4))
+_ROW16_0 = _make_row(0, HW_F16C)
+_ROW16_2 = _make_row(2, True, rz=True) if HW_F16C else _make_row(2, False)
+
+
 @njit(cache=True, inline="always")
-def _tile(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic, mode):
+def _tile(a, b, out, i0, oi, j0, k0, bj, two_emin, magic, mode):
     # modes 4, 5: fp16 format with modes 0, 2 through the conversion pair where the CPU has one
     if mode == 0:
-        _TILE0(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 1:
-        _TILE1(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE1(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 2:
-        _TILE2(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 3:
-        _TILE3(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE3(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     elif mode == 4:
-        _TILE16_0(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE16_0(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
     else:
-        _TILE16_2(a, b, out, i0, oi, j0, k0, bj, rstep, two_emin, magic)
+        _TILE16_2(a, b, out, i0, oi, j0, k0, bj, two_emin, magic)
+
+
+@njit(cache=True, inline="always")
+def _row(a, ai, b, k0, out, oi, nvec, two_emin, magic, mode):
+    if mode == 0:
+        _ROW0(a, ai, b, k0, out, oi, nvec, two_emin, magic)
+    elif mode == 1:
+        _ROW1(a, ai, b, k0, out, oi, nvec, two_emin, magic)
+    elif mode == 2:
+        _ROW2(a, ai, b, k0, out, oi, nvec, two_emin, magic)
+    elif mode == 3:
+        _ROW3(a, ai, b, k0, out, oi, nvec, two_emin, magic)
+    elif mode == 4:
+        _ROW16_0(a, ai, b, k0, out, oi, nvec, two_emin, magic)
+    else:
+        _ROW16_2(a, ai, b, k0, out, oi, nvec, two_emin, magic)
 
 
 @njit(cache=True, inline="always")
@@ -454,29 +530,20 @@ def _all_bad(colbad, j0, w):
 
 
 @njit(cache=True, inline="always")
-def _grouped_item(a2, b2, o2, colbad, g, two_emin, magic, mode):
-    """Products g*_TR .. g*_TR+_TR-1 of a batch of 1-row products, one per tile row:
-    a2 (B, K), b2 (B*K, N) (b's batch items one under another), o2 (B, N), colbad (B, N)."""
+def _row_item(a2, b2, o2, c, two_emin, magic, mode):
+    """Product c of a batch of 1-row products: a2 (B, K), b2 (B*K, N) (b's batch items one
+    under another), o2 (B, N); the last N % _TL columns through a zero-padded copy."""
     K = a2.shape[1]
     N = o2.shape[1]
-    g0 = g * _TR
-    scratch = np.empty((_TR, _TW), np.float32)
-    for jt in range(-(-N // _TW)):
-        j0 = jt * _TW
-        w = min(_TW, N - j0)
-        skip = True
-        for r in range(_TR):
-            skip &= _all_bad(colbad[g0 + r], j0, w)
-        if skip:
-            continue
-        if w == _TW:
-            _tile(a2, b2, o2, g0, g0, j0, g0 * K, j0, K, two_emin, magic, mode)
-        else:  # the last columns, zero-padded
-            pb = np.zeros((_TR * K, _TW), np.float32)
-            for r in range(_TR):
-                pb[r * K:(r + 1) * K, :w] = b2[(g0 + r) * K:(g0 + r + 1) * K, j0:]
-            _tile(a2, pb, scratch, g0, 0, 0, 0, 0, K, two_emin, magic, mode)
-            o2[g0:g0 + _TR, j0:j0 + w] = scratch[:, :w]
+    nv = N // _TL
+    _row(a2, c, b2, c * K, o2, c, nv, two_emin, magic, mode)
+    j0 = nv * _TL
+    if j0 < N:
+        pb = np.zeros((K, _TL), np.float32)
+        pb[:, :N - j0] = b2[c * K:(c + 1) * K, j0:]
+        scratch = np.empty((1, _TL), np.float32)
+        _row(a2, c, pb, 0, scratch, 0, 1, two_emin, magic, mode)
+        o2[c, j0:] = scratch[0, :N - j0]
 
 
 @njit(cache=True, parallel=True)
@@ -486,23 +553,25 @@ def _mm_fast(a, b, out, rowok, colbad, two_emin, magic, mode):
     all have colbad (B, N) set are skipped (_mm_general computes them, and NaN operands make
     the tile's arithmetic several times slower: rapidocr_det's NaN-fed layers under fp16).
     mode 0: no fma, M <= 10; 1: no fma, round-to-odd; 2: fma, round-to-odd; 3: M == 23;
-    4, 5: modes 0, 2 for fp16. Everything goes through the register-tiled kernel: b's last
-    partial panel and a's last partial row tile are zero-padded (zero products leave the other
-    rows and columns as they are) and written through a scratch tile; a tile with a rowok-false
-    row computes it anyway (_mm_general overwrites it). Parallel over (batch, row tile) items:
-    balanced when another process shares a core, and a batch of small products (grouped
-    convolutions) is one call instead of one per group."""
+    4, 5: modes 0, 2 for fp16. 1-row products go through the row kernel (_make_row), the rest
+    through the register-tiled kernel: b's last partial panel and a's last partial row tile are
+    zero-padded (zero products leave the other rows and columns as they are) and written
+    through a scratch tile; a tile with a rowok-false row computes it anyway (_mm_general
+    overwrites it). Parallel over products or (batch, row tile) items: balanced when another
+    process shares a core, and a batch of small products (grouped convolutions) is one call
+    instead of one per group."""
     nb, M, K = a.shape
     N = b.shape[2]
+    if M == 1:  # 1-row products (depthwise convolutions, matrix-vector products): row kernel
+        a2, b2, o2 = a.reshape(nb, K), b.reshape(nb * K, N), out.reshape(nb, N)
+        for c in prange(nb):
+            if rowok[c, 0] and not _all_bad(colbad[c], 0, N):
+                _row_item(a2, b2, o2, c, two_emin, magic, mode)
+        return
     items = -(-M // _TR)
     packed = K > _PACK_MIN_K
     bp = _pack_panels(b) if packed else np.empty((nb, 0, 0, _TW), np.float32)
-    ng = nb // _TR if M == 1 and not packed else 0  # tiles of _TR 1-row products (depthwise convs)
-    if ng:
-        a2, b2, o2 = a.reshape(nb, K), b.reshape(nb * K, N), out.reshape(nb, N)
-        for g in prange(ng):
-            _grouped_item(a2, b2, o2, colbad, g, two_emin, magic, mode)
-    for w in prange(ng * _TR, nb * items):  # (with ng, items == 1: the remaining products)
+    for w in prange(nb * items):
         bt = w // items
         t = w - bt * items
         if packed:
@@ -562,9 +631,9 @@ def _fast_item(a, b2, kp, out, rowok, colbad, t, two_emin, magic, mode):
             pb[:, :w] = b2[:, j0:]
             bj = 0
         if rows == _TR and w == _TW:
-            _tile(src, pb, out, si, i0, j0, k0, bj, 0, two_emin, magic, mode)
+            _tile(src, pb, out, si, i0, j0, k0, bj, two_emin, magic, mode)
         else:
-            _tile(src, pb, scratch, si, 0, 0, k0, bj, 0, two_emin, magic, mode)
+            _tile(src, pb, scratch, si, 0, 0, k0, bj, two_emin, magic, mode)
             out[i0:i0 + rows, j0:j0 + w] = scratch[:rows, :w]
 
 

@@ -573,6 +573,15 @@ def test_fp16_conversion_tiles_equal_portable_tiles(mode_pair):
         outs.append(out)
     assert same_bits(outs[0], outs[1])
     assert (np.abs(outs[0]) < 2.0 ** -14).any()  # the subnormal range was reached
+    # the row kernel (1-row products), with a column tail
+    a1, b1 = a[:, None, :], b[None, :, :N - 3].repeat(M, 0)
+    ok1 = np.ones((M, 1), np.bool_)
+    rows = []
+    for mode in mode_pair:
+        out = np.zeros((M, 1, N - 3), np.float32)
+        acc_mod._mm_fast(a1, b1, out, ok1, np.zeros((M, N - 3), np.bool_), fmt.two_emin32, fmt.magic32, mode)
+        rows.append(out)
+    assert same_bits(rows[0], rows[1]) and same_bits(rows[0][:, 0], outs[0][0, :, :N - 3])
 
 
 def _span_ok(q: Fraction, bits: int) -> bool:
@@ -756,3 +765,16 @@ def test_column_tiles_of_nonfinite_columns_are_left_to_the_general_path():
             for i in range(nb):
                 want = [[seq_nonfinite_oracle(ab[i, 0], bb[i, :, j], fma) for j in range(T + 3)]]
                 assert same_bits(got[i], want)
+
+
+@pytest.mark.parametrize("fmt,fma", [(BF16, True), ((6, 14), False), ((6, 14), True), ((8, 23), False)])
+def test_one_row_products_other_modes_against_exact_arithmetic(fmt, fma):
+    # the row kernel in each of its modes (round-to-odd without and with fma, plain float32) on
+    # 1-row products with a column tail; the fp16 modes are checked against numpy float16 above
+    rng = np.random.default_rng(25 + fmt[1])
+    a = rand_fmt_values(rng, (3, 1, 29), *F16, lo=-6, hi=1)
+    b = rand_fmt_values(rng, (3, 29, 2 * acc_mod._TL + 3), *F16, lo=-6, hi=1)
+    got = matmul_acc(a, b, *fmt, fma=fma)
+    for i in range(3):
+        want = mm_oracle(a[i], b[i], lambda r, c: seq_exact(r, c, *fmt, fma))
+        assert np.array_equal(got[i], want) and same_bits(got[i], np.float32(want))
