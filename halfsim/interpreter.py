@@ -276,7 +276,9 @@ class _FastGraph:
     """The fp32 schedule of one graph (main graph or body), built on its first fp32 run:
     nodes that read only weights run once and their outputs are shared between runs
     (read-only), as ORT folds them; every other node is a precomputed step
-    (node, fn, inputs, attrs, outputs, tensors dead after it, has subgraphs)."""
+    (node, fn, inputs, attrs, outputs, tensors dead after it, has subgraphs). `steps` also
+    fuses Conv chains, memoizes shape arithmetic and runs chains of view ops as one step;
+    `steps_exact` keeps one step per node (traces)."""
     __slots__ = ("folded", "env0", "steps", "steps_exact", "outputs", "outer", "code", "_code_steps")
 
     def __init__(self, graph: G.Graph, runner: "_Runner", outer_consts: Mapping[str, Any] | None = None):
@@ -325,8 +327,8 @@ class _FastGraph:
                     and (len(n.inputs) < 3 or not n.inputs[2] or n.inputs[2] in env):
                 # Streaming models' tiny 1-D convs: a per-shape gather + GEMM (same bits).
                 from .kernels.conv_small import specialize_conv1d
-                fn = specialize_conv1d(env[n.inputs[1]], env[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else None,
-                                       n.attrs, fn) or fn
+                bias = env[n.inputs[2]] if len(n.inputs) > 2 and n.inputs[2] else None
+                fn = specialize_conv1d(env[n.inputs[1]], bias, n.attrs, fn) or fn
             elif n.op_type == "MatMul" and n.domain == "" and len(n.inputs) == 2 and n.inputs[1] in env:
                 fn = _matmul_const_b(env[n.inputs[1]], fn) or fn
             self.steps_exact.append((n, fn, tuple(n.inputs), n.attrs, tuple(n.outputs), dead, bool(n.subgraphs)))
@@ -618,8 +620,9 @@ def _compile_steps(steps: list, outputs: list[str], consts: Mapping[str, Any] = 
     variables, instead of a loop over step tuples with dict traffic per argument (about
     1 us per node less; streaming models run ~100 tiny nodes). Same calls, same arguments,
     same freeing (del after the last use), same errors (the step index names the node)."""
-    glb: dict[str, Any] = {"C": OpContext, "nd": np.ndarray, "norm": _normalize, "HalfsimError": HalfsimError, "IF": _run_if,
-                           "fail": lambda i, e: _step_failed(steps, i, e), "M": _MISSING, "DEBUG": _DEBUG}
+    glb: dict[str, Any] = {"C": OpContext, "nd": np.ndarray, "norm": _normalize, "HalfsimError": HalfsimError,
+                           "IF": _run_if, "fail": lambda i, e: _step_failed(steps, i, e), "M": _MISSING,
+                           "DEBUG": _DEBUG}
     local: dict[str, str] = {}
     lines: list[str] = []
     loads: list[str] = []
