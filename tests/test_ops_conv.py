@@ -367,6 +367,7 @@ SHIFTED_CASES = [
     ((1, 12, 30, 64), (8, 12, 3, 3), {}),
     ((1, 8, 40, 80), (16, 8, 3, 5), dict(dilations=[2, 1], pads=[2, 2, 2, 2])),
     ((1, 4, 64, 96), (16, 4, 5, 5), dict(auto_pad="SAME_UPPER")),
+    ((2, 32, 200, 1), (48, 32, 5, 1), dict(pads=[2, 0, 2, 0])),  # magika-like column map: ctypes tiles
 ]
 
 

@@ -141,7 +141,7 @@ def _conv_float(ctx, x, w, b, group, kernel, out_sp, strides, dilations, pb, pe,
         xp = pad_spatial(x, pb, pe)
         if (ctx.plain and nd == 2 and x.dtype == np.float32 and w.dtype == np.float32 and xp.flags.c_contiguous
                 and N * M * P * K > 0):
-            fptr = _sgemm_address()
+            fptr = _driver_address(out_sp[1])
             if fptr:
                 return _conv_im2col_driver(fptr, xp, w, b, N, group, Mg, K, out_sp, kernel, strides, dilations)
         win = windows(xp, kernel, out_sp, strides, dilations)
@@ -195,6 +195,15 @@ def _sgemm_address() -> int:
 
 
 _ADDR: list = []  # [sgemm's address or 0], looked up once (a lookup per conv cost ~6 us)
+_DRIVER_MIN_OW = 8
+
+
+def _driver_address(ow: int) -> int:
+    """_sgemm_address() for maps at least _DRIVER_MIN_OW wide, else 0. Column-vector maps
+    (magika's only conv, a 1-D conv exported as (512, 1) with a (5, 1) kernel) measured no
+    faster through the driver (39.2 vs 39.6 ms CPU) and it would load numba's LLVM (~50 MB)
+    into a model that otherwise never does (peak memory 0.92x -> 2.33x of ORT's)."""
+    return _sgemm_address() if ow >= _DRIVER_MIN_OW else 0
 
 
 _EMPTY32 = np.empty(0, np.float32)
@@ -241,7 +250,7 @@ def _conv_shifted(x, wt, b, out_sp, dilations, pb):
         rows = max(rows, -(-_MIN_TILE_COLS // Wp))
     per_image = -(-OH // rows)
     work = N * M * C * KH * KW * OH * OW
-    fptr = _sgemm_address()
+    fptr = _driver_address(OW)
     if fptr:
         # One nogil numba call per chunk of tiles (kernels/convtile.py): no GIL between calls.
         offs = np.array([off for _, off in taps], dtype=np.int64)
