@@ -119,31 +119,8 @@ def matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     if work < _MIN_WORK or threads() <= 1:
         return np.matmul(a, b)
     out = np.empty(batch + (M, N), dtype=np.result_type(a.dtype, b.dtype))
-    if a.ndim == 2 and b.ndim == 2 and a.dtype == b.dtype == np.float32 and a.flags.c_contiguous \
-            and b.flags.c_contiguous and K > 0:
-        from .cblas import sgemm_address
-        fptr = sgemm_address()
-        if fptr:
-            _driver_split(fptr, a, b, out, M, N, work)
-            return out
     if M >= N:
         run_split(_rows, (a, b, out), M, work)
     else:
         run_split(_cols, (a, b, out), N, work)
     return out
-
-
-def _driver_split(fptr: int, a: np.ndarray, b: np.ndarray, out: np.ndarray, M: int, N: int, work: int) -> None:
-    """A 2-D float32 split matmul as 2 tiles per thread (rows, or columns when there are fewer
-    rows), each one sgemm inside a nogil numba call (kernels/convtile.matmul_tiles): no
-    numpy call and no GIL per tile. Fewer, larger tiles than _rows/_cols' 4 per thread: each
-    tile re-packs the other operand. minilm's 38x1536 @ 1536x384 at two threads: 0.81 vs
-    0.92 ms CPU (np.matmul tiles; one unsplit call 0.71), load ~6."""
-    from .convtile import matmul_tiles
-    n = 2 * threads()
-    if M >= N:
-        rows, cols = -(-M // n), N
-    else:
-        rows, cols = M, -(-N // n)
-    per_row = -(-N // cols)
-    run_split(matmul_tiles, (fptr, a, b, out, rows, cols, per_row), -(-M // rows) * per_row, work, min_work=_MIN_WORK)

@@ -143,17 +143,3 @@ def pointwise_tiles(fptr, xf, w, bias, y, C, cols, per_image, lo, hi):
                 row = y[n, m, p0:p0 + L]
                 for p in range(L):
                     row[p] += bm
-
-
-@njit(cache=True, nogil=True)
-def matmul_tiles(fptr, a, b, y, rows, cols, per_row, lo, hi):
-    """Tiles [lo, hi) of y = a @ b (float32, C-contiguous 2-D): tile t holds rows
-    rows * (t // per_row) on and columns cols * (t % per_row) on; one sgemm each, straight
-    into y (lda = K, ldb = ldc = N)."""
-    M, K = a.shape
-    N = b.shape[1]
-    for t in range(lo, hi):
-        r0 = (t // per_row) * rows
-        c0 = (t % per_row) * cols
-        _sgemm_at(fptr, min(M, r0 + rows) - r0, min(N, c0 + cols) - c0, K, a, r0 * K, K, b, c0, N,
-                  np.float32(0.0), y, r0 * N + c0, N)
