@@ -7,6 +7,7 @@ intra_op_num_threads equal to numpy's BLAS thread count. Time: median of --runs 
 5) after two warm-up runs (numba kernels compile on the first). Target: ratio <= 2.
 
     python benchmarks/bench_ops.py [--runs 5] [--only conv] [--precision fp32] [--json F]
+    python benchmarks/bench_ops.py --threads-models rapidocr_det,nudenet --runs 15
 
 Recorded on the shared 2-core dev VM (AMD EPYC, AVX2; other jobs running, so wall times
 scatter by 2-5x between runs). Halfsim/ORT ratios, 1 thread, per-call CPU time (steadier
@@ -130,13 +131,52 @@ def cases():
     return c
 
 
+def thread_scaling(names: list[str], reps: int) -> None:
+    """Whole manifest models in one process: halfsim fp32 at HALFSIM_THREADS 1 and 2, each with
+    the conv tile drivers (kernels/convtile.py) and without them (the numpy/ctypes tiles),
+    runs interleaved (order alternating), median wall and process CPU ms per mode."""
+    import time
+
+    from halfsim.ops import conv as conv_ops
+    from validation import fetch, recipes
+    manifest = {e["name"]: e for e in fetch.load_manifest()}
+    addr = conv_ops._sgemm_address()
+    modes = [(t, d) for t in ("1", "2") for d in (True, False)]
+    for name in names:
+        path = str(fetch.fetch(name))
+        feeds = recipes.build_inputs(manifest[name]["recipe"], onnx.load(path))
+        m = halfsim.load(path)
+        res: dict = {md: [] for md in modes}
+        load0 = os.getloadavg()[0]
+        for i in range(reps + 1):
+            for t, d in (modes if i % 2 else modes[::-1]):
+                os.environ["HALFSIM_THREADS"] = t
+                conv_ops._ADDR[:] = [addr if d else 0]
+                m.run(feeds)  # untimed: the other mode's run just took the caches
+                w, c = time.perf_counter(), time.process_time()
+                m.run(feeds)
+                if i:  # the first round warms every mode
+                    res[(t, d)].append((1e3 * (time.perf_counter() - w), 1e3 * (time.process_time() - c)))
+        conv_ops._ADDR[:] = [addr]
+        print(f"{name} ({reps} runs a mode, load {load0:.2f} -> {os.getloadavg()[0]:.2f}):")
+        for (t, d), v in res.items():
+            print(f"  threads {t} {'drivers' if d else 'numpy tiles':11s} wall {np.median([x[0] for x in v]):8.2f}"
+                  f"  cpu {np.median([x[1] for x in v]):8.2f} ms")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=5)
     ap.add_argument("--only", default="", help="substring filter on case names")
     ap.add_argument("--precision", default="fp32", help="halfsim precision (default fp32)")
     ap.add_argument("--json", default="")
+    ap.add_argument("--threads-models", default="",
+                    help="comma-separated manifest models: HALFSIM_THREADS 1 vs 2, conv drivers on/off, "
+                         "interleaved in one process (wall and CPU), instead of the op table")
     a = ap.parse_args(argv)
+    if a.threads_models:
+        thread_scaling(a.threads_models.split(","), max(a.runs, 5))
+        return 0
     threads = blas_threads()
     rows = []
     print(f"threads: {threads} (numpy BLAS, halfsim kernels and ORT intra-op); median of {a.runs} runs after "
