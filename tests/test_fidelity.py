@@ -160,3 +160,22 @@ def test_sigmoid_oracle_computes_halfsims_fp32_sigmoid(n, static):
     if n < 16384:  # ORT's own Sigmoid, rounded, is another function there
         plain = ortb.run(proto, {"x": x})["y"].astype(np.float16).astype(np.float32)
         assert not np.array_equal(plain, oracle)
+
+
+def test_fidelity_is_inf_when_nonfinite_values_disagree(monkeypatch):
+    # A NaN on one side only is no agreement, whatever the norm over the finite rest says.
+    from validation import fidelity
+    proto, feeds = _model()
+    model = halfsim.load(proto)
+    real_run = fidelity.ortb.run
+
+    def run_with_nan(m, f, **kw):
+        out = real_run(m, f, **kw)
+        if kw.get("optimize") is False:  # the oracle's run
+            out["bn"] = out["bn"].copy()
+            out["bn"].flat[0] = np.nan
+        return out
+    monkeypatch.setattr(fidelity.ortb, "run", run_with_nan)
+    fid = fidelity.fp16_fidelity(proto, model, feeds)
+    assert fid["bn"]["fidelity"] == float("inf") and fid["bn"]["nonfinite_mismatch"] == 1
+    assert fid["y"]["fidelity"] == 0.0 and fid["accf"]["nonfinite_mismatch"] == 0  # equal infinities agree

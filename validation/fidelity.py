@@ -68,7 +68,11 @@ def fp16_fidelity(proto: onnx.ModelProto, model, feeds: dict) -> dict[str, dict]
         if p.dtype.kind != "f" or o.size == 0:
             continue
         ok = np.isfinite(p) & np.isfinite(o) & np.isfinite(r)
-        num = float(np.linalg.norm(p[ok] - o[ok]))
+        # An inf or NaN where the other has another value is a disagreement no norm measures:
+        # fidelity is then inf, not the norm over the finite rest.
+        special = ~(np.isfinite(p) & np.isfinite(o))
+        odd = int(np.count_nonzero(special & ~((p == o) | (np.isnan(p) & np.isnan(o)))))
+        num = float(np.linalg.norm(p[ok] - o[ok])) if not odd else float("inf")
         den = float(np.linalg.norm(r[ok] - o[ok]))
         n = np.asarray(noisy[name], np.float64)
         ok2 = np.isfinite(n) & np.isfinite(p) & np.isfinite(r)
@@ -78,6 +82,7 @@ def fp16_fidelity(proto: onnx.ModelProto, model, feeds: dict) -> dict[str, dict]
                      "noise_floor": floor,
                      "halfsim_vs_oracle": metrics.rel_l2(pred[name], oracle[name]),
                      "fp32_vs_oracle": metrics.rel_l2(fp32[name], oracle[name]),
+                     "nonfinite_mismatch": odd,
                      "nonfinite_halfsim": int(np.count_nonzero(~np.isfinite(p))),
                      "nonfinite_oracle": int(np.count_nonzero(~np.isfinite(o)))}
     return out
