@@ -379,6 +379,12 @@ class _Kit:
         return self.b.bitcast(self.b.gep(ary.data, [off]), self.fv.as_pointer())
 
 
+def _arrays(context, builder, args):
+    """The 2-D float32 array arguments of an intrinsic, and their row lengths."""
+    arrs = [context.make_array(_ARR2)(context, builder, x) for x in args]
+    return arrs, [cgutils.unpack_tuple(builder, x.shape)[1] for x in arrs]
+
+
 def _make_tile(mode: int, hw16: bool, rz: bool = False):
     """Intrinsic tile(a, bp, out, i0, oi, j0, two_emin, magic): out[oi:oi+_TR, j0:j0+_TW] = the
     sequential float32 fast path of rows i0:i0+_TR of a and the columns of bp, the (K, _TW)
@@ -400,12 +406,7 @@ def _make_tile(mode: int, hw16: bool, rz: bool = False):
 
         def codegen(context, builder, signature, args):
             a_, b_, o_, i0_, oi_, j0_, k0_, bj_, te_, mg_ = args
-            A = context.make_array(_ARR2)(context, builder, a_)
-            B = context.make_array(_ARR2)(context, builder, b_)
-            O = context.make_array(_ARR2)(context, builder, o_)
-            K = cgutils.unpack_tuple(builder, A.shape)[1]
-            BN = cgutils.unpack_tuple(builder, B.shape)[1]
-            N = cgutils.unpack_tuple(builder, O.shape)[1]
+            (A, B, O), (K, BN, N) = _arrays(context, builder, (a_, b_, o_))
             kit = _Kit(builder, mode, hw16, rz, te_, mg_)
 
             def idx(x):
@@ -448,12 +449,7 @@ def _make_row(mode: int, hw16: bool, rz: bool = False):
 
         def codegen(context, builder, signature, args):
             a_, ai_, b_, k0_, o_, oi_, nv_, te_, mg_ = args
-            A = context.make_array(_ARR2)(context, builder, a_)
-            B = context.make_array(_ARR2)(context, builder, b_)
-            O = context.make_array(_ARR2)(context, builder, o_)
-            K = cgutils.unpack_tuple(builder, A.shape)[1]
-            BN = cgutils.unpack_tuple(builder, B.shape)[1]
-            ON = cgutils.unpack_tuple(builder, O.shape)[1]
+            (A, B, O), (K, BN, ON) = _arrays(context, builder, (a_, b_, o_))
             kit = _Kit(builder, mode, hw16, rz, te_, mg_)
             vl = ir.Constant(K.type, _TL)
             orow = builder.mul(oi_, ON)
@@ -535,15 +531,18 @@ def _row_item(a2, b2, o2, c, two_emin, magic, mode):
     under another), o2 (B, N); the last N % _TL columns through a zero-padded copy."""
     K = a2.shape[1]
     N = o2.shape[1]
-    nv = N // _TL
-    _row(a2, c, b2, c * K, o2, c, nv, two_emin, magic, mode)
-    j0 = nv * _TL
+    j0 = N // _TL * _TL
+    src, k0, dst, oi, nv = b2, c * K, o2, c, N // _TL
+    for part in range(2):  # one call site for both parts: each inlines every mode's kernel
+        if part == 1:
+            if j0 == N:
+                break
+            src = np.zeros((K, _TL), np.float32)
+            src[:, :N - j0] = b2[c * K:(c + 1) * K, j0:]
+            k0, dst, oi, nv = 0, np.empty((1, _TL), np.float32), 0, 1
+        _row(a2, c, src, k0, dst, oi, nv, two_emin, magic, mode)
     if j0 < N:
-        pb = np.zeros((K, _TL), np.float32)
-        pb[:, :N - j0] = b2[c * K:(c + 1) * K, j0:]
-        scratch = np.empty((1, _TL), np.float32)
-        _row(a2, c, pb, 0, scratch, 0, 1, two_emin, magic, mode)
-        o2[c, j0:] = scratch[0, :N - j0]
+        o2[c, j0:] = dst[0, :N - j0]
 
 
 @njit(cache=True, parallel=True)
@@ -630,10 +629,11 @@ def _fast_item(a, b2, kp, out, rowok, colbad, t, two_emin, magic, mode):
             pb = np.zeros((K, _TW), np.float32)
             pb[:, :w] = b2[:, j0:]
             bj = 0
-        if rows == _TR and w == _TW:
-            _tile(src, pb, out, si, i0, j0, k0, bj, two_emin, magic, mode)
-        else:
-            _tile(src, pb, scratch, si, 0, 0, k0, bj, two_emin, magic, mode)
+        full = rows == _TR and w == _TW
+        # one call site (it inlines every mode's tile): into out, or into the scratch tile
+        _tile(src, pb, out if full else scratch, si, i0 if full else 0, j0 if full else 0, k0, bj,
+              two_emin, magic, mode)
+        if not full:
             out[i0:i0 + rows, j0:j0 + w] = scratch[:rows, :w]
 
 
