@@ -218,3 +218,21 @@ def test_packed_u8s8_kernel_equals_the_pair_loop(m, k, n):
     if k >= 2:  # both saturations exercised
         assert (pairs > 32767).any() and (pairs < -32768).any()
     np.testing.assert_array_equal(got, np.clip(pairs, -32768, 32767).sum(axis=1))
+
+
+@pytest.mark.parametrize("special", ["all_nan", "one_nan", "one_inf", "all_neg_inf"])
+def test_nan_and_inf_input_as_ort(special):
+    # ORT's biased gate clamp turns a NaN pre-activation into +FLT_MAX (the gate saturates), and
+    # an inf in X makes the input scale inf: ORT's outputs stay finite where numpy's would be NaN.
+    rng = np.random.default_rng(30)
+    ins = _inputs(rng, T=4, B=2, H=6)
+    x = ins[0].reshape(-1)
+    if special == "all_nan":
+        x[:] = np.nan
+    elif special == "one_nan":
+        x[3] = np.nan
+    elif special == "one_inf":
+        x[3] = np.inf
+    else:
+        x[:] = -np.inf
+    _check(ins)

@@ -286,3 +286,27 @@ def test_lstm_constant_weights_specialized(direction, T, bias, init, forget):
     general = model.run(feeds, observe=["y"])  # node by node through the op itself
     for k in ("y", "yh", "yc"):
         np.testing.assert_array_equal(fast[k], general[k])
+
+
+@pytest.mark.parametrize("op,gates", [("LSTM", 4), ("GRU", 3), ("RNN", 1)])
+@pytest.mark.parametrize("bias", [False, True])
+@pytest.mark.parametrize("clip", [None, 3.0])
+@pytest.mark.parametrize("special", ["one_nan", "all_nan", "inf"])
+@pytest.mark.parametrize("B,H", [(2, 6), (8, 64)])  # the numpy steps and the fused numba gates
+def test_nan_and_inf_inputs_as_ort(op, gates, bias, clip, special, B, H):
+    # With a bias ORT clamps each LSTM/GRU gate with std::min then std::max (NaN -> +clip, or
+    # FLT_MAX), so a NaN input saturates the gates instead of turning the outputs NaN.
+    rng = np.random.default_rng(gates * 100 + H)
+    T, I = 4, 5
+    X = rng.standard_normal((T, B, I)).astype(np.float32)
+    if special == "one_nan":
+        X[1, 0, 2] = np.nan
+    elif special == "all_nan":
+        X[:] = np.nan
+    else:
+        X[1, 0, 2] = np.inf
+    W = (rng.standard_normal((1, gates * H, I)) * 0.5).astype(np.float32)
+    R = (rng.standard_normal((1, gates * H, H)) * 0.5 / np.sqrt(H)).astype(np.float32)
+    Bb = (rng.standard_normal((1, 2 * gates * H)) * 0.3).astype(np.float32) if bias else None
+    attrs = dict(hidden_size=H, **({} if clip is None else {"clip": clip}))
+    check_op(op, [X, W, R, Bb], attrs, n_outputs=3 if op == "LSTM" else 2, initializers=(1, 2, 3))

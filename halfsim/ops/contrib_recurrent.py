@@ -405,8 +405,8 @@ def dynamic_quantize_lstm(ctx, X, W, R, B=None, sequence_lens=None, initial_h=No
     f32 = np.float32
 
     def clip_bias(x, b):
-        if b is not None:
-            x = x + b
+        if b is not None:  # ORT's clip_add_bias: std::min first, so a NaN becomes +lim
+            return np.maximum(-lim, np.fmin(x + b, lim))
         return np.maximum(-lim, np.minimum(lim, x))
 
     # One numba loop per direction under plain fp32 with ORT's default activations (exact

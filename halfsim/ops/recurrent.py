@@ -259,8 +259,21 @@ def _wt(ctx, w: np.ndarray) -> np.ndarray:
     return w.T if ctx.plain else np.ascontiguousarray(w.T)
 
 
-def _clip(x, clip):
+def _clip(x, clip, biased: bool = False):
+    """A gate's pre-activation clamp as ORT's LSTM and GRU do it (rnn_helpers): with a bias input
+    `clip_add_bias`, std::min(clip, x) then std::max(-clip, x) with clip FLT_MAX when unset, so
+    a NaN becomes +clip and the gate saturates; without one, NaN passes. (RNN clamps otherwise.)"""
+    if biased:
+        x = np.fmin(x, x.dtype.type(_FLT_MAX if clip is None else clip))  # NaN -> the bound
+        return x if clip is None else np.maximum(x, -clip)
     return x if clip is None else np.clip(x, -clip, clip)
+
+
+_FLT_MAX = float(np.finfo(np.float32).max)
+
+
+def _any_nan(outs) -> bool:
+    return any(o is not None and o.dtype.kind == "f" and np.isnan(o).any() for o in outs)
 
 
 # ---------------------------------------------------------------- RNN ------------------------
@@ -329,7 +342,7 @@ def _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation
         zr = xw[:, :2 * H] + ctx.matmul(h, Rzr[d])
         if bd is not None:
             zr = zr + bd[0]
-        zr = ctx.round(_clip(zr, clip))
+        zr = ctx.round(_clip(zr, clip, bd is not None))
         z = ctx.round(f(zr[:, :H]))
         r = ctx.round(f(zr[:, H:]))
         if lbr:
@@ -343,7 +356,7 @@ def _gru(ctx, X, W, R, B, sequence_lens, initial_h, activation_alpha, activation
             pre = xw[:, 2 * H:] + ctx.matmul(ctx.round(r * h), Rh[d])
             if bd is not None:
                 pre = pre + (bd[1] + bd[2])
-        pre = ctx.round(_clip(pre, clip))
+        pre = ctx.round(_clip(pre, clip, bd is not None))
         hh = ctx.round(g(pre))
         return [ctx.round((1 - z) * hh + z * h)]
 
@@ -419,8 +432,17 @@ def _lean_step(pre: np.ndarray, c: np.ndarray, bd, H: int, coupled: bool) -> tup
     return h, c_new
 
 
-def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
-          activations, clip, direction, hidden_size, input_forget, layout):
+def _lstm(ctx, *args):
+    outs = _lstm_paths(ctx, *args, general=False)
+    if args[3] is not None and _any_nan(outs):
+        # The fast paths let a NaN pre-activation through, where ORT's biased clamp saturates
+        # the gate (_clip): a NaN output with a bias reruns the call on the general cell.
+        return _lstm_paths(ctx, *args, general=True)
+    return outs
+
+
+def _lstm_paths(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+                activations, clip, direction, hidden_size, input_forget, layout, general: bool):
     num_dir = _num_dir(direction, "LSTM")
     H = R.shape[-1]
     Rt = [_wt(ctx, R[d]) for d in range(num_dir)]
@@ -430,7 +452,7 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
     coupled = bool(input_forget)
     default_acts = [a.lower() for a in (activations or [])] in ([], ["sigmoid", "tanh", "tanh"] * num_dir)
     batch = X.shape[0] if layout == 1 else X.shape[1]
-    if ctx.plain and default_acts and X.dtype in (np.float32, np.float64) and batch * H >= NUMBA_MIN // 4:
+    if not general and ctx.plain and default_acts and X.dtype in (np.float32, np.float64) and batch * H >= NUMBA_MIN // 4:
         # Fused step: numpy's per-call overhead on the small gate arrays dominated.
         dt = X.dtype
         zb = np.zeros(4 * H, dt)
@@ -449,7 +471,7 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
         return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
                     hidden_size, 4, fused, 2)
 
-    if ctx.identity and default_acts and P is None and clip is None and X.dtype in (np.float32, np.float64):
+    if not general and ctx.identity and default_acts and P is None and clip is None and X.dtype in (np.float32, np.float64):
         # Plain fp32 below the numba size: float64 activations rounded once, as `cell`, with the
         # three sigmoid gates (i, o, f: contiguous) in one pass, ~3x fewer numpy calls per
         # step; streaming models run one step per call.
@@ -480,18 +502,18 @@ def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_al
             p_i = p_i + bd[:H]
             p_f = p_f + bd[2 * H:3 * H]
             p_c = p_c + bd[3 * H:]
-        i = ctx.round(f(ctx.round(_clip(p_i, clip))))
+        i = ctx.round(f(ctx.round(_clip(p_i, clip, bd is not None))))
         if coupled:
             fg = ctx.round(1 - i)
         else:
-            fg = ctx.round(f(ctx.round(_clip(p_f, clip))))
-        cc = ctx.round(g(ctx.round(_clip(p_c, clip))))
+            fg = ctx.round(f(ctx.round(_clip(p_f, clip, bd is not None))))
+        cc = ctx.round(g(ctx.round(_clip(p_c, clip, bd is not None))))
         c_new = ctx.round(fg * c + i * cc)
         if P is not None:
             p_o = p_o + P[d, H:2 * H] * c_new
         if bd is not None:
             p_o = p_o + bd[H:2 * H]
-        o = ctx.round(f(ctx.round(_clip(p_o, clip))))
+        o = ctx.round(f(ctx.round(_clip(p_o, clip, bd is not None))))
         h_new = ctx.round(o * ctx.round(hf(c_new)))
         return [h_new, c_new]
 
@@ -577,6 +599,8 @@ def _specialize_lstm(node, consts: dict):
                 h, c = _lean_step(xw[t] + np.matmul(h, r), c, bd, H, coupled)
                 Y[t, d] = h
             Yh[d], Yc[d] = h, c
+        if bias is not None and (np.isnan(Yc).any() or np.isnan(Yh).any()):  # a NaN gate ORT saturates (_clip)
+            return base(ctx, X, W_, R_, B_, sequence_lens, initial_h, initial_c, P, **attrs)
         return Y, Yh, Yc
     return lstm
 
