@@ -69,7 +69,9 @@ def quantize(x: np.ndarray, scale, zp, qdtype, saturate: int = 1) -> np.ndarray:
         u = np.dtype(qdtype.str.replace("i", "u"))
         v = np.clip(np.rint(v) + (z - np.float32(lo)), np.float32(0), np.float32(hi - lo))
         return (v.astype(u) ^ u.type(-lo)).view(qdtype)
-    v = np.clip(np.rint(v) + z, np.float32(lo), np.float32(hi))
+    # fmax: a NaN quotient becomes the lowest code, as MLAS's maxps clamp makes it (not numpy's
+    # cast of NaN, which warns and is platform-defined).
+    v = np.minimum(np.fmax(np.rint(v) + z, np.float32(lo)), np.float32(hi))
     if qdtype == np.int32:
         # float32 cannot hold int32's max: clip in float64 before the cast.
         v = np.clip(np.rint(x.astype(np.float64) / np.asarray(scale).astype(np.float32)) + z, lo, hi)
