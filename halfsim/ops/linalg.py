@@ -8,6 +8,7 @@ import numpy as np
 
 from ..errors import ExecutionError, ModelError
 from ..kernels.blas import matmul as split_matmul
+from ..kernels.u8s8 import U8S8_SATURATES, pair_bound, u8s8_matmul
 from .registry import op
 
 
@@ -250,6 +251,12 @@ def einsum(ctx, *xs, equation):
 
 
 # ------------------------------------------------------------------------- integer matmul
+def _saturating(a, b, bzp) -> bool:
+    """Whether MLAS's saturating uint8 x int8 kernel can give other sums than exact ones here."""
+    return (U8S8_SATURATES and a.dtype == np.uint8 and b.dtype == np.int8 and b.ndim == 2 and a.size > 0
+            and (bzp is None or np.ndim(bzp) <= 1) and int(a.max()) * pair_bound(b) > 32767)
+
+
 def _zp_row(zp, a):
     """A's zero point: scalar, per-row 1-D (M) or N-D shaped like [.., M, 1]."""
     if zp is None:
@@ -269,8 +276,14 @@ def _zp_col(zp):
 
 
 def integer_matmul(a, b, azp, bzp) -> np.ndarray:
-    """(A - azp) @ (B - bzp) exactly (int32 where float32 GEMMs were exact, else int64)."""
+    """(A - azp) @ (B - bzp) as ORT's MLAS: exact (int32 where float32 GEMMs were exact, else
+    int64), except uint8 x int8 on hosts whose kernel saturates pairs of products to int16
+    (kernels/u8s8.py), when the values can reach that."""
     a1, b1 = a.ndim == 1, b.ndim == 1
+    if _saturating(a, b, bzp):
+        A = a[None, :] if a1 else a
+        y = u8s8_matmul(A, b, _zp_row(azp, A), _zp_col(bzp))
+        return y[..., 0, :] if a1 else y
     A = a.astype(np.int32) - _zp_row(azp, a)
     B = b.astype(np.int32) - _zp_col(bzp)
     if a1:
@@ -317,9 +330,18 @@ def _specialize_matmul_integer(node, consts: dict):
             bc.append((b.astype(np.int32) - zc).astype(np.float32))
         return bc[0]
 
+    # MLAS's saturating uint8 x int8 sums (kernels/u8s8.py), where they can differ from exact ones
+    bound = pair_bound(b) if U8S8_SATURATES and b.dtype == np.int8 and (zp is None or zp.ndim <= 1) else 0
+    packed: list = []
+
     def fn(ctx, a, b_, a_zero_point=None, b_zero_point=None):
         if a.ndim < 2:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
+        if bound and a.dtype == np.uint8 and a.size and int(a.max()) * bound > 32767:
+            if not packed:
+                from ..kernels.u8s8 import _EMPTY_I8, _PACKED, _pack_pairs
+                packed.append(_pack_pairs(np.ascontiguousarray(b)) if _PACKED else _EMPTY_I8)
+            return u8s8_matmul(a, b, _zp_row(a_zero_point, a), zc, packed[0])
         A = a.astype(np.int32) - _zp_row(a_zero_point, a)
         amax = int(np.abs(A).max()) if A.size else 0
         if blocked and A.size and one_gemm_exact(A, amax, bmax, K):
