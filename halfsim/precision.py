@@ -560,8 +560,10 @@ def _fresh(o: np.ndarray, args: list, node) -> bool:
     return True
 
 
-# Policies whose folded weights a model keeps (bisection tries many policies: bound the memory).
-_FOLD_POLICIES = 3
+# Policies whose folded weights, records and compiled schedules a model keeps: enough for a
+# session that cycles through the presets (with 3, four presets in turn rebuilt every run's
+# schedule: silero 1.9 -> 9.5 ms), bounded because bisection tries many policies.
+_FOLD_POLICIES = 8
 
 
 def _per_policy(plan: PrecisionPlan, attr: str, make):
