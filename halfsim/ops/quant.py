@@ -63,19 +63,14 @@ def quantize(x: np.ndarray, scale, zp, qdtype, saturate: int = 1) -> np.ndarray:
         return v.astype(qdtype)
     lo, hi = _int_range(qdtype)
     z = np.float32(0) if zp is None else np.asarray(zp).astype(np.float32)
-    if qdtype in (np.int8, np.int16):
-        # ORT (MLAS maxps) maps a NaN quotient to the lowest code; numpy casts NaN to 0. Quantize
-        # to the unsigned type of the same width (codes - lo, NaN -> 0), then flip the sign bit.
-        u = np.dtype(qdtype.str.replace("i", "u"))
-        v = np.clip(np.rint(v) + (z - np.float32(lo)), np.float32(0), np.float32(hi - lo))
-        return (v.astype(u) ^ u.type(-lo)).view(qdtype)
-    # fmax: a NaN quotient becomes the lowest code, as MLAS's maxps clamp makes it (not numpy's
-    # cast of NaN, which warns and is platform-defined).
-    v = np.minimum(np.fmax(np.rint(v) + z, np.float32(lo)), np.float32(hi))
-    if qdtype == np.int32:
-        # float32 cannot hold int32's max: clip in float64 before the cast.
-        v = np.clip(np.rint(x.astype(np.float64) / np.asarray(scale).astype(np.float32)) + z, lo, hi)
-    return v.astype(qdtype)
+    if qdtype == np.int32:  # float32 cannot hold int32's max: clamp in float64 before the cast
+        v = np.rint(x.astype(np.float64) / np.asarray(scale).astype(np.float32)) + z
+    else:
+        v = np.rint(v) + z
+        lo, hi = np.float32(lo), np.float32(hi)
+    # fmax: a NaN quotient becomes the lowest code, as MLAS's maxps clamp makes it (numpy's cast
+    # of NaN warns and is platform-defined).
+    return np.minimum(np.fmax(v, lo), hi).astype(qdtype)
 
 
 def _out_dtype(zp, output_dtype: int) -> np.dtype:
@@ -153,14 +148,19 @@ def dequantize_linear_21(ctx, x, x_scale, x_zero_point=None, *, axis=1, block_si
 
 def dynamic_quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8]:
     """uint8 scale and zero point from the range of x widened to include 0 (ORT's rule)."""
+    return _quant_params(x)[:2]
+
+
+def _quant_params(x: np.ndarray) -> tuple[np.float32, np.uint8, bool]:
+    """dynamic_quant_params, and whether x is free of NaN and inf."""
     if not x.size:
-        return np.float32(1), np.uint8(0)
+        return np.float32(1), np.uint8(0), True
     mn, mx = x.min(), x.max()
     if not (np.isfinite(mn) and np.isfinite(mx)):  # NaN or inf: ORT's MLAS range (ops/specials.py)
         from .specials import quant_params_u8
         scale, zp = quant_params_u8(x)
-        return scale, np.uint8(zp)
-    return _range_params(mn, mx)
+        return scale, np.uint8(zp), False
+    return (*_range_params(mn, mx), True)
 
 
 def _range_params(mn, mx) -> tuple[np.float32, np.uint8]:
@@ -189,15 +189,10 @@ _DQL_NUMBA_MIN = 1 << 14
 def dynamic_quantize_linear(ctx, x):
     if x.dtype != np.float32:
         raise ExecutionError(f"DynamicQuantizeLinear needs float32 input, got {x.dtype}")
-    mn, mx = (x.min(), x.max()) if x.size else (0, 0)
-    if not (np.isfinite(mn) and np.isfinite(mx)):
-        # NaN or inf: ORT's MLAS range and quantizer decide (ops/specials.py)
-        from .specials import dynamic_quantize_u8
-        return dynamic_quantize_u8(x)
-    scale, zp = _range_params(mn, mx)
-    if x.size >= _DQL_NUMBA_MIN and np.isfinite(mn) and np.isfinite(mx):
-        # one pass instead of numpy's five (divide, rint, add, clip, cast); NaN/inf inputs keep
-        # numpy's handling
+    scale, zp, finite = _quant_params(x)
+    if finite and x.size >= _DQL_NUMBA_MIN:
+        # one pass instead of numpy's five (divide, rint, add, clamp, cast); NaN and inf take
+        # quantize's MLAS clamp
         y = np.empty(x.shape, np.uint8)
         _quantize_u8_nb(np.ascontiguousarray(x).reshape(-1), scale, np.float32(zp), y.reshape(-1))
     else:

@@ -28,21 +28,6 @@ def quant_params_u8(x: np.ndarray) -> tuple[np.float32, np.float32]:
     return scale, f32(np.rint(c))
 
 
-def dynamic_quantize_u8(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """DynamicQuantizeLinear of float32 x holding NaN or +-inf, as ORT computes it: its
-    parameters (quant_params_u8), then MLAS's quantizer: x / scale clamped with maxps/minps
-    against -zp and 255 - zp (a NaN quotient becomes -zp, so 0 after adding zp), rounded to even."""
-    f32 = np.float32
-    scale, zp = quant_params_u8(x)
-    with np.errstate(all="ignore"):
-        v = np.divide(x, scale, dtype=np.float32)
-        lo, hi = f32(0) - zp, f32(255) - zp
-        v = np.where(v > lo, v, lo)  # maxps(v, lo): NaN -> lo
-        v = np.where(v < hi, v, hi)
-        y = (np.rint(v) + zp).astype(np.uint8)
-    return y, np.asarray(scale, np.float32), np.asarray(np.uint8(zp))
-
-
 def hardmax_rows(v: np.ndarray) -> np.ndarray:
     """Hardmax of float32 rows (N, D) holding NaN, as ORT: the row maximum from Eigen's
     colwise maxCoeff (ReduceMax's trailing-axes fold, kernels/reduce_ort), then a one at the
