@@ -432,17 +432,17 @@ def _lean_step(pre: np.ndarray, c: np.ndarray, bd, H: int, coupled: bool) -> tup
     return h, c_new
 
 
-def _lstm(ctx, *args):
-    outs = _lstm_paths(ctx, *args, general=False)
-    if args[3] is not None and _any_nan(outs):
-        # The fast paths let a NaN pre-activation through, where ORT's biased clamp saturates
-        # the gate (_clip): a NaN output with a bias reruns the call on the general cell.
-        return _lstm_paths(ctx, *args, general=True)
-    return outs
+def _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+          activations, clip, direction, hidden_size, input_forget, layout, general: bool = False):
+    def fast(outs):
+        # The fast paths let a NaN pre-activation through where ORT's biased clamp saturates
+        # the gate (_clip). A NaN anywhere reaches the final h or c, so a NaN state with a bias
+        # reruns the call on the general cell.
+        if B is not None and _any_nan(outs[1:]):
+            return _lstm(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
+                         activations, clip, direction, hidden_size, input_forget, layout, general=True)
+        return outs
 
-
-def _lstm_paths(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activation_alpha, activation_beta,
-                activations, clip, direction, hidden_size, input_forget, layout, general: bool):
     num_dir = _num_dir(direction, "LSTM")
     H = R.shape[-1]
     Rt = [_wt(ctx, R[d]) for d in range(num_dir)]
@@ -468,21 +468,21 @@ def _lstm_paths(ctx, X, W, R, B, sequence_lens, initial_h, initial_c, P, activat
             _lstm_gates_nb(pre, np.ascontiguousarray(c, dtype=dt), zb if bd is None else np.ascontiguousarray(bd, dtype=dt),
                            peeps[d], clipv, use_clip, coupled, hn, cn)
             return [hn, cn]
-        return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
-                    hidden_size, 4, fused, 2)
+        return fast(_run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
+                         hidden_size, 4, fused, 2))
 
     if not general and ctx.identity and default_acts and P is None and clip is None and X.dtype in (np.float32, np.float64):
-        # Plain fp32 below the numba size: float64 activations rounded once, as `cell`, with the
-        # three sigmoid gates (i, o, f: contiguous) in one pass, ~3x fewer numpy calls per
-        # step; streaming models run one step per call.
+        # Plain fp32 below the numba size: _lean_step, the three sigmoid gates (i, o, f:
+        # contiguous) in one pass, ~3x fewer numpy calls per step; streaming models run one
+        # step per call.
         def lean(ctx, d, xw, states, bd):
             h, c = states
             return list(_lean_step(xw + ctx.matmul(h, Rt[d]), c, bd, H, coupled))
         if sequence_lens is None and layout == 0:
-            return _lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, num_dir, hidden_size,
-                                     lean)
-        return _run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
-                    hidden_size, 4, lean, 2)
+            return fast(_lstm_full_length(ctx, X, W, R, Rt, bias, initial_h, initial_c, direction, num_dir,
+                                          hidden_size, lean))
+        return fast(_run(ctx, "LSTM", X, W, R, bias, sequence_lens, [initial_h, initial_c], direction, layout,
+                         hidden_size, 4, lean, 2))
 
     acts = _activations(activations, activation_alpha, activation_beta, ["Sigmoid", "Tanh", "Tanh"],
                         num_dir, "LSTM")
@@ -599,7 +599,7 @@ def _specialize_lstm(node, consts: dict):
                 h, c = _lean_step(xw[t] + np.matmul(h, r), c, bd, H, coupled)
                 Y[t, d] = h
             Yh[d], Yc[d] = h, c
-        if bias is not None and (np.isnan(Yc).any() or np.isnan(Yh).any()):  # a NaN gate ORT saturates (_clip)
+        if bias is not None and _any_nan((Yh, Yc)):  # a NaN gate ORT saturates (_lstm's fast())
             return base(ctx, X, W_, R_, B_, sequence_lens, initial_h, initial_c, P, **attrs)
         return Y, Yh, Yc
     return lstm
