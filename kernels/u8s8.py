@@ -155,26 +155,39 @@ def _u8s8_pairs(a, b, bp=_EMPTY_I8):
     return out[:, :N]
 
 
+def packed_pairs(b: np.ndarray) -> np.ndarray:
+    """b (int8 [K, N]) packed for the vpmaddubsw kernel on hosts that have it, else empty (the
+    pair loop reads b itself)."""
+    return _pack_pairs(np.ascontiguousarray(b)) if _PACKED else _EMPTY_I8
+
+
 def pair_bound(b: np.ndarray) -> int:
-    """max over pairs k = 2j, 2j+1 and columns of |b[k]| + |b[k+1]| for int8 b [K, N]: with
-    uint8 a <= amax, a pair of products can leave int16 (and the saturating sums differ from
-    exact ones) only if amax * pair_bound(b) > 32767."""
+    """max over pairs k = 2j, 2j+1 and columns of |b[k]| + |b[k+1]| for int8 b [K, N] (see
+    saturates)."""
     k2 = b.shape[0] // 2 * 2
     if k2 == 0 or b.shape[1] == 0:
         return 0
     return int((np.abs(b[0:k2:2].astype(np.int32)) + np.abs(b[1:k2:2].astype(np.int32))).max())
 
 
-def u8s8_matmul(a: np.ndarray, b: np.ndarray, za=0, zb=0, packed: np.ndarray = _EMPTY_I8) -> np.ndarray:
+def saturates(a: np.ndarray, bound: int) -> bool:
+    """Whether uint8 a against a weight of pair_bound `bound` can take a pair of products out of
+    int16: only then do the saturating sums differ from exact ones."""
+    return a.size > 0 and int(a.max()) * bound > 32767
+
+
+def u8s8_matmul(a: np.ndarray, b: np.ndarray, za=0, zb=0, packed: np.ndarray | None = None,
+                colsum: np.ndarray | None = None) -> np.ndarray:
     """int32 (a - za) @ (b - zb) as MLAS computes it on a saturating host: the raw pair-
-    saturated products of a (uint8 [..., M, K]) and b (int8 [K, N]; `packed` by _pack_pairs),
-    then the exact zero-point terms -za*colsum(b) - zb*rowsum(a) + K*za*zb. za: scalar or
-    broadcastable to [..., M, 1]; zb: scalar or per column [N]."""
+    saturated products of a (uint8 [..., M, K]) and b (int8 [K, N]; `packed` by packed_pairs,
+    `colsum` its column sums, both made here when not given), then the exact zero-point terms
+    -za*colsum(b) - zb*rowsum(a) + K*za*zb. za: scalar or broadcastable to [..., M, 1]; zb:
+    scalar or per column [N]."""
     K, N = b.shape
-    if packed.size == 0 and _PACKED:
-        packed = _pack_pairs(np.ascontiguousarray(b))
+    packed = packed_pairs(b) if packed is None else packed
+    colsum = b.sum(0, dtype=np.int64) if colsum is None else colsum
     acc = _u8s8_pairs(np.ascontiguousarray(a.reshape(-1, K)), np.ascontiguousarray(b), packed)
     acc = acc.astype(np.int64).reshape(a.shape[:-1] + (N,))
     za, zb = np.asarray(za, np.int64), np.asarray(zb, np.int64)
-    acc -= za * b.sum(0, dtype=np.int64) + zb * a.sum(-1, dtype=np.int64)[..., None] - K * za * zb
+    acc -= za * colsum + zb * a.sum(-1, dtype=np.int64)[..., None] - K * za * zb
     return acc.astype(np.int32)

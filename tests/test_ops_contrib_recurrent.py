@@ -7,6 +7,7 @@ import pytest
 
 import halfsim
 from halfsim.errors import HalfsimError
+from halfsim.kernels import u8s8
 from halfsim.ops import contrib_recurrent as cr
 from opcheck import check_op, feeds_of, make_model, run_ort
 
@@ -125,7 +126,7 @@ def test_u8s8_pairs_saturate():
     a = np.array([[255, 255, 1]], np.uint8)
     b = np.array([[127], [127], [-128]], np.int8)
     # 255*127 + 255*127 = 64770 -> 32767; then 1 * -128 alone.
-    assert cr._u8s8_pairs(a, b)[0, 0] == 32767 - 128
+    assert u8s8._u8s8_pairs(a, b)[0, 0] == 32767 - 128
 
 
 def test_mlas_activations_match_ort():
@@ -194,7 +195,7 @@ def test_non_finite_hidden_state_falls_back():
     assert np.isfinite(got["out0"][:, 0, 0]).all()  # the batch row without NaN stays finite
 
 
-@pytest.mark.skipif(not cr._PACKED, reason="the vpmaddubsw kernel runs on AVX2 hosts without VNNI only")
+@pytest.mark.skipif(not u8s8._PACKED, reason="the vpmaddubsw kernel runs on AVX2 hosts without VNNI only")
 @pytest.mark.parametrize("m,k,n", [(1, 512, 2048), (3, 7, 21), (2, 1, 5), (4, 33, 16)])
 def test_packed_u8s8_kernel_equals_the_pair_loop(m, k, n):
     # Odd K (last row pairs with zeros), N off the 16-lane grid, and rows/weights at the
@@ -206,8 +207,8 @@ def test_packed_u8s8_kernel_equals_the_pair_loop(m, k, n):
     a[0, :2], b[:2, 0] = 255, 127
     if k >= 2:
         b[:2, -1] = -128
-    want = cr._u8s8_pairs(a, b)
-    got = cr._u8s8_pairs(a, b, cr._pack_pairs(b))
+    want = u8s8._u8s8_pairs(a, b)
+    got = u8s8._u8s8_pairs(a, b, u8s8._pack_pairs(b))
     np.testing.assert_array_equal(got, want)
     # and against the definition in int64 numpy: saturated adjacent pairs, then a plain sum
     a64, b64 = a.astype(np.int64), b.astype(np.int64)

@@ -24,7 +24,7 @@ from numba import njit
 from ..errors import ExecutionError, ModelError
 from ..kernels import mlas
 from ..kernels.conv import run_split
-from ..kernels.u8s8 import _EMPTY_I8, _PACKED, U8S8_SATURATES, _acc_row, _pack_pairs, _row, _u8s8_pairs  # noqa: F401
+from ..kernels.u8s8 import _EMPTY_I8, U8S8_SATURATES, _acc_row, _row, packed_pairs, u8s8_matmul
 from .quant import dynamic_quant_params, quantize
 from .recurrent import _ACTS, _DEFAULTS, _lengths, _num_dir, _reverse_index
 from .registry import MS_DOMAIN, op
@@ -92,17 +92,13 @@ class _QWeight:
         # Exact kernels (u8·u8 always): (A - za)(W - zw) in float64 BLAS is exact (|sum| < 2**53).
         exact = w.dtype == np.uint8 or not U8S8_SATURATES
         self.centered = w.astype(np.float64) - zp if exact else None
-        self.packed = _pack_pairs(self.w) if not exact and _PACKED else _EMPTY_I8
+        self.packed = packed_pairs(self.w) if not exact else _EMPTY_I8
 
     def acc(self, qa, za):
         """int32 accumulator of MLAS's (A - za)·(W - zw), as float32 (ORT's int -> float)."""
         if self.centered is not None:
             return ((qa.astype(np.float64) - za) @ self.centered).astype(np.float32)
-        K = qa.shape[1]
-        acc = _u8s8_pairs(qa, self.w, self.packed).astype(np.int64) - za * self.colsum[None, :]
-        if self.zp:
-            acc += K * za * self.zp - self.zp * qa.astype(np.int64).sum(1)[:, None]
-        return acc.astype(np.float32)
+        return u8s8_matmul(qa, self.w, za, self.zp, self.packed, self.colsum).astype(np.float32)
 
 
 def _qgemm(a, qw, mult):
@@ -129,7 +125,7 @@ def _recur_nb(xw, w, wp, zp, colsum, sat, rmult, bias, has_bias, peep, has_peep,
               lens, t_end, y_out, h, c, Yd):
     """One direction's time loop with ORT's default activations (sigmoid, tanh, tanh), the
     same float32 operations in the same order as the numpy step in dynamic_quantize_lstm.
-    wp: w packed by _pack_pairs (empty: the pair loop). h, c (B, H) are updated in place; Y rows go to Yd (T, B, H). Returns False (nothing
+    wp: w packed by kernels/u8s8.packed_pairs (empty: the pair loop). h, c (B, H) are updated in place; Y rows go to Yd (T, B, H). Returns False (nothing
     reliable written) when h turns non-finite: the caller then reruns the numpy path, whose
     quantization of NaN/inf is numpy's."""
     B, H = h.shape

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..errors import ExecutionError, ModelError
 from ..kernels.blas import matmul as split_matmul
-from ..kernels.u8s8 import U8S8_SATURATES, pair_bound, u8s8_matmul
+from ..kernels.u8s8 import U8S8_SATURATES, packed_pairs, pair_bound, saturates, u8s8_matmul
 from .registry import op
 
 
@@ -251,10 +251,11 @@ def einsum(ctx, *xs, equation):
 
 
 # ------------------------------------------------------------------------- integer matmul
-def _saturating(a, b, bzp) -> bool:
-    """Whether MLAS's saturating uint8 x int8 kernel can give other sums than exact ones here."""
-    return (U8S8_SATURATES and a.dtype == np.uint8 and b.dtype == np.int8 and b.ndim == 2 and a.size > 0
-            and (bzp is None or np.ndim(bzp) <= 1) and int(a.max()) * pair_bound(b) > 32767)
+def _u8s8_pair(a_dtype, b, bzp) -> bool:
+    """Whether this is a product MLAS runs through the saturating uint8 x int8 kernel (on this
+    host, for a 2-D B with a per-tensor or per-column zero point)."""
+    return (U8S8_SATURATES and a_dtype == np.uint8 and b.dtype == np.int8 and b.ndim == 2
+            and (bzp is None or np.ndim(bzp) <= 1))
 
 
 def _zp_row(zp, a):
@@ -280,7 +281,7 @@ def integer_matmul(a, b, azp, bzp) -> np.ndarray:
     int64), except uint8 x int8 on hosts whose kernel saturates pairs of products to int16
     (kernels/u8s8.py), when the values can reach that."""
     a1, b1 = a.ndim == 1, b.ndim == 1
-    if _saturating(a, b, bzp):
+    if _u8s8_pair(a.dtype, b, bzp) and saturates(a, pair_bound(b)):
         A = a[None, :] if a1 else a
         y = u8s8_matmul(A, b, _zp_row(azp, A), _zp_col(bzp))
         return y[..., 0, :] if a1 else y
@@ -331,17 +332,16 @@ def _specialize_matmul_integer(node, consts: dict):
         return bc[0]
 
     # MLAS's saturating uint8 x int8 sums (kernels/u8s8.py), where they can differ from exact ones
-    bound = pair_bound(b) if U8S8_SATURATES and b.dtype == np.int8 and (zp is None or zp.ndim <= 1) else 0
-    packed: list = []
+    bound = pair_bound(b) if _u8s8_pair(np.uint8, b, zp) else 0
+    prepared: list = []  # b packed, and its column sums, made on first need
 
     def fn(ctx, a, b_, a_zero_point=None, b_zero_point=None):
         if a.ndim < 2:
             return matmul_integer(ctx, a, b_, a_zero_point, b_zero_point)
-        if bound and a.dtype == np.uint8 and a.size and int(a.max()) * bound > 32767:
-            if not packed:
-                from ..kernels.u8s8 import _EMPTY_I8, _PACKED, _pack_pairs
-                packed.append(_pack_pairs(np.ascontiguousarray(b)) if _PACKED else _EMPTY_I8)
-            return u8s8_matmul(a, b, _zp_row(a_zero_point, a), zc, packed[0])
+        if bound and a.dtype == np.uint8 and saturates(a, bound):
+            if not prepared:
+                prepared.extend((packed_pairs(b), b.sum(0, dtype=np.int64)))
+            return u8s8_matmul(a, b, _zp_row(a_zero_point, a), zc, *prepared)
         A = a.astype(np.int32) - _zp_row(a_zero_point, a)
         amax = int(np.abs(A).max()) if A.size else 0
         if blocked and A.size and one_gemm_exact(A, amax, bmax, K):
